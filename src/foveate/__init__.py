@@ -1,0 +1,14 @@
+"""foveate: structured and dynamic sparse attention for PyTorch.
+
+>>> import foveate
+>>> from foveate import patterns as P
+>>> out = foveate.attention(q, k, v, P.Neighborhood(canvas=(64, 64), kernel=(13, 13)))  # doctest: +SKIP
+"""
+
+from . import backends, patterns
+from .api import attention
+from .layout import BlockLayout
+
+__version__ = "0.1.0"
+
+__all__ = ["attention", "patterns", "backends", "BlockLayout", "__version__"]

@@ -1,0 +1,90 @@
+"""The backend registry.
+
+Backends are objects with a ``name``, ``available()`` and ``supports(problem) -> reason``;
+``backend="auto"`` takes the first one, in priority order, that supports the problem, and
+logs (logger ``foveate``, level DEBUG) why the others declined. Adding a backend is one
+module plus one :func:`register` line below.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .base import Backend, Problem, cached_layout
+
+_log = logging.getLogger("foveate")
+_REGISTRY: list[Backend] = []
+
+
+def register(backend: Backend) -> Backend:
+    """Add ``backend`` at the lowest priority (replacing one of the same name)."""
+    _REGISTRY[:] = [b for b in _REGISTRY if b.name != backend.name]
+    _REGISTRY.append(backend)
+    return backend
+
+
+def names() -> list[str]:
+    """All registered backend names, in priority order."""
+    return [b.name for b in _REGISTRY]
+
+
+def available() -> list[str]:
+    """Names of the backends that can run on this machine, in priority order."""
+    return [b.name for b in _REGISTRY if b.available()]
+
+
+def get(name: str) -> Backend:
+    for b in _REGISTRY:
+        if b.name == name:
+            return b
+    raise ValueError(f"backend={name!r} is unknown; expected 'auto' or one of {names()}")
+
+
+def reasons(problem: Problem, *, auto: bool = True) -> dict[str, str | None]:
+    """For each backend, why it would not take ``problem`` (``None``: it would)."""
+    out = {}
+    for b in _REGISTRY:
+        if not b.available():
+            out[b.name] = "not available on this machine"
+            continue
+        reason = b.supports(problem)
+        if reason is None and auto:
+            reason = b.auto_reason(problem)
+        out[b.name] = reason
+    return out
+
+
+def select(problem: Problem, name: str = "auto") -> Backend:
+    """The backend that runs ``problem``: the named one, or the first suitable one."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str, got {type(name).__name__} {name!r}")
+    if name != "auto":
+        backend = get(name)
+        if not backend.available():
+            raise ValueError(f"backend={name!r} cannot run on this machine (available: {available()})")
+        reason = backend.supports(problem)
+        if reason is not None:
+            raise ValueError(f"backend={name!r} cannot run this problem: {reason}")
+        return backend
+    why = reasons(problem)
+    for b in _REGISTRY:
+        if why[b.name] is None:
+            for other, reason in why.items():
+                if other != b.name and reason is not None:
+                    _log.debug("backend %r passed over: %s", other, reason)
+            _log.debug("backend %r selected", b.name)
+            return b
+    detail = "; ".join(f"{n}: {r}" for n, r in why.items())
+    raise ValueError(f"backend='auto': no backend can run this problem ({detail})")
+
+
+# Registration, in priority order.
+from .flex import FlexBackend  # noqa: E402
+from .reference import ReferenceBackend  # noqa: E402
+
+register(FlexBackend())
+register(ReferenceBackend())
+
+__all__ = [
+    "Backend", "Problem", "register", "names", "available", "get", "reasons", "select", "cached_layout",
+]

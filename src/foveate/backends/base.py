@@ -1,0 +1,87 @@
+"""What a backend is, and the description of one attention call that it is asked to run."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import BlockLayout
+from ..patterns import Pattern
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One attention call, as backends see it (token axes already flat).
+
+    ``q`` is ``(batch, heads_q, q_len, head_dim)``, ``k`` ``(batch, heads_kv, kv_len, head_dim)``,
+    ``v`` ``(batch, heads_kv, kv_len, head_dim_v)``.
+    """
+
+    batch: int
+    heads_q: int
+    heads_kv: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    head_dim_v: int
+    dtype: torch.dtype
+    device: torch.device
+    requires_grad: bool
+    return_lse: bool
+    pattern: Pattern
+    tile: tuple[int, ...] | None = None
+
+
+class Backend:
+    """A way to run attention. Subclasses set ``name`` and implement the three methods."""
+
+    name: str = "?"
+
+    def available(self) -> bool:
+        """Whether this backend can run on this machine at all."""
+        raise NotImplementedError
+
+    def supports(self, problem: Problem) -> str | None:
+        """``None`` if this backend can run ``problem``, else the reason it cannot."""
+        raise NotImplementedError
+
+    def auto_reason(self, problem: Problem) -> str | None:
+        """A reason for ``backend="auto"`` to pass over this backend although it supports the
+        problem (it can still be named explicitly); ``None`` by default."""
+        return None
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, problem: Problem, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``out`` ``(B, Hq, Nq, Dv)`` in the input dtype and, when
+        ``problem.return_lse``, ``lse`` ``(B, Hq, Nq)`` float32 (else ``None``)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<foveate backend {self.name!r}>"
+
+
+_LAYOUT_CACHE: "OrderedDict[tuple, BlockLayout]" = OrderedDict()
+_LAYOUT_CACHE_SIZE = 64
+
+
+def cached_layout(
+    pattern: Pattern, q_len: int, kv_len: int, *, block_q: int, block_kv: int,
+    device: torch.device, tile: tuple[int, ...] | None = None,
+) -> BlockLayout:
+    """``pattern.build(...)``, memoised for static patterns (patterns are hashable), so that
+    repeated calls (every layer, every step) do not rebuild the layout."""
+    if pattern.content_dependent:
+        raise ValueError(f"{pattern!r} depends on the inputs: build it with q and k")
+    key = (pattern, q_len, kv_len, block_q, block_kv, str(device), tile)
+    layout = _LAYOUT_CACHE.get(key)
+    if layout is None:
+        layout = pattern.build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
+        _LAYOUT_CACHE[key] = layout
+        if len(_LAYOUT_CACHE) > _LAYOUT_CACHE_SIZE:
+            _LAYOUT_CACHE.popitem(last=False)
+    else:
+        _LAYOUT_CACHE.move_to_end(key)
+    return layout

@@ -1,0 +1,70 @@
+"""The flex backend: PyTorch FlexAttention driven by foveate's block layout and mask_mod.
+
+The layout is converted to a FlexAttention ``BlockMask`` (same field names), so
+FlexAttention's own O(N^2) block-mask builder is never run. On CUDA it runs forward and
+backward; on CPU, ``torch.compile`` of FlexAttention supports inference only, without lse.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .base import Backend, Problem, cached_layout
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: Block sizes of the layouts handed to FlexAttention.
+BLOCK_Q = BLOCK_KV = 128
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+class FlexBackend(Backend):
+    name = "flex"
+
+    def available(self) -> bool:
+        try:
+            from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def supports(self, problem: Problem) -> str | None:
+        if problem.dtype not in _DTYPES:
+            return f"dtype {problem.dtype} is not one of {_DTYPES}"
+        if problem.head_dim < 16 or problem.head_dim_v < 16:
+            return f"head dims ({problem.head_dim}, {problem.head_dim_v}) must be at least 16"
+        if problem.device.type == "cpu":
+            if problem.requires_grad:
+                return "FlexAttention has no backward pass on CPU"
+            if problem.return_lse:
+                return "FlexAttention on CPU cannot return lse"
+        elif problem.device.type != "cuda":
+            return f"device {problem.device} is neither CUDA nor CPU"
+        return None
+
+    def auto_reason(self, problem: Problem) -> str | None:
+        if problem.device.type == "cpu":
+            return "on CPU only when named (torch.compile costs seconds for every new shape)"
+        return None
+
+    def forward(self, q, k, v, problem, scale):
+        layout = cached_layout(
+            problem.pattern, problem.q_len, problem.kv_len, block_q=BLOCK_Q, block_kv=BLOCK_KV,
+            device=q.device, tile=problem.tile,
+        )
+        block_mask = layout.to_flex_block_mask()
+        result = _compiled_flex()(
+            q, k, v, block_mask=block_mask, scale=scale,
+            enable_gqa=problem.heads_q != problem.heads_kv, return_lse=problem.return_lse,
+        )
+        if problem.return_lse:
+            out, lse = result
+            return out, lse.float()
+        return result, None

@@ -1,0 +1,136 @@
+"""The reference backend: pure PyTorch, any device, float32 softmax, bounded memory.
+
+It evaluates the pattern's ``mask_mod`` directly (no block layout), one chunk of queries at
+a time, so that memory stays ``O(chunk * kv_len)`` in forward and in backward (a custom
+autograd function that recomputes each chunk's probabilities). It is the ground truth of
+the tests and the fallback where nothing faster applies.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Backend, Problem
+
+#: Score elements (batch x heads x queries x keys) held at once; bounds the memory.
+CHUNK_ELEMENTS = 1 << 24
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+
+    def available(self) -> bool:
+        return True
+
+    def supports(self, problem: Problem) -> str | None:
+        if problem.dtype not in _DTYPES:
+            return f"dtype {problem.dtype} is not one of {_DTYPES}"
+        return None
+
+    def forward(self, q, k, v, problem, scale):
+        mask_mod = problem.pattern.mask_mod(problem.q_len, problem.kv_len)
+        out, lse = reference_attention(q, k, v, mask_mod, scale)
+        return out, (lse if problem.return_lse else None)
+
+
+def reference_attention(q, k, v, mask_mod, scale: float, chunk: int | None = None):
+    """Masked attention in chunks of queries; differentiable (also through ``lse``).
+
+    Shapes: ``q`` ``(B, Hq, Nq, D)``, ``k`` ``(B, Hkv, Nkv, D)``, ``v`` ``(B, Hkv, Nkv, Dv)``
+    with ``Hq % Hkv == 0``. Returns ``out`` ``(B, Hq, Nq, Dv)`` in ``q.dtype`` and ``lse``
+    ``(B, Hq, Nq)`` in float32 (natural log; ``-inf`` where a query sees no key, whose
+    output is 0). ``mask_mod(b, h, q_idx, kv_idx)`` receives the query head index ``h``.
+    """
+    batch, heads_q, q_len, _ = q.shape
+    kv_len = k.shape[2]
+    if chunk is None:
+        chunk = max(1, CHUNK_ELEMENTS // max(1, batch * heads_q * kv_len))
+    return _ReferenceAttention.apply(q, k, v, mask_mod, float(scale), int(chunk))
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _Grouped:
+    """Views of q-shaped tensors as ``(B, Hkv, G, N, D)`` and the mask for a query chunk."""
+
+    def __init__(self, q, k, mask_mod):
+        self.batch, self.heads_q, self.q_len, _ = q.shape
+        self.heads_kv, self.kv_len = k.shape[1], k.shape[2]
+        self.group = self.heads_q // self.heads_kv
+        self.mask_mod = mask_mod
+        dev = q.device
+        self.b = torch.arange(self.batch, device=dev).view(-1, 1, 1, 1, 1)
+        self.h = torch.arange(self.heads_q, device=dev).view(1, self.heads_kv, self.group, 1, 1)
+        self.kv_idx = torch.arange(self.kv_len, device=dev).view(1, 1, 1, 1, -1)
+
+    def split(self, x):
+        return x.reshape(self.batch, self.heads_kv, self.group, self.q_len, x.shape[-1])
+
+    def mask(self, lo, hi):
+        q_idx = torch.arange(lo, hi, device=self.b.device).view(1, 1, 1, -1, 1)
+        return self.mask_mod(self.b, self.h, q_idx, self.kv_idx)
+
+    def probabilities(self, qc, k, lo, hi, scale, lse=None):
+        """Scores of a query chunk, masked; with ``lse`` given, the probabilities."""
+        s = torch.einsum("bhgqd,bhkd->bhgqk", qc, k) * scale
+        s = s.masked_fill(~self.mask(lo, hi), float("-inf"))
+        if lse is None:
+            return s
+        # A query with no allowed key has lse = -inf and probabilities 0.
+        safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+        return torch.exp(s - safe[..., None])
+
+
+class _ReferenceAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask_mod, scale, chunk):
+        g = _Grouped(q, k, mask_mod)
+        cd = _compute_dtype(q.dtype)
+        qf, kf, vf = g.split(q).to(cd), k.to(cd), v.to(cd)
+        out = torch.empty(*qf.shape[:-1], v.shape[-1], dtype=cd, device=q.device)
+        lse = torch.empty(qf.shape[:-1], dtype=cd, device=q.device)
+        for lo in range(0, g.q_len, chunk):
+            hi = min(lo + chunk, g.q_len)
+            s = g.probabilities(qf[:, :, :, lo:hi], kf, lo, hi, scale)
+            lse_c = torch.logsumexp(s, dim=-1)
+            p = g.probabilities(qf[:, :, :, lo:hi], kf, lo, hi, scale, lse_c)
+            out[:, :, :, lo:hi] = torch.einsum("bhgqk,bhkd->bhgqd", p, vf)
+            lse[:, :, :, lo:hi] = lse_c
+        ctx.save_for_backward(q, k, v, lse)
+        ctx.mask_mod, ctx.scale, ctx.chunk = mask_mod, scale, chunk
+        out = out.reshape(g.batch, g.heads_q, g.q_len, -1).to(q.dtype)
+        lse = lse.reshape(g.batch, g.heads_q, g.q_len).float()
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, d_out, d_lse):
+        q, k, v, lse = ctx.saved_tensors
+        scale, chunk = ctx.scale, ctx.chunk
+        g = _Grouped(q, k, ctx.mask_mod)
+        cd = _compute_dtype(q.dtype)
+        qf, kf, vf = g.split(q).to(cd), k.to(cd), v.to(cd)
+        do = g.split(d_out).to(cd) if d_out is not None else torch.zeros(
+            *qf.shape[:-1], v.shape[-1], dtype=cd, device=q.device
+        )
+        dl = g.split(d_lse[..., None])[..., 0].to(cd) if d_lse is not None else None
+        dq = torch.empty_like(qf)
+        dk = torch.zeros_like(kf)
+        dv = torch.zeros_like(vf)
+        for lo in range(0, g.q_len, chunk):
+            hi = min(lo + chunk, g.q_len)
+            qc, doc = qf[:, :, :, lo:hi], do[:, :, :, lo:hi]
+            p = g.probabilities(qc, kf, lo, hi, scale, lse[:, :, :, lo:hi])
+            dp = torch.einsum("bhgqd,bhkd->bhgqk", doc, vf)
+            delta = (p * dp).sum(dim=-1, keepdim=True)  # rowsum(P * dP) = rowsum(dO * O)
+            ds = p * (dp - delta)
+            if dl is not None:
+                ds = ds + p * dl[:, :, :, lo:hi, None]  # d lse / d s = P
+            dq[:, :, :, lo:hi] = torch.einsum("bhgqk,bhkd->bhgqd", ds, kf) * scale
+            dk += torch.einsum("bhgqk,bhgqd->bhkd", ds, qc) * scale
+            dv += torch.einsum("bhgqk,bhgqd->bhkd", p, doc)
+        dq = dq.reshape(q.shape).to(q.dtype)
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None

@@ -1,0 +1,349 @@
+"""BlockLayout: the compiled, block-level form of a pattern that kernels consume.
+
+Field names and meanings follow FlexAttention's ``BlockMask`` so that conversion is direct.
+All index tensors are ``int32`` with leading axes ``(B or 1, H or 1)`` (1 = broadcast).
+For each query block, ``kv_indices`` lists the **partial** kv blocks (some but not all pairs
+allowed: the kernel applies the mask) and ``full_kv_indices`` the **full** ones (every pair
+allowed: no mask work), both ascending; blocks with no allowed pair are not listed. The
+``q_*`` fields are the transpose (for each kv block, the q blocks that visit it), used by the
+backward pass. Entries past a row's count are padding (zeros).
+
+Lengths need not be multiples of the block sizes: the last block of each axis is short, and
+"full" refers to the pairs that exist.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: Elements of the boolean scratch tensor evaluated at once by the generic builder.
+_EVAL_ELEMS = 1 << 23
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+
+class BlockLayout:
+    """Which kv blocks each q block visits, split into partial and full blocks.
+
+    Build one with a pattern's ``build()``, :meth:`from_pairs`, :meth:`from_block_grid` or
+    :func:`layout_from_mask_mod`. ``mask_mod`` (optional) is the pattern's mask for these
+    lengths; ``allowed_pairs`` (optional) the number of allowed (query, key) pairs summed
+    over the leading axes, known analytically by structured builders.
+    """
+
+    def __init__(
+        self,
+        *,
+        block_q: int,
+        block_kv: int,
+        q_len: int,
+        kv_len: int,
+        kv_num_blocks: torch.Tensor,
+        kv_indices: torch.Tensor,
+        full_kv_num_blocks: torch.Tensor,
+        full_kv_indices: torch.Tensor,
+        q_num_blocks: torch.Tensor,
+        q_indices: torch.Tensor,
+        full_q_num_blocks: torch.Tensor,
+        full_q_indices: torch.Tensor,
+        mask_mod: MaskMod | None = None,
+        allowed_pairs: int | None = None,
+    ) -> None:
+        self.block_q, self.block_kv = block_q, block_kv
+        self.q_len, self.kv_len = q_len, kv_len
+        self.kv_num_blocks, self.kv_indices = kv_num_blocks, kv_indices
+        self.full_kv_num_blocks, self.full_kv_indices = full_kv_num_blocks, full_kv_indices
+        self.q_num_blocks, self.q_indices = q_num_blocks, q_indices
+        self.full_q_num_blocks, self.full_q_indices = full_q_num_blocks, full_q_indices
+        self.mask_mod = mask_mod
+        self._allowed_pairs = allowed_pairs
+
+    # -- shapes ------------------------------------------------------------------------
+    @property
+    def num_q_blocks(self) -> int:
+        return -(-self.q_len // self.block_q)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return -(-self.kv_len // self.block_kv)
+
+    @property
+    def batch_heads(self) -> tuple[int, int]:
+        """``(B or 1, H or 1)``: the leading axes of every index tensor."""
+        return tuple(self.kv_num_blocks.shape[:2])  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return self.kv_indices.device
+
+    def __repr__(self) -> str:
+        b, h = self.batch_heads
+        return (
+            f"BlockLayout(q_len={self.q_len}, kv_len={self.kv_len}, block=({self.block_q}, "
+            f"{self.block_kv}), batch_heads=({b}, {h}), visited={self.num_visited()}/"
+            f"{b * h * self.num_q_blocks * self.num_kv_blocks} blocks, "
+            f"full={int(self.full_kv_num_blocks.sum())})"
+        )
+
+    # -- constructors ------------------------------------------------------------------
+    @classmethod
+    def from_pairs(
+        cls,
+        row: torch.Tensor,
+        col: torch.Tensor,
+        full: torch.Tensor,
+        *,
+        batch_heads: tuple[int, int] = (1, 1),
+        block_q: int,
+        block_kv: int,
+        q_len: int,
+        kv_len: int,
+        mask_mod: MaskMod | None = None,
+        allowed_pairs: int | None = None,
+    ) -> "BlockLayout":
+        """Build from a flat list of visited block pairs.
+
+        ``row`` is ``(b * H + h) * nq + q_block`` (``b, h`` index the leading axes given by
+        ``batch_heads``), ``col`` the kv block, ``full`` whether every pair is allowed.
+        Pairs must be unique; any order is accepted.
+        """
+        bh = batch_heads[0] * batch_heads[1]
+        nq, nkv = -(-q_len // block_q), -(-kv_len // block_kv)
+        row, col, full = row.long(), col.long(), full.bool()
+        # kv lists: order by (row, col); builders usually hand the pairs over in that order.
+        key = row * nkv + col
+        if key.numel() > 1 and not bool((key[1:] > key[:-1]).all()):
+            order = torch.argsort(key)
+            row, col, full = row[order], col[order], full[order]
+        kv = _pack_lists(row, col, full, bh * nq, batch_heads, nq)
+        # q lists (transpose): order by (b, h, col, q_block); a stable sort keeps q ascending.
+        bh_idx, qb = row // nq, row % nq
+        t_row = bh_idx * nkv + col
+        order = torch.argsort(t_row, stable=True)
+        q = _pack_lists(t_row[order], qb[order], full[order], bh * nkv, batch_heads, nkv)
+        return cls(
+            block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
+            kv_num_blocks=kv[0], kv_indices=kv[1], full_kv_num_blocks=kv[2], full_kv_indices=kv[3],
+            q_num_blocks=q[0], q_indices=q[1], full_q_num_blocks=q[2], full_q_indices=q[3],
+            mask_mod=mask_mod, allowed_pairs=allowed_pairs,
+        )
+
+    @classmethod
+    def from_block_grid(
+        cls, grid: torch.Tensor, *, block_q: int, block_kv: int, q_len: int, kv_len: int,
+        mask_mod: MaskMod | None = None, allowed_pairs: int | None = None,
+    ) -> "BlockLayout":
+        """Build from a dense ``(B|1, H|1, nq, nkv)`` grid of 0 (empty), 1 (partial), 2 (full)."""
+        if grid.dim() != 4:
+            raise ValueError(f"grid must have 4 dims (B|1, H|1, nq, nkv), got shape {tuple(grid.shape)}")
+        b, h, nq, nkv = grid.shape
+        if (nq, nkv) != (-(-q_len // block_q), -(-kv_len // block_kv)):
+            raise ValueError(
+                f"grid of shape {tuple(grid.shape)} does not match q_len={q_len}, kv_len={kv_len} "
+                f"with blocks ({block_q}, {block_kv})"
+            )
+        bi, hi, qi, ki = torch.nonzero(grid, as_tuple=True)
+        return cls.from_pairs(
+            (bi * h + hi) * nq + qi, ki, grid[bi, hi, qi, ki] == FULL, batch_heads=(b, h),
+            block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
+            mask_mod=mask_mod, allowed_pairs=allowed_pairs,
+        )
+
+    # -- views -------------------------------------------------------------------------
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The visited block pairs as flat ``(row, col, full)``, ordered by row then col.
+
+        ``row = (b * H + h) * nq + q_block`` as in :meth:`from_pairs`.
+        """
+        rows, cols, fulls = [], [], []
+        for num, idx, is_full in (
+            (self.kv_num_blocks, self.kv_indices, False),
+            (self.full_kv_num_blocks, self.full_kv_indices, True),
+        ):
+            num = num.reshape(-1).long()
+            idx = idx.reshape(num.numel(), -1).long()
+            keep = torch.arange(idx.shape[1], device=idx.device)[None, :] < num[:, None]
+            r = torch.arange(num.numel(), device=idx.device)[:, None].expand_as(idx)[keep]
+            rows.append(r)
+            cols.append(idx[keep])
+            fulls.append(torch.full_like(r, is_full, dtype=torch.bool))
+        row, col, full = torch.cat(rows), torch.cat(cols), torch.cat(fulls)
+        order = torch.argsort(row * self.num_kv_blocks + col)
+        return row[order], col[order], full[order]
+
+    def to_dense(self) -> torch.Tensor:
+        """``int8`` tensor ``(B|1, H|1, nq, nkv)``: 0 = not visited, 1 = partial, 2 = full."""
+        b, h = self.batch_heads
+        nq, nkv = self.num_q_blocks, self.num_kv_blocks
+        row, col, full = self.pairs()
+        grid = torch.zeros(b * h * nq * nkv, dtype=torch.int8, device=self.device)
+        grid[row * nkv + col] = torch.where(full, FULL, PARTIAL).to(torch.int8)
+        return grid.view(b, h, nq, nkv)
+
+    def num_visited(self) -> int:
+        return int(self.kv_num_blocks.sum() + self.full_kv_num_blocks.sum())
+
+    def block_density(self) -> float:
+        """Fraction of block pairs visited (averaged over the leading axes)."""
+        b, h = self.batch_heads
+        return self.num_visited() / (b * h * self.num_q_blocks * self.num_kv_blocks)
+
+    def allowed_pairs(self) -> int:
+        """Number of allowed (query, key) pairs, summed over the leading axes."""
+        if self._allowed_pairs is None:
+            if self.mask_mod is None:
+                raise ValueError("this layout has no mask_mod: cannot count allowed pairs")
+            row, col, full = self.pairs()
+            nq = self.num_q_blocks
+            count = block_areas(row % nq, col, self)
+            part = ~full
+            count[part] = count_allowed(
+                self.mask_mod, row[part] % nq, col[part], self, heads=row[part] // nq,
+            )
+            self._allowed_pairs = int(count.sum())
+        return self._allowed_pairs
+
+    def density(self) -> float:
+        """Fraction of (query, key) pairs allowed (averaged over the leading axes)."""
+        b, h = self.batch_heads
+        return self.allowed_pairs() / (b * h * self.q_len * self.kv_len)
+
+    def to_flex_block_mask(self, mask_mod: MaskMod | None = None):
+        """A FlexAttention ``BlockMask`` with the same blocks; ``mask_mod`` defaults to the layout's."""
+        from torch.nn.attention.flex_attention import BlockMask
+
+        mask_mod = mask_mod if mask_mod is not None else self.mask_mod
+        if mask_mod is None:
+            raise ValueError("to_flex_block_mask needs a mask_mod (the layout has none)")
+        return BlockMask.from_kv_blocks(
+            self.kv_num_blocks, self.kv_indices, self.full_kv_num_blocks, self.full_kv_indices,
+            BLOCK_SIZE=(self.block_q, self.block_kv), mask_mod=mask_mod,
+            seq_lengths=(self.q_len, self.kv_len),
+        )
+
+    def to(self, device: torch.device | str) -> "BlockLayout":
+        fields = {
+            name: getattr(self, name).to(device)
+            for name in (
+                "kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
+                "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices",
+            )
+        }
+        return BlockLayout(
+            block_q=self.block_q, block_kv=self.block_kv, q_len=self.q_len, kv_len=self.kv_len,
+            mask_mod=self.mask_mod, allowed_pairs=self._allowed_pairs, **fields,
+        )
+
+
+def _pack_lists(row, col, full, n_rows, batch_heads, n_blocks):
+    """Pack ``(row, col)`` pairs sorted by row into padded partial and full lists."""
+    out = []
+    for sel in (~full, full):
+        r, c = row[sel], col[sel]
+        counts = torch.bincount(r, minlength=n_rows)
+        width = max(int(counts.max()) if counts.numel() else 0, 1)
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(r.numel(), device=r.device) - starts[r]
+        idx = torch.zeros(n_rows * width, dtype=torch.int32, device=r.device)
+        idx[r * width + pos] = c.to(torch.int32)
+        idx = idx.view(n_rows, width)
+        out += [counts.to(torch.int32).view(*batch_heads, n_blocks), idx.view(*batch_heads, n_blocks, width)]
+    return out
+
+
+def block_areas(q_block: torch.Tensor, kv_block: torch.Tensor, layout_or_dims) -> torch.Tensor:
+    """Number of existing pairs in each block pair (the last block of each axis is short)."""
+    bq, bkv, q_len, kv_len = _dims(layout_or_dims)
+    q_size = torch.clamp(q_len - q_block * bq, max=bq)
+    kv_size = torch.clamp(kv_len - kv_block * bkv, max=bkv)
+    return q_size.long() * kv_size.long()
+
+
+def _dims(x):
+    if isinstance(x, BlockLayout):
+        return x.block_q, x.block_kv, x.q_len, x.kv_len
+    return x
+
+
+def count_allowed(
+    mask_mod: MaskMod,
+    q_block: torch.Tensor,
+    kv_block: torch.Tensor,
+    dims,
+    *,
+    heads: torch.Tensor | None = None,
+    num_heads: int = 1,
+) -> torch.Tensor:
+    """Evaluate ``mask_mod`` on each listed block pair; returns the allowed-pair counts (int64).
+
+    ``dims`` is a layout or ``(block_q, block_kv, q_len, kv_len)``. ``heads`` (optional) is
+    the flat ``b * num_heads + h`` index of each pair, passed to ``mask_mod`` as ``(b, h)``.
+    Memory is bounded: pairs are evaluated in chunks of about ``_EVAL_ELEMS`` elements.
+    """
+    bq, bkv, q_len, kv_len = _dims(dims)
+    device = q_block.device
+    n = q_block.numel()
+    counts = torch.zeros(n, dtype=torch.int64, device=device)
+    step = max(1, _EVAL_ELEMS // (bq * bkv))
+    qo = torch.arange(bq, device=device)[None, :, None]
+    ko = torch.arange(bkv, device=device)[None, None, :]
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    for lo in range(0, n, step):
+        qb = q_block[lo : lo + step].long()[:, None, None]
+        kb = kv_block[lo : lo + step].long()[:, None, None]
+        qi, ki = qb * bq + qo, kb * bkv + ko
+        valid = (qi < q_len) & (ki < kv_len)
+        if heads is None:
+            b = h = zero
+        else:
+            bh = heads[lo : lo + step].long()[:, None, None]
+            b, h = bh // num_heads, bh % num_heads
+        allowed = mask_mod(b, h, qi.clamp(max=q_len - 1), ki.clamp(max=kv_len - 1))
+        counts[lo : lo + step] = (allowed & valid).sum(dim=(1, 2))
+    return counts
+
+
+def layout_from_mask_mod(
+    mask_mod: MaskMod,
+    q_len: int,
+    kv_len: int,
+    *,
+    block_q: int = 128,
+    block_kv: int = 128,
+    device: torch.device | str = "cpu",
+    candidates: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> BlockLayout:
+    """The generic builder: evaluate ``mask_mod`` on every block pair (or on ``candidates``,
+    a ``(q_block, kv_block)`` pair of 1-D tensors known to contain every visited pair).
+
+    Costs ``O(q_len * kv_len)`` mask evaluations without candidates, in bounded memory;
+    structured patterns have analytic builders instead.
+    """
+    device = torch.device(device)
+    nq, nkv = -(-q_len // block_q), -(-kv_len // block_kv)
+    dims = (block_q, block_kv, q_len, kv_len)
+    if candidates is None:
+        rows_per_chunk = max(1, (1 << 22) // nkv)
+        parts = []
+        for lo in range(0, nq, rows_per_chunk):
+            qb = torch.arange(lo, min(nq, lo + rows_per_chunk), device=device)
+            qb, kb = qb.repeat_interleave(nkv), torch.arange(nkv, device=device).repeat(qb.numel())
+            parts.append(_classify(mask_mod, qb, kb, dims))
+        qb, kb, full, allowed = (torch.cat(t) for t in zip(*parts))
+    else:
+        qb, kb, full, allowed = _classify(mask_mod, candidates[0].to(device), candidates[1].to(device), dims)
+    return BlockLayout.from_pairs(
+        qb, kb, full, block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
+        mask_mod=mask_mod, allowed_pairs=int(allowed.sum()),
+    )
+
+
+def _classify(mask_mod, qb, kb, dims):
+    allowed = count_allowed(mask_mod, qb, kb, dims)
+    keep = allowed > 0
+    qb, kb, allowed = qb[keep], kb[keep], allowed[keep]
+    return qb, kb, allowed == block_areas(qb, kb, dims), allowed

@@ -1,0 +1,16 @@
+"""Attention patterns: immutable, hashable descriptions of the allowed (query, key) pairs.
+
+Each pattern's ``mask_mod(q_len, kv_len)`` is its one source of truth; ``build(...)``
+compiles it to a :class:`~foveate.layout.BlockLayout`. Patterns compose with ``|`` and ``&``.
+"""
+
+from .base import MaskMod, Pattern
+from .causal import Causal
+from .compose import Intersection, Union
+from .dense import Dense
+from .neighborhood import Neighborhood
+from .sliding import SlidingWindow
+
+__all__ = [
+    "Pattern", "MaskMod", "Dense", "Causal", "SlidingWindow", "Neighborhood", "Union", "Intersection",
+]

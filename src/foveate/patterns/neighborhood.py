@@ -1,0 +1,143 @@
+"""``Neighborhood``: generalized neighborhood attention on 1-, 2- and 3-D canvases
+(NATTEN / GNA semantics: per-axis kernel, dilation, stride, causal; clamped windows).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from .base import Pattern, as_int, per_axis
+
+
+def axis_window(x: torch.Tensor, length: int, kernel: int, dilation: int, stride: int, causal: bool):
+    """The neighborhood of query coordinate ``x`` along one axis.
+
+    Returns ``(group, start, end)``: the query's dilation group ``x % dilation`` and the
+    half-open window ``[start, end)`` of allowed key coordinates *inside that group*
+    (group coordinate = raw coordinate // dilation). Works elementwise on integer tensors,
+    also inside ``torch.compile`` (FlexAttention's mask_mod).
+    """
+    group = x % dilation
+    xg = x // dilation
+    # Length of the query's dilation group: the first (length % dilation) groups are longer.
+    lg = length // dilation + (group < length % dilation).to(x.dtype)
+    left = kernel // 2
+    right = kernel // 2 + kernel % 2 - 1
+    if causal:
+        leader = torch.minimum((xg // stride) * stride + (stride - 1), lg - 1)
+        start = torch.clamp(leader - left - right, min=0)
+        end = torch.minimum(xg + 1, lg)
+    else:
+        leader = torch.minimum((xg // stride) * stride + stride // 2, lg - 1)
+        # Clamp the window at the borders so that it always holds `kernel` keys.
+        start = torch.clamp(leader - left, min=0) + torch.where(
+            leader + right >= lg, lg - right - leader - 1, 0
+        )
+        end = start + kernel
+    return group, start, end
+
+
+@dataclass(frozen=True, repr=False)
+class Neighborhood(Pattern):
+    """Each query sees the keys in a window around it on a canvas (a grid of tokens).
+
+    Args:
+        canvas: canvas shape, 1 to 3 axes; tokens are flat in row-major (raster) order.
+        kernel: window size per axis (an int applies to every axis). Even kernels lean left.
+        dilation: per axis; splits the axis into interleaved groups ``x % dilation``; a query
+            sees only keys of its own group, and windows live on group coordinates.
+        stride: per axis; queries in a run of ``stride`` share one window (the leader's).
+            ``stride == kernel`` gives non-overlapping windows (blocked attention).
+        causal: per axis; keys at or before the query only.
+        extra_kv: keys after the canvas tokens (text, register or class tokens) that every
+            query sees. ``kv_len == prod(canvas) + extra_kv``.
+
+    Requires ``1 <= kernel``, ``kernel * dilation <= canvas`` and ``1 <= stride <= kernel``
+    on every axis. ``q_len == prod(canvas)``.
+    """
+
+    # field(): no default, although the base class has a class-level `canvas = None`.
+    canvas: tuple[int, ...] = field()
+    kernel: tuple[int, ...] = field()
+    dilation: tuple[int, ...] = 1  # type: ignore[assignment]
+    stride: tuple[int, ...] = 1  # type: ignore[assignment]
+    causal: tuple[bool, ...] = False  # type: ignore[assignment]
+    extra_kv: int = 0
+
+    def __post_init__(self):
+        canvas = self.canvas
+        if isinstance(canvas, int) and not isinstance(canvas, bool):
+            canvas = (canvas,)
+        if (
+            not isinstance(canvas, (tuple, list))
+            or not 1 <= len(canvas) <= 3
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in canvas)
+        ):
+            raise ValueError(f"canvas must be 1 to 3 positive ints, got {self.canvas!r}")
+        canvas = tuple(canvas)
+        ndim = len(canvas)
+        kernel = per_axis("kernel", self.kernel, ndim)
+        dilation = per_axis("dilation", self.dilation, ndim)
+        stride = per_axis("stride", self.stride, ndim)
+        causal = per_axis("causal", self.causal, ndim, kind=bool)
+        as_int("extra_kv", self.extra_kv, minimum=0)
+        for a, (n, w, d, s) in enumerate(zip(canvas, kernel, dilation, stride)):
+            if d < 1:
+                raise ValueError(f"dilation={dilation}: must be >= 1 on every axis (axis {a}: {d})")
+            if w < 1 or w * d > n:
+                raise ValueError(
+                    f"kernel={kernel} with dilation={dilation} does not fit canvas={canvas}: "
+                    f"need 1 <= kernel * dilation <= canvas on every axis (axis {a}: {w} * {d} vs {n})"
+                )
+            if not 1 <= s <= w:
+                raise ValueError(f"stride={stride}: need 1 <= stride <= kernel on every axis (axis {a}: {s} vs {w})")
+        for name, value in (("canvas", canvas), ("kernel", kernel), ("dilation", dilation),
+                            ("stride", stride), ("causal", causal)):
+            object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        parts = [f"canvas={self.canvas}", f"kernel={self.kernel}"]
+        for f in fields(self)[2:]:
+            value = getattr(self, f.name)
+            default = f.default if f.name == "extra_kv" else (f.default,) * len(self.canvas)
+            if value != default:
+                parts.append(f"{f.name}={value}")
+        return f"Neighborhood({', '.join(parts)})"
+
+    # -- the definition ----------------------------------------------------------------
+    @property
+    def axes(self):
+        """Per-axis ``(length, kernel, dilation, stride, causal)``."""
+        return tuple(zip(self.canvas, self.kernel, self.dilation, self.stride, self.causal))
+
+    def mask_mod(self, q_len: int, kv_len: int):
+        self.check_lengths(q_len, kv_len)
+        axes = self.axes
+        # Row-major strides of the canvas.
+        strides = [math.prod(self.canvas[a + 1 :]) for a in range(len(axes))]
+        n_canvas = math.prod(self.canvas)
+        extra = self.extra_kv
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            ok = None
+            for (length, kernel, dilation, stride, causal), step in zip(axes, strides):
+                qx = (q_idx // step) % length
+                kx = (kv_idx // step) % length
+                group, start, end = axis_window(qx, length, kernel, dilation, stride, causal)
+                kg = kx // dilation
+                ok_axis = (kx % dilation == group) & (kg >= start) & (kg < end)
+                ok = ok_axis if ok is None else ok & ok_axis
+            if extra:
+                ok = ok | (kv_idx >= n_canvas)
+            return ok
+
+        return mask_mod
+
+    # -- compiled form -----------------------------------------------------------------
+    def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
+        from .canvas_layout import build_canvas_layout
+
+        return build_canvas_layout(self, block_q=block_q, block_kv=block_kv, device=device, tile=tile)

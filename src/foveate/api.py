@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
@@ -10,6 +11,8 @@ import torch
 from . import backends
 from .backends import Problem
 from .patterns import Dense, Pattern
+from .simulate import choose_tile
+from .tiling import Tiled
 
 
 def attention(
@@ -59,16 +62,21 @@ def attention(
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__} {backend!r}")
     scale = _resolve_scale(scale, qf.shape[-1])
-    tile = _resolve_tile(tile, pattern)
+    _check_tile_argument(tile, pattern)
 
     batch, heads_q, q_len, head_dim = qf.shape
     problem = Problem(
         batch=batch, heads_q=heads_q, heads_kv=kf.shape[1], q_len=q_len, kv_len=kf.shape[2],
         head_dim=head_dim, head_dim_v=vf.shape[-1], dtype=q.dtype, device=q.device,
         requires_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)),
-        return_lse=return_lse, pattern=pattern, tile=tile,
+        return_lse=return_lse, pattern=pattern,
     )
-    out, lse = backends.select(problem, backend).forward(qf, kf, vf, problem, scale)
+    chosen = backends.select(problem, backend)
+    tile = _resolve_tile(tile, pattern, chosen)
+    if tile is None:
+        out, lse = chosen.forward(qf, kf, vf, problem, scale)
+    else:
+        out, lse = _forward_tiled(chosen, qf, kf, vf, problem, scale, tile)
     out = out.reshape(*q.shape[:-1], vf.shape[-1])
     if return_lse:
         return out, lse.reshape(q.shape[:-1])
@@ -149,15 +157,43 @@ def _resolve_scale(scale, head_dim: int) -> float:
     return float(scale)
 
 
-def _resolve_tile(tile, pattern: Pattern) -> tuple[int, ...] | None:
-    """The tile shape to run with (``None`` = raster order)."""
+def _check_tile_argument(tile, pattern: Pattern) -> None:
+    if tile is None or tile == "auto":
+        return
+    if isinstance(tile, str):
+        raise ValueError(f"tile={tile!r}: expected 'auto', None or a tuple of ints")
+    pattern._check_tile(tuple(tile) if isinstance(tile, list) else tile)
+
+
+def _resolve_tile(tile, pattern: Pattern, backend) -> tuple[int, ...] | None:
+    """The tile shape to run with (``None`` = raster order). An explicit tile is always
+    applied; ``"auto"`` tiles only for backends that walk a block layout."""
     if tile is None:
         return None
-    if isinstance(tile, str):
-        if tile != "auto":
-            raise ValueError(f"tile={tile!r}: expected 'auto', None or a tuple of ints")
-        return None  # automatic tiling arrives with foveate.tiling
-    if isinstance(tile, list):
-        tile = tuple(tile)
-    pattern._check_tile(tile)
+    if tile == "auto":
+        if not backend.uses_layout or pattern.canvas is None or len(pattern.canvas) < 2:
+            return None
+        return choose_tile(pattern, block_q=backend.block_size, block_kv=backend.block_size)
+    tile = tuple(tile)
+    if backend.uses_layout and math.prod(tile) != backend.block_size:
+        raise ValueError(
+            f"tile={tile} holds {math.prod(tile)} tokens; the {backend.name} backend runs blocks of "
+            f"{backend.block_size} tokens, so a tile must hold exactly that many"
+        )
     return tile
+
+
+def _forward_tiled(backend, q, k, v, problem: Problem, scale: float, tile):
+    """Run ``backend`` on the tokens permuted into tiled order, and permute back."""
+    tiled = Tiled(problem.pattern, tile)
+    order = tiled.order
+    n = order.num_canvas
+
+    def kv_tiles(x):
+        canvas_part = order.tile_tokens(x[:, :, :n])
+        return torch.cat([canvas_part, x[:, :, n:]], dim=2) if x.shape[2] > n else canvas_part
+
+    q_len, kv_len = tiled.default_lengths()
+    tiled_problem = dataclasses.replace(problem, pattern=tiled, q_len=q_len, kv_len=kv_len)
+    out, lse = backend.forward(order.tile_tokens(q), kv_tiles(k), kv_tiles(v), tiled_problem, scale)
+    return order.untile_tokens(out), (order.untile_tokens(lse) if lse is not None else None)

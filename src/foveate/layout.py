@@ -219,10 +219,18 @@ class BlockLayout:
         mask_mod = mask_mod if mask_mod is not None else self.mask_mod
         if mask_mod is None:
             raise ValueError("to_flex_block_mask needs a mask_mod (the layout has none)")
-        return BlockMask.from_kv_blocks(
-            self.kv_num_blocks, self.kv_indices, self.full_kv_num_blocks, self.full_kv_indices,
-            BLOCK_SIZE=(self.block_q, self.block_kv), mask_mod=mask_mod,
+        # FlexAttention's index tensors are as wide as the number of blocks on the other axis
+        # (its own helpers read the width as that number); ours are as wide as the longest list.
+        nq, nkv = self.num_q_blocks, self.num_kv_blocks
+        return BlockMask(
             seq_lengths=(self.q_len, self.kv_len),
+            kv_num_blocks=self.kv_num_blocks, kv_indices=_pad_width(self.kv_indices, nkv),
+            full_kv_num_blocks=self.full_kv_num_blocks,
+            full_kv_indices=_pad_width(self.full_kv_indices, nkv),
+            q_num_blocks=self.q_num_blocks, q_indices=_pad_width(self.q_indices, nq),
+            full_q_num_blocks=self.full_q_num_blocks,
+            full_q_indices=_pad_width(self.full_q_indices, nq),
+            BLOCK_SIZE=(self.block_q, self.block_kv), mask_mod=mask_mod,
         )
 
     def to(self, device: torch.device | str) -> "BlockLayout":
@@ -237,6 +245,11 @@ class BlockLayout:
             block_q=self.block_q, block_kv=self.block_kv, q_len=self.q_len, kv_len=self.kv_len,
             mask_mod=self.mask_mod, allowed_pairs=self._allowed_pairs, **fields,
         )
+
+
+def _pad_width(indices: torch.Tensor, width: int) -> torch.Tensor:
+    pad = width - indices.shape[-1]
+    return torch.nn.functional.pad(indices, (0, pad)).contiguous() if pad > 0 else indices.contiguous()
 
 
 def _pack_lists(row, col, full, n_rows, batch_heads, n_blocks):

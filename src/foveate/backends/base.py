@@ -31,13 +31,16 @@ class Problem:
     requires_grad: bool
     return_lse: bool
     pattern: Pattern
-    tile: tuple[int, ...] | None = None
 
 
 class Backend:
     """A way to run attention. Subclasses set ``name`` and implement the three methods."""
 
     name: str = "?"
+    #: Whether the backend walks a block layout (and so gains from token tiling).
+    uses_layout: bool = True
+    #: Tokens per block of the layouts it walks (a tile must hold exactly this many).
+    block_size: int = 128
 
     def available(self) -> bool:
         """Whether this backend can run on this machine at all."""

@@ -14,9 +14,6 @@ import torch
 from .base import Backend, Problem, cached_layout
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-#: Block sizes of the layouts handed to FlexAttention.
-BLOCK_Q = BLOCK_KV = 128
-
 
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
@@ -27,6 +24,7 @@ def _compiled_flex():
 
 class FlexBackend(Backend):
     name = "flex"
+    block_size = 128  # the block size of the layouts handed to FlexAttention
 
     def available(self) -> bool:
         try:
@@ -56,8 +54,8 @@ class FlexBackend(Backend):
 
     def forward(self, q, k, v, problem, scale):
         layout = cached_layout(
-            problem.pattern, problem.q_len, problem.kv_len, block_q=BLOCK_Q, block_kv=BLOCK_KV,
-            device=q.device, tile=problem.tile,
+            problem.pattern, problem.q_len, problem.kv_len, block_q=self.block_size, block_kv=self.block_size,
+            device=q.device,
         )
         block_mask = layout.to_flex_block_mask()
         result = _compiled_flex()(

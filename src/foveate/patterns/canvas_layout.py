@@ -91,33 +91,36 @@ class _Axis:
             hi = torch.where(valid, torch.maximum(hi, g + d * (self.end[last] - 1)), hi)
         return lo, hi
 
-    def allowed_pairs(self) -> int:
-        """Sum over query coordinates of the number of keys each sees on this axis."""
-        return int((self.end - self.start).sum())
-
 
 def build_canvas_layout(
     pattern: Neighborhood, *, block_q: int, block_kv: int, device: torch.device, tile=None
 ) -> BlockLayout:
     """The exact BlockLayout of ``pattern`` in raster order (``tile=None``) or tiled order."""
-    if tile is not None:
-        from ..tiling import TiledOrder
-
-        order = TiledOrder(pattern.canvas, tile)
-    else:
-        order = RasterOrder(pattern.canvas)
+    order = token_order(pattern.canvas, tile)
     axes = [_Axis.of(*spec, device) for spec in pattern.axes]
-    n_canvas = math.prod(pattern.canvas)
+    n_tokens = order.num_tokens
     q_tile, kv_tile = order.block_tile(block_q), order.block_tile(block_kv)
-    if q_tile is not None and kv_tile is not None and n_canvas % block_kv in (0, n_canvas):
-        if not pattern.extra_kv or n_canvas % block_kv == 0:
-            return _product_layout(pattern, axes, q_tile, kv_tile, block_q, block_kv, device)
+    if q_tile is not None and kv_tile is not None:
+        if not pattern.extra_kv or n_tokens % block_kv == 0:
+            return _product_layout(pattern, axes, order, q_tile, kv_tile, block_q, block_kv, device)
+    if tile is not None:
+        raise ValueError(
+            f"tile={tile}: blocks must be whole tiles; block_q={block_q} and block_kv={block_kv} "
+            f"must equal the tile size {order.tile_size}"
+        )
     return _box_layout(pattern, axes, order, block_q, block_kv, device)
 
 
-def _allowed_pairs(pattern: Neighborhood, axes) -> int:
-    # Separable: the sum over queries of a product of per-axis counts is the product of sums.
-    return math.prod(ax.allowed_pairs() for ax in axes) + math.prod(pattern.canvas) * pattern.extra_kv
+def _allowed_pairs(pattern: Neighborhood, axes, padded=None) -> int:
+    """Allowed pairs of the mask; on a padded (tiled) canvas, a padded query counts as the
+    query at its clamped coordinates, as the tiled mask defines it."""
+    padded = padded or pattern.canvas
+    total = 1
+    for ax, n_pad in zip(axes, padded):
+        per_query = ax.end - ax.start
+        # Separable: the sum over queries of a product of per-axis counts is the product of sums.
+        total *= int(per_query.sum()) + (n_pad - ax.length) * int(per_query[-1])
+    return total + math.prod(padded) * pattern.extra_kv
 
 
 # -- blocks that are tiles: the layout is a product of per-axis layouts -----------------------
@@ -137,7 +140,8 @@ def _axis_pairs(ax: _Axis, q_chunk: int, kv_chunk: int):
     j = j_first[qi] + torch.arange(qi.numel(), device=device) - (torch.cumsum(count, 0) - count)[qi]
     y0, y1 = j * kv_chunk, torch.clamp((j + 1) * kv_chunk, max=length) - 1
     some = ax.any_allowed(x0[qi], x1[qi], y0, y1)
-    every = ax.all_allowed(x0[qi], x1[qi], y0, y1)
+    # A kv chunk that runs past the canvas holds padding keys, which are never allowed.
+    every = ax.all_allowed(x0[qi], x1[qi], y0, y1) & ((j + 1) * kv_chunk <= length)
     return qi[some], j[some], every[some]
 
 
@@ -199,8 +203,8 @@ def _append_full(counts, indices, extra: torch.Tensor, rows: torch.Tensor):
     return counts, out
 
 
-def _product_layout(pattern, axes, q_tile, kv_tile, block_q, block_kv, device) -> BlockLayout:
-    n_canvas = math.prod(pattern.canvas)
+def _product_layout(pattern, axes, order, q_tile, kv_tile, block_q, block_kv, device) -> BlockLayout:
+    n_canvas = order.num_tokens  # the padded canvas in a tiled order
     q_len, kv_len = n_canvas, n_canvas + pattern.extra_kv
     q_grid = [-(-n // t) for n, t in zip(pattern.canvas, q_tile)]
     kv_grid = [-(-n // t) for n, t in zip(pattern.canvas, kv_tile)]
@@ -208,8 +212,8 @@ def _product_layout(pattern, axes, q_tile, kv_tile, block_q, block_kv, device) -
     for ax, tq, tk, gq, gk in zip(axes, q_tile, kv_tile, q_grid, kv_grid):
         qi, kj, full = _axis_pairs(ax, tq, tk)
         fwd.append(_pad_lists(qi, kj, full, gq))
-        order = torch.argsort(kj * gq + qi)
-        bwd.append(_pad_lists(kj[order], qi[order], full[order], gk))
+        by_kv = torch.argsort(kj * gq + qi)
+        bwd.append(_pad_lists(kj[by_kv], qi[by_kv], full[by_kv], gk))
     kv_num, kv_idx, full_kv_num, full_kv_idx = _product_lists(fwd, kv_grid)
     q_num, q_idx, full_q_num, full_q_idx = _product_lists(bwd, q_grid)
     if pattern.extra_kv:  # whole kv blocks of extra tokens, full for every query block
@@ -226,9 +230,15 @@ def _product_layout(pattern, axes, q_tile, kv_tile, block_q, block_kv, device) -
         kv_num_blocks=kv_num, kv_indices=kv_idx, full_kv_num_blocks=full_kv_num, full_kv_indices=full_kv_idx,
         q_num_blocks=q_num, q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx,
     )
+    if isinstance(order, RasterOrder):
+        mask_mod, padded = pattern.mask_mod(q_len, kv_len), None
+    else:
+        from ..tiling import Tiled
+
+        mask_mod, padded = Tiled(pattern, order.tile).mask_mod(q_len, kv_len), order.padded
     return BlockLayout(
-        block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
-        mask_mod=pattern.mask_mod(q_len, kv_len), allowed_pairs=_allowed_pairs(pattern, axes),
+        block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len, mask_mod=mask_mod,
+        allowed_pairs=_allowed_pairs(pattern, axes, padded),
         **{name: t[None, None] for name, t in lists.items()},
     )
 
@@ -300,3 +310,31 @@ def _box_layout(pattern, axes, order, block_q, block_kv, device) -> BlockLayout:
         qb, kb, full, block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
         mask_mod=pattern.mask_mod(q_len, kv_len), allowed_pairs=_allowed_pairs(pattern, axes),
     )
+
+
+def block_counts(pattern: Neighborhood, *, block_q: int, block_kv: int, tile=None) -> tuple[int, int] | None:
+    """``(visited, full)`` block counts of the layout, without building it, when its blocks
+    are tiles (the product case: counts are products of per-axis counts); else ``None``."""
+    order = token_order(pattern.canvas, tile)
+    q_tile, kv_tile = order.block_tile(block_q), order.block_tile(block_kv)
+    n_tokens = order.num_tokens
+    if q_tile is None or kv_tile is None or (pattern.extra_kv and n_tokens % block_kv):
+        return None
+    visited = full = 1
+    for spec, tq, tk in zip(pattern.axes, q_tile, kv_tile):
+        _, _, every = _axis_pairs(_Axis.of(*spec, torch.device("cpu")), tq, tk)
+        visited *= every.numel()
+        full *= int(every.sum())
+    if pattern.extra_kv:
+        extra = -(-n_tokens // block_q) * (-(-(n_tokens + pattern.extra_kv) // block_kv) - n_tokens // block_kv)
+        visited, full = visited + extra, full + extra
+    return visited, full
+
+
+def token_order(canvas, tile):
+    """Raster order (``tile=None``) or the tiled order of ``tile``."""
+    if tile is None:
+        return RasterOrder(canvas)
+    from ..tiling import TiledOrder
+
+    return TiledOrder(canvas, tile)

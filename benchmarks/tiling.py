@@ -1,0 +1,159 @@
+"""Token tiling on the published Generalized Neighborhood Attention cases (GPU).
+
+For each case: cuDNN dense SDPA, and foveate's flex backend in raster order (``tile=None``),
+with a hand-picked tile (16x8 / 2x8x8 as in GNA's FlexAttention runs) and with automatic
+tiling (``tile="auto"``); forward and forward+backward, bf16, warm, median, all in one run.
+Next to each measured speedup over cuDNN: the simulator's speed-of-light bound of that
+layout, and the layout build time. Outputs are checked against the reference backend
+(fp32) before timing.
+
+Usage: ``python benchmarks/tiling.py [--cases NAME ...] [--no-backward] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import foveate
+from foveate import patterns as P
+from foveate.simulate import choose_tile, simulate
+
+N = P.Neighborhood
+CASES = {
+    # name: (pattern, heads, hand tile)
+    "1d-w2048": (N((32768,), 2048), 1, None),
+    "1d-w2048-s256": (N((32768,), 2048, stride=256), 1, None),
+    "1d-blocked": (N((32768,), 2048, stride=2048), 1, None),
+    "2d-w80": (N((256, 256), (80, 80)), 24, (16, 8)),
+    "2d-w80-s16": (N((256, 256), (80, 80), stride=(16, 16)), 24, (16, 8)),
+    "3d-hunyuan": (N((30, 48, 80), (18, 24, 24)), 1, (2, 8, 8)),
+    "3d-hunyuan-s": (N((30, 48, 80), (18, 24, 24), stride=(16, 8, 8)), 1, (2, 8, 8)),
+    "2d-k13": (N((128, 128), (13, 13)), 16, (16, 8)),
+    "3d-k7x15x15": (N((16, 64, 64), (7, 15, 15)), 16, (2, 8, 8)),
+}
+
+
+def bench_ms(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+
+def cudnn_sdpa(q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def fwd_bwd(fn, q, k, v, grad):
+    def run():
+        out = fn(q, k, v)
+        torch.autograd.grad(out, (q, k, v), grad)
+
+    return run
+
+
+def run_case(name, pattern, heads, hand_tile, backward: bool, dim: int = 128) -> list[dict]:
+    n = pattern.default_lengths()[0]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+               .requires_grad_(backward) for _ in range(3))
+    grad = torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+    records = []
+    dense_fwd = bench_ms(lambda: cudnn_sdpa(q, k, v))
+    dense_fb = bench_ms(fwd_bwd(cudnn_sdpa, q, k, v, grad)) if backward else None
+    auto_tile = choose_tile(pattern) if len(pattern.canvas) > 1 else None
+    variants = [("raster", None)]
+    if hand_tile is not None and hand_tile != auto_tile:
+        variants.append(("hand " + "x".join(map(str, hand_tile)), hand_tile))
+    variants.append(("auto " + ("x".join(map(str, auto_tile)) if auto_tile else "(raster)"), auto_tile))
+    with torch.no_grad():
+        # One fp32 reference on a slice of heads keeps the check cheap.
+        ref = foveate.attention(q[:, :1].float(), k[:, :1].float(), v[:, :1].float(), pattern,
+                                backend="reference")
+    for label, tile in variants:
+        t0 = time.perf_counter()
+        sim = simulate(pattern, tile=tile)
+        sim_s = time.perf_counter() - t0
+        fn = lambda q, k, v, tile=tile: foveate.attention(q, k, v, pattern, backend="flex", tile=tile)  # noqa: E731
+        with torch.no_grad():
+            out = fn(q, k, v)
+        err = (out[:, :1].float() - ref).abs().max().item()
+        rec = dict(case=name, variant=label, tile=tile, heads=heads, tokens=n,
+                   dense_fwd_ms=dense_fwd, dense_fwdbwd_ms=dense_fb, max_err=err,
+                   speed_of_light=sim.speedup_bound, blocks_visited=sim.blocks_visited,
+                   blocks_partial=sim.blocks_partial, simulate_ms=sim_s * 1e3)
+        if not err < 5e-2:
+            rec["status"] = "WRONG"
+            records.append(rec)
+            continue
+        with torch.no_grad():
+            rec["fwd_ms"] = bench_ms(lambda: fn(q, k, v))
+        rec["fwd_speedup"] = dense_fwd / rec["fwd_ms"]
+        if backward:
+            rec["fwdbwd_ms"] = bench_ms(fwd_bwd(fn, q, k, v, grad))
+            rec["fwdbwd_speedup"] = dense_fb / rec["fwdbwd_ms"]
+        records.append(rec)
+        print(format_row(rec), flush=True)
+    return records
+
+
+def build_times(pattern) -> dict:
+    """Layout build time (ms, warm median) of the pattern in raster and auto-tiled order."""
+    from foveate.tiling import Tiled
+
+    out = {}
+    tile = choose_tile(pattern) if len(pattern.canvas) > 1 else None
+    for label, target in (("raster", pattern), ("tiled", Tiled(pattern, tile) if tile else None)):
+        if target is None:
+            continue
+        lengths = target.default_lengths()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            target.build(*lengths, device="cuda")
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        out[label] = statistics.median(times[1:]) * 1e3
+    return out
+
+
+def format_row(r: dict) -> str:
+    fb = f"{r['fwdbwd_ms']:9.3f} {r['fwdbwd_speedup']:6.2f}x" if "fwdbwd_ms" in r else " " * 17
+    return (f"{r['case']:15} {r['variant']:16} fwd {r['fwd_ms']:9.3f} ms {r['fwd_speedup']:6.2f}x | "
+            f"fwd+bwd {fb} | speed of light {r['speed_of_light']:6.2f}x | "
+            f"dense {r['dense_fwd_ms']:.3f} ms | err {r['max_err']:.1e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--no-backward", action="store_true")
+    parser.add_argument("--json", help="write the records to this file")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/tiling.py needs a CUDA GPU")
+    print(f"foveate {foveate.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()}, "
+          f"{time.strftime('%Y-%m-%d')}, bf16, B=1, D=128; speedups over cuDNN dense SDPA", flush=True)
+    records = []
+    for name in args.cases:
+        pattern, heads, hand = CASES[name]
+        builds = build_times(pattern)
+        print(f"{name}: layout build " + ", ".join(f"{k} {v:.1f} ms" for k, v in builds.items()), flush=True)
+        for rec in run_case(name, pattern, heads, hand, backward=not args.no_backward):
+            rec["build_ms"] = builds
+            records.append(rec)
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The speed-of-light simulator: what a block-sparse kernel must compute for a pattern,
+counted from its block layout without running any kernel, and the tile choice of
+``tile="auto"``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .layout import block_areas
+from .patterns import Neighborhood, Pattern
+from .patterns.canvas_layout import block_counts
+from .tiling import Tiled, candidate_tiles
+
+
+@dataclass(frozen=True)
+class SimulationRecord:
+    """What a block-sparse kernel computes for one pattern, lengths, block sizes and tile.
+
+    ``blocks_total`` is the dense kernel's block count on the caller's lengths; ``blocks_full``
+    and ``blocks_partial`` the visited blocks of the layout (in tiled order, padding
+    included); ``pairs_useful`` the allowed (query, key) pairs of the pattern;
+    ``pairs_computed`` the pairs inside visited blocks (clipped at the sequence ends);
+    ``speedup_bound = blocks_total / (blocks_full + blocks_partial)``: the speed of light of a
+    kernel that runs every visited block at dense speed.
+    """
+
+    pattern: str
+    q_len: int
+    kv_len: int
+    block_q: int
+    block_kv: int
+    tile: tuple[int, ...] | None
+    blocks_total: int
+    blocks_full: int
+    blocks_partial: int
+    pairs_useful: int
+    pairs_computed: int
+    speedup_bound: float
+
+    @property
+    def blocks_visited(self) -> int:
+        return self.blocks_full + self.blocks_partial
+
+    @property
+    def density(self) -> float:
+        """Fraction of all pairs that the pattern allows."""
+        return self.pairs_useful / (self.q_len * self.kv_len)
+
+    @property
+    def block_efficiency(self) -> float:
+        """Fraction of the computed pairs that are useful."""
+        return self.pairs_useful / self.pairs_computed if self.pairs_computed else 1.0
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out.update(blocks_visited=self.blocks_visited, density=self.density,
+                   block_efficiency=self.block_efficiency)
+        return out
+
+
+def _lengths(pattern: Pattern, q_len, kv_len) -> tuple[int, int]:
+    default = pattern.default_lengths()
+    if q_len is None and kv_len is None:
+        if default is None:
+            raise ValueError(f"{pattern!r} has no canvas: give q_len (and kv_len)")
+        return default
+    if q_len is None:
+        raise ValueError("kv_len given without q_len")
+    return q_len, q_len if kv_len is None else kv_len
+
+
+def simulate(
+    pattern: Pattern,
+    *,
+    q_len: int | None = None,
+    kv_len: int | None = None,
+    block_q: int = 128,
+    block_kv: int = 128,
+    tile: str | tuple[int, ...] | None = None,
+) -> SimulationRecord:
+    """Count the work of ``pattern`` on a block-sparse kernel (no kernel is run).
+
+    Lengths default to the canvas for canvas patterns (``kv_len`` defaults to ``q_len``).
+    ``tile`` is ``None`` (raster order), a tile shape, or ``"auto"`` (the tile that
+    :func:`choose_tile` picks).
+    """
+    q_len, kv_len = _lengths(pattern, q_len, kv_len)
+    pattern.check_lengths(q_len, kv_len)
+    if tile == "auto":
+        tile = choose_tile(pattern, block_q=block_q, block_kv=block_kv)
+    elif isinstance(tile, str):
+        raise ValueError(f"tile={tile!r}: expected 'auto', None or a tuple of ints")
+    target = Tiled(pattern, tuple(tile)) if tile is not None else pattern
+    t_q, t_kv = target.default_lengths() if tile is not None else (q_len, kv_len)
+    layout = target.build(t_q, t_kv, block_q=block_q, block_kv=block_kv)
+    row, col, full = layout.pairs()
+    computed = int(block_areas(row % layout.num_q_blocks, col, layout).sum())
+    visited = int(row.numel())
+    n_full = int(full.sum())
+    useful = layout.allowed_pairs() if tile is None else pattern.build(
+        q_len, kv_len, block_q=block_q, block_kv=block_kv).allowed_pairs()
+    total = -(-q_len // block_q) * -(-kv_len // block_kv)
+    return SimulationRecord(
+        pattern=repr(pattern), q_len=q_len, kv_len=kv_len, block_q=block_q, block_kv=block_kv,
+        tile=tuple(tile) if tile is not None else None, blocks_total=total, blocks_full=n_full,
+        blocks_partial=visited - n_full, pairs_useful=useful, pairs_computed=computed,
+        speedup_bound=total / visited if visited else float("inf"),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def choose_tile(pattern: Pattern, *, block_q: int = 128, block_kv: int = 128) -> tuple[int, ...] | None:
+    """The tile for ``tile="auto"``: among tile shapes of ``block_q`` tokens, the one whose
+    layout visits the fewest blocks, then has the fewest partial blocks; ``None`` (raster
+    order) when no tile beats raster order, or the pattern is not a 2-D/3-D neighborhood.
+    """
+    if not isinstance(pattern, Neighborhood) or len(pattern.canvas) < 2 or block_q != block_kv:
+        return None
+
+    def cost(tile):
+        counts = block_counts(pattern, block_q=block_q, block_kv=block_kv, tile=tile)
+        if counts is None:  # raster order whose blocks are not tiles: build it
+            n = pattern.default_lengths()
+            layout = pattern.build(*n, block_q=block_q, block_kv=block_kv)
+            counts = layout.num_visited(), int(layout.full_kv_num_blocks.sum())
+        visited, full = counts
+        return visited, visited - full
+
+    best, best_cost = None, cost(None)
+    for tile in candidate_tiles(pattern.canvas, block_q):
+        c = cost(tile)
+        if c < best_cost:
+            best, best_cost = tile, c
+    return best
+
+
+__all__ = ["simulate", "SimulationRecord", "choose_tile", "torch"]

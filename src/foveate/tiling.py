@@ -1,0 +1,198 @@
+"""Token tiling of 2-D/3-D canvases.
+
+In raster order a block of 128 tokens is a thin strip of the canvas, so a neighborhood spans
+many blocks, most of them partial. Tiling permutes the tokens so that each block is a
+compact tile (e.g. 16x8, or 2x8x8 in 3-D): a neighborhood then covers few blocks, mostly
+full ones.
+
+The tiled order pads the canvas up to whole tiles. Padded keys are never allowed; a padded
+query is given the neighborhood of the nearest real query (its coordinates clamped to the
+canvas), which keeps border blocks full where possible; its output is discarded. So the
+tiled sequence has ``prod(padded canvas)`` tokens, then the ``extra_kv`` keys.
+
+``attention()`` applies all this; the pieces are public for drawing, simulation and tests:
+:class:`TiledOrder` (the permutation and its inverse), :class:`Tiled` (a pattern in tiled
+order) and :func:`candidate_tiles`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .patterns.base import Pattern
+
+
+def _row_major_strides(shape) -> list[int]:
+    return [math.prod(shape[a + 1 :]) for a in range(len(shape))]
+
+
+class TiledOrder:
+    """Tokens ordered tile by tile (tiles in raster order of the tile grid, tokens in
+    raster order inside a tile), on the canvas padded up to whole tiles."""
+
+    def __init__(self, canvas: tuple[int, ...], tile: tuple[int, ...]):
+        if len(tile) != len(canvas) or not all(isinstance(t, int) and t >= 1 for t in tile):
+            raise ValueError(f"tile={tile!r}: expected {len(canvas)} positive ints for canvas {canvas}")
+        self.canvas, self.tile = tuple(canvas), tuple(tile)
+        self.ndim = len(canvas)
+        self.grid = tuple(-(-n // t) for n, t in zip(canvas, tile))
+        self.padded = tuple(g * t for g, t in zip(self.grid, tile))
+        self.tile_size = math.prod(tile)
+        self.num_tokens = math.prod(self.padded)  # the tiled sequence, padding included
+        self.num_canvas = math.prod(canvas)
+
+    def __repr__(self) -> str:
+        return f"TiledOrder(canvas={self.canvas}, tile={self.tile})"
+
+    @property
+    def has_padding(self) -> bool:
+        return self.padded != self.canvas
+
+    # -- as the layout builder sees it ---------------------------------------------------
+    def block_tile(self, block: int) -> tuple[int, ...] | None:
+        """Blocks of ``block`` tokens are tiles exactly when ``block`` is the tile size."""
+        return self.tile if block == self.tile_size else None
+
+    # -- index arithmetic (tensors; also inside torch.compile) ---------------------------
+    def coords(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Canvas coordinates of tiled positions ``idx`` (padding: coordinates past the canvas)."""
+        tile_idx, inner = idx // self.tile_size, idx % self.tile_size
+        out = []
+        for g_stride, g, t_stride, t in zip(
+            _row_major_strides(self.grid), self.grid, _row_major_strides(self.tile), self.tile
+        ):
+            out.append(((tile_idx // g_stride) % g) * t + (inner // t_stride) % t)
+        return out
+
+    def to_raster(self, idx: torch.Tensor, *, clamp: bool = False):
+        """Raster index and realness of tiled positions ``idx`` (< ``num_tokens``).
+
+        With ``clamp``, padding positions map to the nearest canvas token (and are reported
+        real)."""
+        coords = self.coords(idx)
+        real = None
+        flat = torch.zeros_like(idx)
+        for c, n, stride in zip(coords, self.canvas, _row_major_strides(self.canvas)):
+            inside = c < n
+            real = inside if real is None else real & inside
+            if clamp:
+                c = torch.clamp(c, max=n - 1)
+            flat = flat + c * stride
+        if clamp:
+            real = torch.ones_like(real)
+        return flat, real
+
+    def permutation(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tiled_to_raster, raster_to_tiled)``: int64 index tensors of lengths
+        ``num_tokens`` (``-1`` at padding) and ``num_canvas``."""
+        idx = torch.arange(self.num_tokens, device=device)
+        flat, real = self.to_raster(idx)
+        tiled_to_raster = torch.where(real, flat, -1)
+        raster_to_tiled = torch.empty(self.num_canvas, dtype=torch.int64, device=device)
+        raster_to_tiled[flat[real]] = idx[real]
+        return tiled_to_raster, raster_to_tiled
+
+    # -- moving tensors ------------------------------------------------------------------
+    def tile_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, N, D)`` canvas tokens in raster order (``N = prod(canvas)``) ->
+        ``(B, H, num_tokens, D)`` in tiled order, zeros at padding. Differentiable."""
+        b, h, n, d = x.shape
+        x = x.reshape(b, h, *self.canvas, d)
+        pad = []
+        for n_a, p_a in zip(reversed(self.canvas), reversed(self.padded)):
+            pad += [0, p_a - n_a]
+        if self.has_padding:
+            x = torch.nn.functional.pad(x, [0, 0] + pad)
+        split = [b, h]
+        for g, t in zip(self.grid, self.tile):
+            split += [g, t]
+        x = x.reshape(*split, d)
+        nd = self.ndim
+        perm = [0, 1] + [2 + 2 * a for a in range(nd)] + [3 + 2 * a for a in range(nd)] + [2 + 2 * nd]
+        return x.permute(perm).reshape(b, h, self.num_tokens, d)
+
+    def untile_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`tile_tokens`: ``(B, H, num_tokens, ...)`` -> ``(B, H, N, ...)``,
+        padding dropped. A trailing feature axis is optional (lse has none)."""
+        squeeze = x.dim() == 3
+        if squeeze:
+            x = x[..., None]
+        b, h, _, d = x.shape
+        nd = self.ndim
+        x = x.reshape(b, h, *self.grid, *self.tile, d)
+        perm = [0, 1]
+        for a in range(nd):
+            perm += [2 + a, 2 + nd + a]
+        x = x.permute(perm + [2 + 2 * nd]).reshape(b, h, *self.padded, d)
+        if self.has_padding:
+            x = x[(slice(None), slice(None)) + tuple(slice(0, n) for n in self.canvas)]
+        x = x.reshape(b, h, self.num_canvas, d)
+        return x[..., 0] if squeeze else x
+
+
+@dataclass(frozen=True, repr=False)
+class Tiled(Pattern):
+    """``base`` (a canvas pattern) seen in the tiled token order of ``tile``.
+
+    Lengths: ``q_len = prod(padded canvas)``, ``kv_len = q_len + base.extra_kv``; ``k`` and
+    ``v`` are the padded canvas in tiled order followed by the extra tokens.
+    """
+
+    base: Pattern = field()
+    tile: tuple[int, ...] = field()
+
+    def __post_init__(self):
+        if self.base.canvas is None:
+            raise ValueError(f"{self.base!r} has no canvas to tile")
+        tile = tuple(self.tile) if isinstance(self.tile, list) else self.tile
+        self.base._check_tile(tile)
+        object.__setattr__(self, "tile", tile)
+
+    def __repr__(self) -> str:
+        return f"Tiled({self.base!r}, tile={self.tile})"
+
+    @property
+    def order(self) -> TiledOrder:
+        return TiledOrder(self.base.canvas, self.tile)
+
+    def default_lengths(self) -> tuple[int, int]:
+        n = self.order.num_tokens
+        return n, n + self.base.extra_kv
+
+    def mask_mod(self, q_len: int, kv_len: int):
+        self.check_lengths(q_len, kv_len)
+        order = self.order
+        n_tiled, n_canvas = order.num_tokens, order.num_canvas
+        base = self.base.mask_mod(n_canvas, n_canvas + self.base.extra_kv)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            q_raster, _ = order.to_raster(q_idx, clamp=True)
+            is_extra = kv_idx >= n_tiled
+            k_raster, k_real = order.to_raster(torch.where(is_extra, 0, kv_idx))
+            k_raster = torch.where(is_extra, kv_idx - n_tiled + n_canvas, k_raster)
+            return base(b, h, q_raster, k_raster) & (k_real | is_extra)
+
+        return mask_mod
+
+    def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
+        if tile is not None:
+            raise ValueError(f"tile={tile!r}: {self!r} is already tiled")
+        n_canvas = self.order.num_canvas
+        return self.base.build(
+            n_canvas, n_canvas + self.base.extra_kv, block_q=block_q, block_kv=block_kv,
+            device=device, tile=self.tile,
+        )
+
+
+def candidate_tiles(canvas: tuple[int, ...], size: int = 128) -> list[tuple[int, ...]]:
+    """Tile shapes of ``size`` tokens (powers of two when ``size`` is one) that fit the
+    canvas up to padding: each side at most the canvas side rounded up to a power of two."""
+    divisors = [d for d in range(1, size + 1) if size % d == 0]
+    limits = [1 << max(0, (n - 1).bit_length()) for n in canvas]
+    out: list[tuple[int, ...]] = [()]
+    for limit in limits:
+        out = [t + (d,) for t in out for d in divisors if d <= limit]
+    return [t for t in out if math.prod(t) == size]

@@ -145,8 +145,10 @@ class Tiled(Pattern):
     tile: tuple[int, ...] = field()
 
     def __post_init__(self):
-        if self.base.canvas is None:
-            raise ValueError(f"{self.base!r} has no canvas to tile")
+        from .patterns import Neighborhood
+
+        if not isinstance(self.base, Neighborhood):
+            raise ValueError(f"tile={self.tile!r}: only Neighborhood patterns can be tiled, not {self.base!r}")
         tile = tuple(self.tile) if isinstance(self.tile, list) else self.tile
         self.base._check_tile(tile)
         object.__setattr__(self, "tile", tile)
@@ -165,15 +167,20 @@ class Tiled(Pattern):
     def mask_mod(self, q_len: int, kv_len: int):
         self.check_lengths(q_len, kv_len)
         order = self.order
-        n_tiled, n_canvas = order.num_tokens, order.num_canvas
-        base = self.base.mask_mod(n_canvas, n_canvas + self.base.extra_kv)
+        n_tiled = order.num_tokens
+        allowed = self.base.coords_allowed
+        canvas, padded, extra = order.canvas, order.has_padding, self.base.extra_kv
 
         def mask_mod(b, h, q_idx, kv_idx):
-            q_raster, _ = order.to_raster(q_idx, clamp=True)
-            is_extra = kv_idx >= n_tiled
-            k_raster, k_real = order.to_raster(torch.where(is_extra, 0, kv_idx))
-            k_raster = torch.where(is_extra, kv_idx - n_tiled + n_canvas, k_raster)
-            return base(b, h, q_raster, k_raster) & (k_real | is_extra)
+            q_coords = order.coords(q_idx)
+            k_coords = order.coords(kv_idx)
+            if padded:  # a padded query acts as its nearest canvas query
+                q_coords = [torch.clamp(c, max=n - 1) for c, n in zip(q_coords, canvas)]
+            ok = allowed(q_coords, k_coords)
+            if padded:  # padding keys are never allowed
+                for c, n in zip(k_coords, canvas):
+                    ok = ok & (c < n)
+            return ok | (kv_idx >= n_tiled) if extra else ok
 
         return mask_mod
 

@@ -15,10 +15,20 @@ from .base import Backend, Problem, cached_layout
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
+#: Compiled FlexAttention variants kept by torch.compile (one per pattern, shape, dtype
+#: and grad mode). Past dynamo's default of 8 it would silently fall back to an unfused
+#: implementation that materialises the whole score matrix.
+RECOMPILE_LIMIT = 256
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
     return torch.compile(flex_attention, dynamic=False)
 
 

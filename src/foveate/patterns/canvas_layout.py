@@ -36,7 +36,7 @@ class _Axis:
     @classmethod
     def of(cls, length, kernel, dilation, stride, causal, device):
         x = torch.arange(length, device=device, dtype=torch.int64)
-        _, start, end = axis_window(x, length, kernel, dilation, stride, causal)
+        start, end = axis_window(x, length, kernel, dilation, stride, causal)
         return cls(length, dilation, start, end)
 
     def _groups(self, x0, x1):

@@ -15,29 +15,42 @@ from .base import Pattern, as_int, per_axis
 def axis_window(x: torch.Tensor, length: int, kernel: int, dilation: int, stride: int, causal: bool):
     """The neighborhood of query coordinate ``x`` along one axis.
 
-    Returns ``(group, start, end)``: the query's dilation group ``x % dilation`` and the
-    half-open window ``[start, end)`` of allowed key coordinates *inside that group*
-    (group coordinate = raw coordinate // dilation). Works elementwise on integer tensors,
-    also inside ``torch.compile`` (FlexAttention's mask_mod).
+    Returns ``(start, end)``: the half-open window of allowed key coordinates *inside the
+    query's dilation group* ``x % dilation`` (group coordinate = raw coordinate // dilation).
+    Works elementwise on integer tensors, also inside ``torch.compile`` (FlexAttention's
+    mask_mod), and costs the fewest operations when dilation and stride are 1.
     """
-    group = x % dilation
-    xg = x // dilation
-    # Length of the query's dilation group: the first (length % dilation) groups are longer.
-    lg = length // dilation + (group < length % dilation).to(x.dtype)
-    left = kernel // 2
-    right = kernel // 2 + kernel % 2 - 1
-    if causal:
-        leader = torch.minimum((xg // stride) * stride + (stride - 1), lg - 1)
-        start = torch.clamp(leader - left - right, min=0)
-        end = torch.minimum(xg + 1, lg)
+    if dilation == 1:
+        xg, lg = x, length
     else:
-        leader = torch.minimum((xg // stride) * stride + stride // 2, lg - 1)
-        # Clamp the window at the borders so that it always holds `kernel` keys.
-        start = torch.clamp(leader - left, min=0) + torch.where(
-            leader + right >= lg, lg - right - leader - 1, 0
-        )
+        xg = x // dilation
+        # Length of the query's dilation group: the first (length % dilation) groups are longer.
+        lg = length // dilation + ((x % dilation) < length % dilation).to(x.dtype)
+    if causal:
+        # leader = min((x // s) * s + s - 1, lg - 1); start = max(leader - (kernel - 1), 0)
+        leader = xg if stride == 1 else _minimum((xg // stride) * stride + (stride - 1), lg - 1)
+        start = torch.clamp(leader - (kernel - 1), min=0)
+        end = xg + 1  # min(x + 1, lg), and x < lg
+    else:
+        # leader = min((x // s) * s + s // 2, lg - 1); the window [leader - kernel // 2, ...)
+        # is shifted inside [0, lg) so that it always holds `kernel` keys.
+        leader = xg if stride == 1 else _minimum((xg // stride) * stride + stride // 2, lg - 1)
+        start = _minimum(torch.clamp(leader - kernel // 2, min=0), lg - kernel)
         end = start + kernel
-    return group, start, end
+    return start, end
+
+
+def _minimum(a: torch.Tensor, b) -> torch.Tensor:
+    return torch.clamp(a, max=b) if isinstance(b, int) else torch.minimum(a, b)
+
+
+def axis_allowed(qx: torch.Tensor, kx: torch.Tensor, length, kernel, dilation, stride, causal):
+    """Elementwise: may query coordinate ``qx`` see key coordinate ``kx`` along this axis?"""
+    start, end = axis_window(qx, length, kernel, dilation, stride, causal)
+    if dilation == 1:
+        return (kx >= start) & (kx < end)
+    kg = kx // dilation
+    return (kx % dilation == qx % dilation) & (kg >= start) & (kg < end)
 
 
 @dataclass(frozen=True, repr=False)
@@ -115,26 +128,29 @@ class Neighborhood(Pattern):
 
     def mask_mod(self, q_len: int, kv_len: int):
         self.check_lengths(q_len, kv_len)
-        axes = self.axes
         # Row-major strides of the canvas.
-        strides = [math.prod(self.canvas[a + 1 :]) for a in range(len(axes))]
+        strides = [math.prod(self.canvas[a + 1 :]) for a in range(len(self.canvas))]
         n_canvas = math.prod(self.canvas)
-        extra = self.extra_kv
+        allowed = self.coords_allowed
+
+        def coords(idx):
+            # The outermost axis needs no modulo (canvas tokens have idx < n_canvas).
+            return [idx // st if a == 0 else (idx // st) % n for a, (st, n) in enumerate(zip(strides, self.canvas))]
 
         def mask_mod(b, h, q_idx, kv_idx):
-            ok = None
-            for (length, kernel, dilation, stride, causal), step in zip(axes, strides):
-                qx = (q_idx // step) % length
-                kx = (kv_idx // step) % length
-                group, start, end = axis_window(qx, length, kernel, dilation, stride, causal)
-                kg = kx // dilation
-                ok_axis = (kx % dilation == group) & (kg >= start) & (kg < end)
-                ok = ok_axis if ok is None else ok & ok_axis
-            if extra:
-                ok = ok | (kv_idx >= n_canvas)
-            return ok
+            ok = allowed(coords(q_idx), coords(kv_idx))
+            return ok | (kv_idx >= n_canvas) if self.extra_kv else ok
 
         return mask_mod
+
+    def coords_allowed(self, q_coords, k_coords) -> torch.Tensor:
+        """Elementwise: may the query at canvas coordinates ``q_coords`` see the canvas key at
+        ``k_coords`` (one integer tensor per axis)? The extra keys are not covered here."""
+        ok = None
+        for qx, kx, axis in zip(q_coords, k_coords, self.axes):
+            ok_axis = axis_allowed(qx, kx, *axis)
+            ok = ok_axis if ok is None else ok & ok_axis
+        return ok
 
     # -- compiled form -----------------------------------------------------------------
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):

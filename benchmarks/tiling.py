@@ -72,7 +72,8 @@ def run_case(name, pattern, heads, hand_tile, backward: bool, dim: int = 128) ->
     variants = [("raster", None)]
     if hand_tile is not None and hand_tile != auto_tile:
         variants.append(("hand " + "x".join(map(str, hand_tile)), hand_tile))
-    variants.append(("auto " + ("x".join(map(str, auto_tile)) if auto_tile else "(raster)"), auto_tile))
+    if auto_tile is not None:
+        variants.append(("auto " + "x".join(map(str, auto_tile)), auto_tile))
     with torch.no_grad():
         # One fp32 reference on a slice of heads keeps the check cheap.
         ref = foveate.attention(q[:, :1].float(), k[:, :1].float(), v[:, :1].float(), pattern,

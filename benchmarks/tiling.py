@@ -137,16 +137,41 @@ def format_row(r: dict) -> str:
             f"dense {r['dense_fwd_ms']:.3f} ms | err {r['max_err']:.1e}")
 
 
+def markdown(records: list[dict], header: str) -> str:
+    """The records as the Markdown table of docs/benchmarks.md."""
+    lines = [
+        header, "",
+        "| case | order | fwd ms | fwd speedup | pre-tiled fwd speedup | fwd+bwd ms | fwd+bwd speedup "
+        "| speed of light | visited blocks (partial) | layout build ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        if r.get("status") == "WRONG":
+            lines.append(f"| {r['case']} | {r['variant']} | WRONG RESULT (max error {r['max_err']:.3g}) |")
+            continue
+        pre = f"{r['dense_fwd_ms'] / r['fwd_pretiled_ms']:.2f}x" if "fwd_pretiled_ms" in r else ""
+        fb = (f"{r['fwdbwd_ms']:.3f} | {r['fwdbwd_speedup']:.2f}x" if "fwdbwd_ms" in r else " | ")
+        build = r["build_ms"].get("tiled" if r["tile"] else "raster", float("nan"))
+        lines.append(
+            f"| {r['case']} | {r['variant']} | {r['fwd_ms']:.3f} | {r['fwd_speedup']:.2f}x | {pre} | {fb} | "
+            f"{r['speed_of_light']:.2f}x | {r['blocks_visited']} ({r['blocks_partial']}) | {build:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-backward", action="store_true")
     parser.add_argument("--json", help="write the records to this file")
+    parser.add_argument("--markdown", help="write the Markdown table to this file")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/tiling.py needs a CUDA GPU")
-    print(f"foveate {foveate.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()}, "
-          f"{time.strftime('%Y-%m-%d')}, bf16, B=1, D=128; speedups over cuDNN dense SDPA", flush=True)
+    header = (f"foveate {foveate.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()}, "
+              f"{time.strftime('%Y-%m-%d')}, bf16, B=1, D=128, flex backend; speedups over cuDNN dense SDPA "
+              f"on the same shape, same run")
+    print(header, flush=True)
     records = []
     for name in args.cases:
         pattern, heads, hand = CASES[name]
@@ -159,6 +184,9 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1, default=str)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(records, header))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,10 @@ class FlexBackend(Backend):
             device=q.device,
         )
         block_mask = layout.to_flex_block_mask()
+        if not problem.requires_grad:
+            # Under no_grad, inputs may still carry requires_grad; FlexAttention on CPU refuses
+            # those even though no graph is recorded.
+            q, k, v = q.detach(), k.detach(), v.detach()
         result = _compiled_flex()(
             q, k, v, block_mask=block_mask, scale=scale,
             enable_gqa=problem.heads_q != problem.heads_kv, return_lse=problem.return_lse,

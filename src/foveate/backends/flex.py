@@ -20,6 +20,9 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: implementation that materialises the whole score matrix.
 RECOMPILE_LIMIT = 256
 
+# BlockMask per cached layout (keyed by identity; the layout is kept alive with its mask).
+_FLEX_MASKS: dict[int, tuple] = {}
+
 
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
@@ -67,7 +70,13 @@ class FlexBackend(Backend):
             problem.pattern, problem.q_len, problem.kv_len, block_q=self.block_size, block_kv=self.block_size,
             device=q.device,
         )
-        block_mask = layout.to_flex_block_mask()
+        block_mask = _FLEX_MASKS.get(id(layout))
+        if block_mask is None or block_mask[0] is not layout:
+            block_mask = (layout, layout.to_flex_block_mask())
+            _FLEX_MASKS[id(layout)] = block_mask
+            if len(_FLEX_MASKS) > 64:
+                _FLEX_MASKS.pop(next(iter(_FLEX_MASKS)))
+        block_mask = block_mask[1]
         if not problem.requires_grad:
             # Under no_grad, inputs may still carry requires_grad; FlexAttention on CPU refuses
             # those even though no graph is recorded.

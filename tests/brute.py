@@ -1,0 +1,146 @@
+"""Brute-force definitions of the pattern masks and of the block classification.
+
+Written from DESIGN.md ("Patterns (contract)", "Neighborhood", "Others in the first wave",
+"BlockLayout (contract)") with plain Python loops over coordinates, independently of
+foveate's own ``mask_mod`` / ``axis_window``: the tests compare foveate against these.
+
+Every mask function returns a dense ``torch.bool`` tensor of shape ``(q_len, kv_len)``;
+``mask[i, j]`` says whether query ``i`` may see key ``j``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+
+def _from_rows(rows: list[list[bool]], q_len: int, kv_len: int) -> torch.Tensor:
+    mask = torch.tensor(rows, dtype=torch.bool) if rows else torch.zeros(0, kv_len, dtype=torch.bool)
+    return mask.reshape(q_len, kv_len)
+
+
+# -- 1-D sequence patterns (bottom-right alignment) ---------------------------------------
+
+
+def position(i: int, q_len: int, kv_len: int) -> int:
+    """Position of query ``i`` in the key sequence: ``p = i + (kv_len - q_len)``."""
+    return i + (kv_len - q_len)
+
+
+def dense_mask(q_len: int, kv_len: int) -> torch.Tensor:
+    return _from_rows([[True for _ in range(kv_len)] for _ in range(q_len)], q_len, kv_len)
+
+
+def causal_mask(q_len: int, kv_len: int) -> torch.Tensor:
+    rows = []
+    for i in range(q_len):
+        p = position(i, q_len, kv_len)
+        rows.append([j <= p for j in range(kv_len)])
+    return _from_rows(rows, q_len, kv_len)
+
+
+def sliding_window_mask(q_len: int, kv_len: int, left: int, right: int = 0) -> torch.Tensor:
+    rows = []
+    for i in range(q_len):
+        p = position(i, q_len, kv_len)
+        rows.append([p - left <= j <= p + right for j in range(kv_len)])
+    return _from_rows(rows, q_len, kv_len)
+
+
+# -- Neighborhood ---------------------------------------------------------------------------
+
+
+def group_window(x_raw: int, length: int, kernel: int, dilation: int, stride: int, causal: bool):
+    """DESIGN.md's per-axis window of the query at raw coordinate ``x_raw``.
+
+    Returns ``(group, start, end)``: the dilation group and the half-open window of group
+    coordinates ``[start, end)``.
+    """
+    group = x_raw % dilation
+    x = x_raw // dilation  # the query's coordinate inside its group
+    lg = length // dilation + (1 if group < length % dilation else 0)
+    w, s = kernel, stride
+    left = w // 2
+    right = w // 2 + (w % 2) - 1
+    if causal:
+        c = min((x // s) * s + s - 1, lg - 1)
+        start = max(c - left - right, 0)
+        end = min(x + 1, lg)
+    else:
+        c = min((x // s) * s + s // 2, lg - 1)
+        start = max(c - left, 0) + (lg - right - c - 1 if c + right >= lg else 0)
+        end = start + w
+    return group, start, end
+
+
+def axis_table(length: int, kernel: int, dilation: int, stride: int, causal: bool) -> list[list[bool]]:
+    """``table[x][y]``: whether, on this axis, the query at raw coordinate ``x`` sees the key
+    at raw coordinate ``y``."""
+    table = []
+    for x in range(length):
+        group, start, end = group_window(x, length, kernel, dilation, stride, causal)
+        row = []
+        for y in range(length):
+            row.append(y % dilation == group and start <= y // dilation < end)
+        table.append(row)
+    return table
+
+
+def _per_axis(value, ndim: int) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * ndim
+
+
+def neighborhood_mask(
+    canvas, kernel, dilation=1, stride=1, causal=False, extra_kv: int = 0
+) -> torch.Tensor:
+    """Mask of ``Neighborhood(canvas, kernel, dilation, stride, causal, extra_kv)``:
+    ``(prod(canvas), prod(canvas) + extra_kv)``, tokens in row-major order."""
+    canvas = _per_axis(canvas, 1)
+    ndim = len(canvas)
+    kernel, dilation, stride, causal = (_per_axis(v, ndim) for v in (kernel, dilation, stride, causal))
+    tables = [
+        axis_table(canvas[a], kernel[a], dilation[a], stride[a], causal[a]) for a in range(ndim)
+    ]
+    coords = list(itertools.product(*(range(n) for n in canvas)))  # row-major order
+    n = len(coords)
+    rows = []
+    for qc in coords:
+        row = []
+        for kc in coords:
+            row.append(all(tables[a][qc[a]][kc[a]] for a in range(ndim)))
+        row.extend([True] * extra_kv)
+        rows.append(row)
+    return _from_rows(rows, n, n + extra_kv)
+
+
+def neighborhood_mask_of(pattern) -> torch.Tensor:
+    """The brute-force mask of a ``foveate`` Neighborhood (reads only its parameters)."""
+    return neighborhood_mask(
+        pattern.canvas, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal,
+        pattern.extra_kv,
+    )
+
+
+# -- blocks -----------------------------------------------------------------------------------
+
+
+def block_grid(mask: torch.Tensor, block_q: int, block_kv: int) -> torch.Tensor:
+    """``int8 (nq, nkv)``: 0 when no pair of the block is allowed, 2 when every *existing*
+    pair is (the last block of each axis is short), 1 otherwise."""
+    q_len, kv_len = mask.shape
+    nq, nkv = math.ceil(q_len / block_q), math.ceil(kv_len / block_kv)
+    rows = mask.tolist()
+    grid = torch.zeros(nq, nkv, dtype=torch.int8)
+    for qb in range(nq):
+        for kb in range(nkv):
+            allowed = existing = 0
+            for i in range(qb * block_q, min((qb + 1) * block_q, q_len)):
+                for j in range(kb * block_kv, min((kb + 1) * block_kv, kv_len)):
+                    existing += 1
+                    allowed += rows[i][j]
+            grid[qb, kb] = EMPTY if allowed == 0 else FULL if allowed == existing else PARTIAL
+    return grid

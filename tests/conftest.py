@@ -1,0 +1,68 @@
+"""Shared fixtures and helpers of the foveate tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# The helper modules of the tests (naive.py, brute.py) import as top-level modules.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    """A CPU generator with a fixed seed: every test draws the same numbers on every run."""
+    return torch.Generator().manual_seed(0)
+
+
+def make_qkv(
+    gen: torch.Generator,
+    *,
+    batch: int = 2,
+    heads_q: int = 2,
+    heads_kv: int | None = None,
+    q_shape: tuple[int, ...] = (16,),
+    kv_shape: tuple[int, ...] | None = None,
+    head_dim: int = 16,
+    head_dim_v: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    requires_grad: bool = False,
+):
+    """Random ``q, k, v``: ``q`` is ``(B, Hq, *q_shape, D)``, ``k``/``v`` are
+    ``(B, Hkv, *kv_shape, D or Dv)``. Values are drawn in float64 and then cast, so every
+    dtype sees the same numbers (rounded)."""
+    heads_kv = heads_q if heads_kv is None else heads_kv
+    kv_shape = q_shape if kv_shape is None else kv_shape
+    head_dim_v = head_dim if head_dim_v is None else head_dim_v
+
+    def draw(*shape):
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+        return t.requires_grad_(requires_grad)
+
+    q = draw(batch, heads_q, *q_shape, head_dim)
+    k = draw(batch, heads_kv, *kv_shape, head_dim)
+    v = draw(batch, heads_kv, *kv_shape, head_dim_v)
+    return q, k, v
+
+
+@pytest.fixture
+def qkv(rng):
+    """``qkv(**kwargs)``: :func:`make_qkv` with the test's seeded generator."""
+
+    def factory(**kwargs):
+        return make_qkv(rng, **kwargs)
+
+    return factory
+
+
+def leaf(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A detached copy of ``t`` (optionally cast) that requires grad: a fresh autograd leaf."""
+    t = t.detach()
+    if dtype is not None:
+        t = t.to(dtype)
+    return t.clone().requires_grad_(True)

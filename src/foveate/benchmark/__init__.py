@@ -1,0 +1,1 @@
+"""The benchmark behind ``foveate bench``: suites of cases, the runner, the report."""

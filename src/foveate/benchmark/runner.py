@@ -1,0 +1,229 @@
+"""Run benchmark cases: check each backend against the reference, then time it next to the
+dense baseline in the same process.
+
+Conventions (DESIGN.md, Benchmarks): effective TFLOP/s count only allowed pairs, forward
+``4 * pairs * D`` and forward+backward 3.5 times that; the dense baseline of a causal case
+is causal SDPA, of any other case dense SDPA on the same shape (cuDNN on CUDA where it
+takes the problem); times are warm medians. A backend whose result is wrong is reported
+as a failure, never with a time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import time
+from typing import Callable, Iterator
+
+import torch
+
+import foveate
+
+from ..simulate import choose_tile, simulate
+from .suites import Case, dense_pairs
+
+#: Relative L2 error allowed against the float32 reference (out; gradients get twice this).
+TOLERANCE = {torch.float32: 2e-3, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+BWD_FLOP_FACTOR = 3.5  # forward+backward = 3.5 x forward (FlashAttention's convention)
+
+
+def environment(device: torch.device) -> dict:
+    """Device, versions and date, written into every record."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:  # pragma: no cover - triton is a dependency on Linux
+        triton_version = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    return dict(
+        device=name, torch=torch.__version__, triton=triton_version, foveate=foveate.__version__,
+        python=platform.python_version(), date=datetime.date.today().isoformat(),
+    )
+
+
+def measure(fn: Callable[[], object], device: torch.device, *, reps: int, rep_ms: int) -> float:
+    """Warm median time of ``fn()`` in milliseconds (``triton.testing.do_bench`` on CUDA)."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median"))
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def sdpa_baseline(case: Case, *, cudnn: bool) -> tuple[str, Callable]:
+    """The dense baseline of ``case``: ``(name, fn(q, k, v))``; with ``cudnn``, SDPA is held
+    to its cuDNN kernel."""
+    causal = case.is_causal and case.q_len == case.kv_len
+    gqa = case.heads != case.heads_kv
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def plain(q, k, v):
+        return sdpa(q, k, v, is_causal=causal, enable_gqa=gqa)
+
+    kind = "causal" if causal else "dense"
+    if not cudnn:
+        return f"sdpa {kind}", plain
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def cudnn_only(q, k, v):
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return plain(q, k, v)
+
+    return f"cudnn {kind}", cudnn_only
+
+
+def _rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    got, ref = got.float(), ref.float()
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+
+
+class CaseRunner:
+    """Inputs, reference and baseline of one case, shared by every backend."""
+
+    def __init__(self, case: Case, *, dtype: torch.dtype, device: torch.device, backward: bool,
+                 reps: int, rep_ms: int):
+        self.case, self.dtype, self.device, self.backward = case, dtype, device, backward
+        self.reps, self.rep_ms = reps, rep_ms
+        gen = torch.Generator(device=device).manual_seed(0)
+        shape = lambda h, n: (case.batch, h, n, case.head_dim)  # noqa: E731
+        self.q = torch.randn(shape(case.heads, case.q_len), generator=gen, device=device, dtype=dtype)
+        self.k = torch.randn(shape(case.heads_kv, case.kv_len), generator=gen, device=device, dtype=dtype)
+        self.v = torch.randn(shape(case.heads_kv, case.kv_len), generator=gen, device=device, dtype=dtype)
+        self.grad = torch.randn(shape(case.heads, case.q_len), generator=gen, device=device, dtype=dtype)
+        pattern = case.pattern or foveate.patterns.Dense()
+        self.tile = choose_tile(pattern) if pattern.canvas is not None and len(pattern.canvas) > 1 else None
+        self.sim = simulate(pattern, q_len=case.q_len, kv_len=case.kv_len, tile=self.tile)
+        self._reference = None
+
+    # -- the truth: float32 reference on the first (batch, kv head group) ---------------
+    def _slices(self):
+        group = self.case.heads // self.case.heads_kv
+        return slice(0, 1), slice(0, group), slice(0, 1)
+
+    def reference(self):
+        if self._reference is None:
+            b, hq, hk = self._slices()
+            q, k, v = (t[b, h].float().detach().requires_grad_(self.backward)
+                       for t, h in ((self.q, hq), (self.k, hk), (self.v, hk)))
+            out = foveate.attention(q, k, v, self.case.pattern, backend="reference")
+            grads = (torch.autograd.grad(out, (q, k, v), self.grad[b, hq].float())
+                     if self.backward else None)
+            self._reference = (out.detach(), grads)
+        return self._reference
+
+    def check(self, out: torch.Tensor, grads=None) -> float:
+        """Largest relative error of ``out`` (and grads) on the checked slice vs the reference."""
+        b, hq, hk = self._slices()
+        ref_out, ref_grads = self.reference()
+        errors = [_rel_error(out[b, hq], ref_out)]
+        if grads is not None:
+            errors += [_rel_error(g[b, h], r) / 2 for g, h, r in zip(grads, (hq, hk, hk), ref_grads)]
+        return max(errors)
+
+    # -- runs ----------------------------------------------------------------------------
+    def _fwd(self, fn):
+        def run():
+            with torch.no_grad():
+                return fn(self.q, self.k, self.v)
+        return run
+
+    def _fwd_bwd(self, fn):
+        q, k, v = (t.detach().requires_grad_() for t in (self.q, self.k, self.v))
+
+        def run():
+            out = fn(q, k, v)
+            return out, torch.autograd.grad(out, (q, k, v), self.grad)
+        return run
+
+    def record(self, backend: str, direction: str, **fields) -> dict:
+        case, sim = self.case, self.sim
+        pairs = case.batch * case.heads * (
+            dense_pairs(case) if backend.startswith(("sdpa", "cudnn")) else sim.pairs_useful)
+        flops = 4 * pairs * case.head_dim * (BWD_FLOP_FACTOR if direction == "fwd+bwd" else 1)
+        rec = dict(
+            case=case.name, family=case.family, pattern=repr(case.pattern) if case.pattern else "dense",
+            backend=backend, direction=direction, dtype=str(self.dtype).replace("torch.", ""),
+            batch=case.batch, heads=case.heads, heads_kv=case.heads_kv, q_len=case.q_len,
+            kv_len=case.kv_len, head_dim=case.head_dim, tile=self.tile if not backend.startswith(("sdpa", "cudnn")) else None,
+            density=sim.density, blocks_visited=sim.blocks_visited, speed_of_light=sim.speedup_bound,
+            status="ok", reason=None, ms=None, tflops=None, speedup=None, sol_fraction=None, rel_error=None,
+        )
+        rec.update(fields)
+        if rec["ms"] is not None:
+            rec["tflops"] = flops / (rec["ms"] * 1e-3) / 1e12
+        return rec
+
+    def run_baseline(self) -> Iterator[dict]:
+        for direction in ("fwd", "fwd+bwd") if self.backward else ("fwd",):
+            note = None
+            for cudnn in (True, False) if self.device.type == "cuda" else (False,):
+                name, fn = sdpa_baseline(self.case, cudnn=cudnn)
+                run = self._fwd(fn) if direction == "fwd" else self._fwd_bwd(fn)
+                try:
+                    ms = measure(run, self.device, reps=self.reps, rep_ms=self.rep_ms)
+                    break
+                except RuntimeError as err:  # cuDNN declines the shape: SDPA's own choice
+                    note = f"cuDNN declined: {str(err).splitlines()[0]}"
+            yield self.record(name, direction, ms=ms, speedup=1.0, reason=note)
+
+    def run_backend(self, backend: str, baseline_ms: dict[str, float]) -> Iterator[dict]:
+        fn = lambda q, k, v: foveate.attention(q, k, v, self.case.pattern, backend=backend)  # noqa: E731
+        directions = [("fwd", self._fwd(fn))] + ([("fwd+bwd", self._fwd_bwd(fn))] if self.backward else [])
+        tol = TOLERANCE[self.dtype]
+        for direction, run in directions:
+            try:
+                result = run()
+            except ValueError as err:  # the backend declines this problem
+                yield self.record(backend, direction, status="unsupported", reason=str(err))
+                continue
+            out, grads = (result, None) if direction == "fwd" else result
+            err = self.check(out, grads)
+            if not err <= tol:
+                yield self.record(backend, direction, status="wrong", rel_error=err,
+                                  reason=f"relative error {err:.3g} > {tol:g} against the reference")
+                continue
+            ms = measure(run, self.device, reps=self.reps, rep_ms=self.rep_ms)
+            speedup = baseline_ms[direction] / ms
+            # The speed of light counts blocks of a dense kernel; a causal baseline does only
+            # part of that work.
+            bound = self.sim.speedup_bound * dense_pairs(self.case) / (self.case.q_len * self.case.kv_len)
+            yield self.record(backend, direction, ms=ms, rel_error=err, speedup=speedup,
+                              sol_fraction=speedup / bound)
+
+
+def default_backends(device: torch.device) -> list[str]:
+    """Every available backend; on CUDA the reference is the check, not a contender."""
+    names = foveate.backends.available()
+    return [n for n in names if n != "reference"] if device.type == "cuda" else names
+
+
+def run_cases(cases, backends, *, dtype, device, backward, reps, rep_ms, progress=None) -> list[dict]:
+    """All records of all cases; ``progress(description)`` is called before each step."""
+    env = environment(device)
+    records = []
+    for case in cases:
+        if progress:
+            progress(f"{case.name}: baseline")
+        runner = CaseRunner(case, dtype=dtype, device=device, backward=backward, reps=reps, rep_ms=rep_ms)
+        base = list(runner.run_baseline())
+        records += base
+        baseline_ms = {r["direction"]: r["ms"] for r in base}
+        for backend in backends:
+            if progress:
+                progress(f"{case.name}: {backend}")
+            records += list(runner.run_backend(backend, baseline_ms))
+        del runner
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for rec in records:
+        rec.update(env)
+    return records

@@ -1,0 +1,155 @@
+"""``foveate bench`` end to end on the tiny suite (CPU, reference backend: no compiles)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import foveate
+from foveate.backends import Backend, ReferenceBackend, register
+from foveate.benchmark.suites import TINY_SUITE, dense_pairs
+from foveate.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    code = main(["bench", "--suite", "tiny", "--backends", "reference", "--reps", "2", "--out", str(out)])
+    return code, out
+
+
+def test_exit_code_and_report_files(tiny_report):
+    code, out = tiny_report
+    assert code == 0
+    for name in ("results.json", "report.md", "time.png", "tflops.png", "speed_of_light.png"):
+        path = out / name
+        assert path.stat().st_size > 0, name
+    for name in ("time.png", "tflops.png", "speed_of_light.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    report = (out / "report.md").read_text()
+    assert "| case | backend |" in report and "time.png" in report
+    for case in TINY_SUITE:
+        assert case.name in report
+
+
+def test_results_schema_and_values(tiny_report):
+    _, out = tiny_report
+    records = json.loads((out / "results.json").read_text())
+    # every case: baseline and reference, forward and forward+backward
+    assert len(records) == len(TINY_SUITE) * 2 * 2
+    required = {"case", "backend", "direction", "ms", "tflops", "speedup", "speed_of_light", "sol_fraction",
+                "rel_error", "status", "device", "torch", "triton", "foveate", "date", "dtype", "q_len", "kv_len"}
+    cases = {c.name: c for c in TINY_SUITE}
+    for rec in records:
+        assert required <= rec.keys()
+        assert rec["status"] == "ok"
+        assert rec["device"] and rec["foveate"] == foveate.__version__ and rec["dtype"] == "float32"
+        assert rec["ms"] > 0
+        case = cases[rec["case"]]
+        baseline = next(r for r in records if r["case"] == rec["case"] and r["direction"] == rec["direction"]
+                        and r["backend"].startswith("sdpa"))
+        assert rec["speedup"] == pytest.approx(baseline["ms"] / rec["ms"])
+        factor = 3.5 if rec["direction"] == "fwd+bwd" else 1.0
+        if rec["backend"] == "reference":
+            pairs = case.allowed_pairs()
+            assert rec["rel_error"] < 1e-5
+            assert rec["sol_fraction"] == pytest.approx(rec["speedup"] / rec["speed_of_light"] * (
+                case.q_len * case.kv_len / dense_pairs(case)))
+        else:
+            pairs = dense_pairs(case)
+        flops = 4 * case.batch * case.heads * pairs * case.head_dim * factor
+        assert rec["tflops"] == pytest.approx(flops / (rec["ms"] * 1e-3) / 1e12)
+
+
+def test_table_on_stdout_and_json_mode(tmp_path, capsys):
+    assert main(["bench", "--suite", "tiny", "--cases", "2d", "--backends", "reference", "--no-backward",
+                 "--reps", "1", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "tiny-2d" in text and "reference" in text and "tiny-causal" not in text
+    assert main(["bench", "--suite", "tiny", "--cases", "2d", "--backends", "reference", "--no-backward",
+                 "--reps", "1", "--out", str(tmp_path), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {r["direction"] for r in records} == {"fwd"} and {r["case"] for r in records} == {"tiny-2d"}
+
+
+def test_list(capsys):
+    assert main(["bench", "--suite", "gpu", "--list"]) == 0
+    text = capsys.readouterr().out
+    assert "gna-3d-hunyuan" in text and "Neighborhood(canvas=(30, 48, 80)" in text
+
+
+class _WrongBackend(ReferenceBackend):
+    """The reference with its output shifted: a fast wrong result."""
+
+    name = "wrong-for-test"
+
+    def forward(self, q, k, v, problem, scale):
+        out, lse = super().forward(q, k, v, problem, scale)
+        return out + 1.0, lse
+
+
+class _DecliningBackend(Backend):
+    name = "declines-for-test"
+
+    def available(self):
+        return True
+
+    def supports(self, problem):
+        return "never takes anything"
+
+    def auto_reason(self, problem):
+        return None
+
+
+@pytest.fixture
+def extra_backends():
+    before = list(foveate.backends._REGISTRY)
+    register(_WrongBackend())
+    register(_DecliningBackend())
+    yield
+    foveate.backends._REGISTRY[:] = before
+
+
+def test_wrong_result_is_a_failure_without_time(extra_backends, tmp_path, capsys):
+    code = main(["bench", "--suite", "tiny", "--cases", "causal", "--backends", "wrong-for-test",
+                 "declines-for-test", "--reps", "1", "--no-backward", "--out", str(tmp_path), "--json"])
+    assert code == 1
+    records = {r["backend"]: r for r in json.loads(capsys.readouterr().out)}
+    wrong = records["wrong-for-test"]
+    assert wrong["status"] == "wrong" and wrong["ms"] is None and wrong["speedup"] is None
+    assert "relative error" in wrong["reason"]
+    declined = records["declines-for-test"]
+    assert declined["status"] == "unsupported" and "never takes anything" in declined["reason"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    pytest.param(["--suite", "nope"], "--suite 'nope' is unknown", id="unknown-suite"),
+    pytest.param(["--backends", "nope"], "backend='nope' is unknown", id="unknown-backend"),
+    pytest.param(["--suite", "tiny", "--cases", "nothing-like-this"], "matches no case", id="no-case"),
+    pytest.param(["--device", "tpu"], "--device 'tpu'", id="bad-device"),
+])
+def test_bad_values_exit_2_with_one_line(argv, needle, capsys):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--heads", "0"], ["--dtype", "int8"], ["--reps", "x"]],
+                         ids=["heads-0", "bad-dtype", "bad-reps"])
+def test_bad_arguments_exit_2_from_argparse(argv):
+    proc = subprocess.run([sys.executable, "-m", "foveate", "bench", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "error:" in proc.stderr
+
+
+def test_cuda_device_without_cuda_is_refused(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["bench", "--device", "cuda", "--suite", "tiny"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

@@ -6,6 +6,14 @@ from __future__ import annotations
 import json
 import os
 
+#: Plot label of the dense baselines (causal SDPA for causal cases).
+BASELINE = "dense baseline (SDPA)"
+
+
+def _is_baseline(rec: dict) -> bool:
+    return rec["backend"].startswith(("sdpa", "cudnn"))
+
+
 COLUMNS = ["case", "backend", "dir", "ms", "TFLOP/s", "speedup", "speed of light", "% of SoL", "check"]
 DIRECTIONS = ("fwd", "fwd+bwd")
 
@@ -18,7 +26,7 @@ def _cells(rec: dict) -> list[str]:
         check = f"ok ({rec['rel_error']:.1e})" if rec.get("rel_error") is not None else "baseline"
     else:
         check = f"{rec['status'].upper()}: {rec['reason']}"
-    is_baseline = rec.get("rel_error") is None and rec["status"] == "ok"
+    is_baseline = _is_baseline(rec)
     return [
         rec["case"], rec["backend"] + (f" {'x'.join(map(str, rec['tile']))}" if rec.get("tile") else ""),
         rec["direction"], num("ms", ".3f"), num("tflops", ".3g"),
@@ -96,16 +104,17 @@ def _plots(records: list[dict], out_dir: str) -> list[str]:
     if not timed:
         return []
     cases = list(dict.fromkeys(r["case"] for r in timed))
-    backends = list(dict.fromkeys(r["backend"] for r in timed))
+    series = lambda r: BASELINE if _is_baseline(r) else r["backend"]  # noqa: E731
+    backends = list(dict.fromkeys(series(r) for r in timed))
     colors = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backends)}
     paths = []
     for key, label, name, log in (("ms", "time (ms, log scale)", "time.png", True),
                                   ("tflops", "effective TFLOP/s", "tflops.png", False)):
-        fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(cases)) * 2, 5), squeeze=False)
-        for ax, direction in zip(axes[0], DIRECTIONS):
+        fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.8 * len(cases)), 9), squeeze=False)
+        for ax, direction in zip(axes[:, 0], DIRECTIONS):
             width = 0.8 / max(1, len(backends))
             for i, backend in enumerate(backends):
-                vals = {r["case"]: r[key] for r in timed if r["backend"] == backend and r["direction"] == direction}
+                vals = {r["case"]: r[key] for r in timed if series(r) == backend and r["direction"] == direction}
                 if not vals:
                     continue
                 xs = [j + i * width for j, c in enumerate(cases) if c in vals]
@@ -131,7 +140,7 @@ def _plots(records: list[dict], out_dir: str) -> list[str]:
     for direction, marker in zip(DIRECTIONS, ("o", "s")):
         pts = [(b, r) for b, r in zip(bound, sparse) if r["direction"] == direction]
         ax.scatter([b for b, _ in pts], [r["speedup"] for _, r in pts], marker=marker, label=direction)
-        for b, r in pts:
+        for b, r in pts if direction == "fwd" else []:  # one label per case is enough
             ax.annotate(f"{r['case']} ({r['backend']})", (b, r["speedup"]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
     if bound:

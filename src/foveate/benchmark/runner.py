@@ -153,7 +153,7 @@ class CaseRunner:
             case=case.name, family=case.family, pattern=repr(case.pattern) if case.pattern else "dense",
             backend=backend, direction=direction, dtype=str(self.dtype).replace("torch.", ""),
             batch=case.batch, heads=case.heads, heads_kv=case.heads_kv, q_len=case.q_len,
-            kv_len=case.kv_len, head_dim=case.head_dim, tile=self.tile if not backend.startswith(("sdpa", "cudnn")) else None,
+            kv_len=case.kv_len, head_dim=case.head_dim, tile=self._tile_of(backend),
             density=sim.density, blocks_visited=sim.blocks_visited, speed_of_light=sim.speedup_bound,
             status="ok", reason=None, ms=None, tflops=None, speedup=None, sol_fraction=None, rel_error=None,
         )
@@ -161,6 +161,12 @@ class CaseRunner:
         if rec["ms"] is not None:
             rec["tflops"] = flops / (rec["ms"] * 1e-3) / 1e12
         return rec
+
+    def _tile_of(self, backend: str):
+        """The tile that ``attention(tile="auto")`` uses on ``backend`` (baselines: none)."""
+        if backend.startswith(("sdpa", "cudnn")) or not foveate.backends.get(backend).uses_layout:
+            return None
+        return self.tile
 
     def run_baseline(self) -> Iterator[dict]:
         for direction in ("fwd", "fwd+bwd") if self.backward else ("fwd",):

@@ -44,15 +44,21 @@ def add_parser(sub) -> None:
     p.add_argument("--no-backward", action="store_true", help="forward only")
     p.add_argument("--out", default="foveate-report", help="report folder (default: foveate-report/)")
     p.add_argument("--json", action="store_true", help="print the records as JSON on stdout (no table)")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="run nothing: rebuild the table and report from a results.json of an earlier run")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import backends
-    from ..benchmark.report import print_table, write_report
     from ..benchmark.runner import default_backends, run_cases
     from ..benchmark.suites import select_cases
 
+    if args.from_json:
+        with open(args.from_json) as f:
+            records = json.load(f)
+        original = records[0].get("command", "foveate bench") if records else "foveate bench"
+        return _report(records, args, f"{original} (report rebuilt from {args.from_json})")
     device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_name.split(":")[0] not in ("cuda", "cpu"):
         raise ValueError(f"--device {args.device!r}: expected cuda or cpu")
@@ -75,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
         records = run_cases(cases, names, dtype=dtype, device=device, backward=not args.no_backward,
                             reps=args.reps, rep_ms=args.rep_ms, progress=step)
     command = "foveate " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "foveate bench"
+    for rec in records:
+        rec["command"] = command
+    return _report(records, args, command)
+
+
+def _report(records: list[dict], args: argparse.Namespace, command: str) -> int:
+    from ..benchmark.report import print_table, write_report
+
     paths = write_report(records, args.out, command)
     if args.json:
         json.dump(records, sys.stdout, indent=1, default=str)

@@ -63,6 +63,10 @@ class _Composite(Pattern):
         return mask_mod
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
+        if tile is not None:
+            # The parts would be tiled but the combined mask (and its evaluation of partial
+            # blocks) is in raster order.
+            raise ValueError(f"tile={tile!r}: compositions cannot be tiled, only Neighborhood patterns")
         layouts = [
             p.build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
             for p in self.parts

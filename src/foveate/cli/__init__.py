@@ -13,8 +13,15 @@ import sys
 from . import bench, show, simulate
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the reason), then exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="foveate", description="Structured and dynamic sparse attention: benchmark, draw, simulate.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -1,8 +1,9 @@
 """Brute-force definitions of the pattern masks and of the block classification.
 
 Written from DESIGN.md ("Patterns (contract)", "Neighborhood", "Others in the first wave",
-"BlockLayout (contract)") with plain Python loops over coordinates, independently of
-foveate's own ``mask_mod`` / ``axis_window``: the tests compare foveate against these.
+"BlockLayout (contract)") and from the docstring of ``foveate.tiling`` (the tiled token order)
+with plain Python loops over coordinates, independently of foveate's own ``mask_mod`` /
+``axis_window`` / ``TiledOrder``: the tests compare foveate against these.
 
 Every mask function returns a dense ``torch.bool`` tensor of shape ``(q_len, kv_len)``;
 ``mask[i, j]`` says whether query ``i`` may see key ``j``.
@@ -144,3 +145,86 @@ def block_grid(mask: torch.Tensor, block_q: int, block_kv: int) -> torch.Tensor:
                     allowed += rows[i][j]
             grid[qb, kb] = EMPTY if allowed == 0 else FULL if allowed == existing else PARTIAL
     return grid
+
+
+def block_areas(q_len: int, kv_len: int, block_q: int, block_kv: int) -> torch.Tensor:
+    """``(nq, nkv)``: the number of existing pairs of each block (the last block of each axis
+    is short)."""
+    q_sizes = [min(block_q, q_len - i) for i in range(0, q_len, block_q)]
+    kv_sizes = [min(block_kv, kv_len - j) for j in range(0, kv_len, block_kv)]
+    return torch.tensor(q_sizes)[:, None] * torch.tensor(kv_sizes)[None, :]
+
+
+# -- the tiled token order --------------------------------------------------------------------
+#
+# The canvas is padded up to whole tiles and its tokens are ordered tile by tile (tiles in
+# raster order of the tile grid, raster order inside a tile). Padded keys are never allowed; a
+# padded query acts as the canvas query at its coordinates clamped to the canvas; the
+# ``extra_kv`` keys come after the padded canvas.
+
+
+def padded_canvas(canvas, tile) -> tuple[int, ...]:
+    return tuple(-(-n // t) * t for n, t in zip(canvas, tile))
+
+
+def tiled_coords(canvas, tile) -> list[tuple[int, ...]]:
+    """Canvas coordinates of every position of the tiled sequence (padding: past the canvas)."""
+    grid = [-(-n // t) for n, t in zip(canvas, tile)]
+    coords = []
+    for g in itertools.product(*(range(x) for x in grid)):  # tiles in raster order of the grid
+        for inner in itertools.product(*(range(t) for t in tile)):  # raster order inside a tile
+            coords.append(tuple(ga * ta + ia for ga, ta, ia in zip(g, tile, inner)))
+    return coords
+
+
+def _raster_index(coord, canvas) -> int:
+    flat = 0
+    for c, n in zip(coord, canvas):
+        flat = flat * n + c
+    return flat
+
+
+def _is_real(coord, canvas) -> bool:
+    return all(c < n for c, n in zip(coord, canvas))
+
+
+def tiled_permutation(canvas, tile) -> tuple[list[int], list[int]]:
+    """``(tiled_to_raster, raster_to_tiled)`` as lists; ``-1`` at padding positions."""
+    coords = tiled_coords(canvas, tile)
+    tiled_to_raster = [_raster_index(c, canvas) if _is_real(c, canvas) else -1 for c in coords]
+    raster_to_tiled = [-1] * math.prod(canvas)
+    for p, r in enumerate(tiled_to_raster):
+        if r >= 0:
+            raster_to_tiled[r] = p
+    return tiled_to_raster, raster_to_tiled
+
+
+def tiled_mask(raster_mask: torch.Tensor, canvas, tile, extra_kv: int = 0) -> torch.Tensor:
+    """The mask in tiled order, from the raster-order mask ``(N, N + extra_kv)``.
+
+    Query ``p`` acts as the canvas query at its coordinates clamped to the canvas; key ``p``
+    is allowed only if it is a canvas token; extra keys follow the padded canvas."""
+    coords = tiled_coords(canvas, tile)
+    n_canvas, n_tiled = math.prod(canvas), len(coords)
+    assert raster_mask.shape == (n_canvas, n_canvas + extra_kv)
+    rows = []
+    for qc in coords:
+        src = _raster_index(tuple(min(c, n - 1) for c, n in zip(qc, canvas)), canvas)
+        row = []
+        for kc in coords:
+            row.append(bool(raster_mask[src, _raster_index(kc, canvas)]) if _is_real(kc, canvas) else False)
+        row.extend(raster_mask[src, n_canvas:].tolist())
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.bool).reshape(n_tiled, n_tiled + extra_kv)
+
+
+def tiled_mask_indexed(raster_mask: torch.Tensor, canvas, tile, extra_kv: int = 0) -> torch.Tensor:
+    """:func:`tiled_mask` by indexing with the loop-built permutation (faster, for the larger
+    brute-force searches); checked equal to it in ``test_tiling.check_tiled_mask``."""
+    coords = tiled_coords(canvas, tile)
+    n_canvas = math.prod(canvas)
+    q_src = torch.tensor([_raster_index(tuple(min(c, n - 1) for c, n in zip(qc, canvas)), canvas) for qc in coords])
+    k_real = torch.tensor([_is_real(kc, canvas) for kc in coords])
+    k_src = torch.tensor([_raster_index(kc, canvas) if _is_real(kc, canvas) else 0 for kc in coords])
+    rows = raster_mask[q_src]
+    return torch.cat([rows[:, k_src] & k_real[None, :], rows[:, n_canvas:]], dim=1)

@@ -8,10 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-# The helper modules of the tests (naive.py, brute.py) import as top-level modules.
+# The helper modules of the tests (naive.py, brute.py, layout_checks.py, strategies.py) import
+# as top-level modules.
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+
+# Their asserts get pytest's detailed failure messages, as those of the test modules do.
+pytest.register_assert_rewrite("brute", "layout_checks")
 
 
 @pytest.fixture

@@ -20,10 +20,9 @@ import brute
 from foveate import patterns as P
 from foveate.cli import main
 from foveate.layout import EMPTY, FULL, PARTIAL
-from foveate.simulate import simulate
+from foveate.simulator import simulate
 
-matplotlib = pytest.importorskip("matplotlib")
-import matplotlib.colors  # noqa: E402
+import matplotlib.colors  # noqa: E402  (matplotlib is a test dependency: no skip if missing)
 import matplotlib.image  # noqa: E402
 
 from foveate import draw  # noqa: E402

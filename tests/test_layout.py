@@ -16,106 +16,12 @@ import foveate.patterns.canvas_layout as canvas_layout
 from foveate import patterns as P
 from foveate.layout import BlockLayout, layout_from_mask_mod
 
-INDEX_FIELDS = (
-    "kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
-    "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices",
-)
+from layout_checks import check_layout, check_structure, read_lists
+from strategies import neighborhood_params, raster_blocks, sequence_composition, sequence_pattern
 
 # =============================================================================================
-# Checking a layout
+# Helpers
 # =============================================================================================
-
-
-def read_lists(num: torch.Tensor, idx: torch.Tensor) -> dict[tuple[int, int, int], list[int]]:
-    """``{(b, h, row): listed columns}`` read straight from a count / index tensor pair."""
-    out = {}
-    b_, h_, rows = num.shape
-    for b in range(b_):
-        for h in range(h_):
-            for r in range(rows):
-                out[b, h, r] = idx[b, h, r, : int(num[b, h, r])].tolist()
-    return out
-
-
-def check_structure(layout: BlockLayout) -> torch.Tensor:
-    """Check the index tensors against the contract; return the grid they describe,
-    ``int8 (B, H, nq, nkv)``, read from the kv lists without ``to_dense``."""
-    nq, nkv = math.ceil(layout.q_len / layout.block_q), math.ceil(layout.kv_len / layout.block_kv)
-    b_, h_ = layout.kv_num_blocks.shape[:2]
-    for name in INDEX_FIELDS:
-        t = getattr(layout, name)
-        assert t.dtype == torch.int32, f"{name} has dtype {t.dtype}"
-        assert t.shape[:2] == (b_, h_), f"{name} leading axes {tuple(t.shape[:2])} != {(b_, h_)}"
-        rows = nq if name.startswith(("kv", "full_kv")) else nkv
-        if name.endswith("num_blocks"):
-            assert tuple(t.shape) == (b_, h_, rows), f"{name} shape {tuple(t.shape)}"
-        else:
-            assert t.dim() == 4 and t.shape[2] == rows, f"{name} shape {tuple(t.shape)}"
-    assert (layout.num_q_blocks, layout.num_kv_blocks) == (nq, nkv)
-
-    sets = {}
-    for transposed, cols in ((False, nkv), (True, nq)):
-        for kind in ("partial", "full"):
-            prefix = "full_" if kind == "full" else ""
-            num_name = prefix + ("q_num_blocks" if transposed else "kv_num_blocks")
-            idx_name = prefix + ("q_indices" if transposed else "kv_indices")
-            num, idx = getattr(layout, num_name), getattr(layout, idx_name)
-            assert int(num.min()) >= 0 and int(num.max()) <= min(cols, idx.shape[-1]), (
-                f"{num_name} counts outside [0, min({cols} blocks, width {idx.shape[-1]})]"
-            )
-            pairs = set()
-            for (b, h, r), listed in read_lists(num, idx).items():
-                assert listed == sorted(set(listed)), f"{idx_name}[{b}, {h}, {r}] not strictly ascending: {listed}"
-                assert all(0 <= c < cols for c in listed), f"{idx_name}[{b}, {h}, {r}] out of range: {listed}"
-                pairs |= {(b, h, c, r) if transposed else (b, h, r, c) for c in listed}
-            sets[transposed, kind] = pairs
-    assert not sets[False, "partial"] & sets[False, "full"], "a block is listed both partial and full"
-    assert sets[True, "partial"] == sets[False, "partial"], "q_num_blocks/q_indices are not the transpose"
-    assert sets[True, "full"] == sets[False, "full"], "full_q_num_blocks/full_q_indices are not the transpose"
-
-    grid = torch.zeros(b_, h_, nq, nkv, dtype=torch.int8)
-    for kind, value in (("partial", brute.PARTIAL), ("full", brute.FULL)):
-        for b, h, r, c in sets[False, kind]:
-            grid[b, h, r, c] = value
-    dense = layout.to_dense()
-    assert dense.dtype == torch.int8 and tuple(dense.shape) == (b_, h_, nq, nkv)
-    assert torch.equal(dense, grid), "to_dense() disagrees with the index lists"
-    assert layout.num_visited() == int((grid > 0).sum())
-    assert layout.block_density() == pytest.approx(int((grid > 0).sum()) / (b_ * h_ * nq * nkv))
-    return grid
-
-
-def assert_grid(got: torch.Tensor, expected: torch.Tensor, what) -> None:
-    assert got.shape == expected.shape, f"{what}: grid shape {tuple(got.shape)} != {tuple(expected.shape)}"
-    diff = (got != expected).nonzero().tolist()
-    if diff:
-        names = {0: "empty", 1: "partial", 2: "full"}
-        shown = ", ".join(
-            f"(q block {i}, kv block {j}): got {names[int(got[i, j])]}, expected {names[int(expected[i, j])]}"
-            for i, j in diff[:8]
-        )
-        pytest.fail(f"{what}: {len(diff)} blocks differ from the brute force, e.g. {shown}")
-
-
-def check_layout(layout: BlockLayout, mask: torch.Tensor, block_q: int, block_kv: int, what) -> torch.Tensor:
-    """The layout of ``mask`` with these blocks, block by block; counts and densities."""
-    q_len, kv_len = mask.shape
-    assert (layout.q_len, layout.kv_len, layout.block_q, layout.block_kv) == (q_len, kv_len, block_q, block_kv)
-    assert layout.batch_heads == (1, 1)
-    grid = check_structure(layout)
-    expected = brute.block_grid(mask, block_q, block_kv)
-    assert_grid(grid[0, 0], expected, what)
-    allowed = int(mask.sum())
-    assert layout.allowed_pairs() == allowed, f"{what}: allowed_pairs {layout.allowed_pairs()} != {allowed}"
-    assert layout.density() == pytest.approx(allowed / (q_len * kv_len))
-    # Consistency of the two densities: the allowed pairs lie in visited blocks, and fill
-    # the full ones.
-    q_sizes = [min(block_q, q_len - i) for i in range(0, q_len, block_q)]
-    kv_sizes = [min(block_kv, kv_len - j) for j in range(0, kv_len, block_kv)]
-    areas = torch.tensor(q_sizes)[:, None] * torch.tensor(kv_sizes)[None, :]
-    assert int(areas[expected == brute.FULL].sum()) <= allowed <= int(areas[expected > 0].sum())
-    assert layout.block_density() == pytest.approx(float((expected > 0).float().mean()))
-    return expected
 
 
 def build_and_check(pattern, mask, block_q, block_kv):
@@ -127,70 +33,6 @@ def build_and_check(pattern, mask, block_q, block_kv):
 
 def neighborhood_and_mask(**kw):
     return P.Neighborhood(**kw), brute.neighborhood_mask(**kw)
-
-
-# =============================================================================================
-# Strategies
-# =============================================================================================
-
-
-@st.composite
-def sequence_pattern(draw, max_window=20):
-    """A 1-D pattern and its brute-force mask function."""
-    kind = draw(st.sampled_from(["dense", "causal", "window"]))
-    if kind == "dense":
-        return P.Dense(), brute.dense_mask
-    if kind == "causal":
-        return P.Causal(), brute.causal_mask
-    left, right = draw(st.integers(0, max_window)), draw(st.integers(0, max_window))
-    return P.SlidingWindow(left, right), lambda q, k: brute.sliding_window_mask(q, k, left, right)
-
-
-@st.composite
-def sequence_composition(draw, depth=2):
-    if depth == 0 or draw(st.integers(0, 2)) == 0:
-        return draw(sequence_pattern(max_window=8))
-    (a, fa), (b, fb) = draw(sequence_composition(depth=depth - 1)), draw(sequence_composition(depth=depth - 1))
-    if draw(st.booleans()):
-        return a | b, lambda q, k: fa(q, k) | fb(q, k)
-    return a & b, lambda q, k: fa(q, k) & fb(q, k)
-
-
-MAX_AXIS = {1: 24, 2: 9, 3: 5}
-
-
-@st.composite
-def neighborhood_params(draw, ndim=None, canvas=None, extra_kv=None) -> dict:
-    if canvas is None:
-        ndim = ndim or draw(st.integers(1, 3))
-        canvas = tuple(draw(st.integers(1, MAX_AXIS[ndim])) for _ in range(ndim))
-    kernel, dilation, stride, causal = [], [], [], []
-    for length in canvas:
-        d = draw(st.integers(1, length))
-        w = draw(st.integers(1, length // d))
-        dilation.append(d)
-        kernel.append(w)
-        stride.append(draw(st.integers(1, w)))
-        causal.append(draw(st.booleans()))
-    extra = draw(st.integers(0, 3)) if extra_kv is None else extra_kv
-    return dict(
-        canvas=tuple(canvas), kernel=tuple(kernel), dilation=tuple(dilation), stride=tuple(stride),
-        causal=tuple(causal), extra_kv=extra,
-    )
-
-
-def tile_blocks(canvas) -> list[int]:
-    """Block sizes whose raster blocks are tiles of the canvas (the product path)."""
-    sizes = set()
-    for k in range(len(canvas)):
-        inner = math.prod(canvas[k + 1 :])
-        sizes |= {t * inner for t in range(1, canvas[k] + 1) if canvas[k] % t == 0}
-    return sorted(sizes)
-
-
-def block_size(canvas, n):
-    """A block size: sometimes a tile of the canvas, sometimes anything (up to past the end)."""
-    return st.one_of(st.sampled_from(tile_blocks(canvas)), st.integers(1, n + 4))
 
 
 # =============================================================================================
@@ -224,7 +66,7 @@ def test_sequence_layout_examples(pattern, expected, q_len, kv_len, block_q, blo
 
 
 @given(
-    sequence_pattern(),
+    sequence_pattern(max_window=20),
     st.integers(1, 40), st.integers(1, 40), st.integers(1, 48), st.integers(1, 48),
 )
 @settings(max_examples=250, deadline=None)
@@ -339,9 +181,7 @@ def test_neighborhood_layout_paths(kw, block_q, block_kv, path, path_calls):
 @settings(max_examples=250, deadline=None)
 def test_neighborhood_layout_matches_brute(data):
     kw = data.draw(neighborhood_params())
-    n = math.prod(kw["canvas"])
-    block_q = data.draw(block_size(kw["canvas"], n), label="block_q")
-    block_kv = data.draw(block_size(kw["canvas"], n + kw["extra_kv"]), label="block_kv")
+    block_q, block_kv = data.draw(raster_blocks(kw), label="block_q, block_kv")
     pattern, mask = neighborhood_and_mask(**kw)
     build_and_check(pattern, mask, block_q, block_kv)
 
@@ -391,7 +231,7 @@ def test_intersection_full_with_partial_stays_partial():
     assert expected.tolist() == [[1, 0, 0], [2, 1, 0], [2, 2, 1]]
 
 
-@given(sequence_composition(), st.integers(1, 30), st.integers(1, 30), st.integers(1, 12), st.integers(1, 12))
+@given(sequence_composition(max_window=8), st.integers(1, 30), st.integers(1, 30), st.integers(1, 12), st.integers(1, 12))
 @settings(max_examples=150, deadline=None)
 def test_sequence_composition_layout_matches_brute(comp, q_len, kv_len, block_q, block_kv):
     pattern, expected = comp
@@ -427,9 +267,7 @@ def test_neighborhood_composition_layout(canvas, extra_kv, block_q, block_kv, op
 def test_neighborhood_composition_layout_matches_brute(data):
     kw_a = data.draw(neighborhood_params())
     kw_b = data.draw(neighborhood_params(canvas=kw_a["canvas"], extra_kv=kw_a["extra_kv"]))
-    n = math.prod(kw_a["canvas"])
-    block_q = data.draw(block_size(kw_a["canvas"], n), label="block_q")
-    block_kv = data.draw(block_size(kw_a["canvas"], n + kw_a["extra_kv"]), label="block_kv")
+    block_q, block_kv = data.draw(raster_blocks(kw_a), label="block_q, block_kv")
     a, ma = neighborhood_and_mask(**kw_a)
     b, mb = neighborhood_and_mask(**kw_b)
     if data.draw(st.booleans(), label="union"):

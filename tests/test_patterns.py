@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 import brute
 from foveate import patterns as P
 
+from strategies import MAX_AXIS, lengths_1d, neighborhood_params, sequence_composition, sequence_pattern
+
 # =============================================================================================
-# Helpers and strategies
+# Helpers
 # =============================================================================================
 
 
@@ -47,57 +49,6 @@ def assert_same_mask(got: torch.Tensor, expected: torch.Tensor, what) -> None:
 
 def neighborhood_kwargs(canvas, kernel, dilation=1, stride=1, causal=False, extra_kv=0) -> dict:
     return dict(canvas=canvas, kernel=kernel, dilation=dilation, stride=stride, causal=causal, extra_kv=extra_kv)
-
-
-def expected_neighborhood(kw: dict) -> torch.Tensor:
-    return brute.neighborhood_mask(**kw)
-
-
-#: Largest axis per number of canvas axes (keeps brute-force masks small).
-MAX_AXIS = {1: 24, 2: 10, 3: 5}
-
-
-@st.composite
-def neighborhood_params(draw, ndim=None, max_axis=None, allow_extra=True) -> dict:
-    """Valid ``Neighborhood`` keyword arguments; per-axis values are sometimes given as one int."""
-    ndim = ndim or draw(st.integers(1, 3))
-    max_axis = max_axis or MAX_AXIS[ndim]
-    canvas, kernel, dilation, stride, causal = [], [], [], [], []
-    for _ in range(ndim):
-        length = draw(st.integers(1, max_axis))
-        d = draw(st.integers(1, length))
-        w = draw(st.integers(1, length // d))
-        canvas.append(length)
-        dilation.append(d)
-        kernel.append(w)
-        stride.append(draw(st.integers(1, w)))
-        causal.append(draw(st.booleans()))
-
-    def form(values):  # an int for all axes, or a tuple
-        if len(set(values)) == 1 and draw(st.booleans()):
-            return values[0]
-        return tuple(values)
-
-    extra = draw(st.integers(0, 3)) if allow_extra else 0
-    return neighborhood_kwargs(
-        tuple(canvas), form(kernel), form(dilation), form(stride), form(causal), extra
-    )
-
-
-def lengths_1d(max_len=32):
-    return st.tuples(st.integers(1, max_len), st.integers(1, max_len))
-
-
-@st.composite
-def sequence_pattern(draw, max_window=40):
-    """A 1-D pattern and its brute-force mask function ``(q_len, kv_len) -> mask``."""
-    kind = draw(st.sampled_from(["dense", "causal", "window"]))
-    if kind == "dense":
-        return P.Dense(), brute.dense_mask
-    if kind == "causal":
-        return P.Causal(), brute.causal_mask
-    left, right = draw(st.integers(0, max_window)), draw(st.integers(0, max_window))
-    return P.SlidingWindow(left, right), lambda q, k: brute.sliding_window_mask(q, k, left, right)
 
 
 # =============================================================================================
@@ -136,7 +87,7 @@ def test_brute_axis_examples(args, expected):
     assert axis_sets(*args) == expected
 
 
-@given(neighborhood_params(ndim=1, max_axis=30, allow_extra=False))
+@given(neighborhood_params(ndim=1, max_axis=30, extra_kv=0, int_form=True))
 @settings(max_examples=200, deadline=None)
 def test_brute_axis_properties(kw):
     first = lambda v: v[0] if isinstance(v, tuple) else v  # noqa: E731
@@ -198,7 +149,7 @@ def test_causal_alignment_literal():
     assert evaluate(P.SlidingWindow(2), 5, 5).sum(dim=1).tolist() == [1, 2, 3, 3, 3]
 
 
-@given(sequence_pattern(), lengths_1d())
+@given(sequence_pattern(max_window=40), lengths_1d())
 @settings(max_examples=300, deadline=None)
 def test_sequence_pattern_matches_brute(pat, lengths):
     pattern, expected = pat
@@ -250,15 +201,16 @@ NEIGHBORHOOD_CASES = [
 def test_neighborhood_examples(kw):
     pattern = P.Neighborhood(**kw)
     n = math.prod(kw["canvas"])
-    assert_same_mask(evaluate(pattern, n, n + kw["extra_kv"]), expected_neighborhood(kw), pattern)
+    assert_same_mask(evaluate(pattern, n, n + kw["extra_kv"]), brute.neighborhood_mask(**kw), pattern)
 
 
-@given(neighborhood_params())
+# Masks only (no block grids): 2-D canvases up to 10 x 10.
+@given(neighborhood_params(max_axis={**MAX_AXIS, 2: 10}, int_form=True))
 @settings(max_examples=400, deadline=None)
 def test_neighborhood_matches_brute(kw):
     pattern = P.Neighborhood(**kw)
     n = math.prod(kw["canvas"])
-    assert_same_mask(evaluate(pattern, n, n + kw["extra_kv"]), expected_neighborhood(kw), pattern)
+    assert_same_mask(evaluate(pattern, n, n + kw["extra_kv"]), brute.neighborhood_mask(**kw), pattern)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +233,7 @@ def test_neighborhood_mask_mod_scalar_arguments():
     # FlexAttention evaluates mask_mod on 0-dim tensors (under vmap); plain scalars must work too.
     kw = neighborhood_kwargs((5, 6), (3, 2), dilation=(1, 2), causal=(True, False), extra_kv=2)
     pattern = P.Neighborhood(**kw)
-    expected = expected_neighborhood(kw)
+    expected = brute.neighborhood_mask(**kw)
     mm = pattern.mask_mod(30, 32)
     zero = torch.tensor(0)
     rng = random.Random(0)
@@ -295,18 +247,7 @@ def test_neighborhood_mask_mod_scalar_arguments():
 # =============================================================================================
 
 
-@st.composite
-def sequence_composition(draw, depth=2):
-    """A composed 1-D pattern and its brute-force mask function."""
-    if depth == 0 or draw(st.integers(0, 2)) == 0:
-        return draw(sequence_pattern(max_window=12))
-    (a, fa), (b, fb) = draw(sequence_composition(depth=depth - 1)), draw(sequence_composition(depth=depth - 1))
-    if draw(st.booleans()):
-        return a | b, lambda q, k: fa(q, k) | fb(q, k)
-    return a & b, lambda q, k: fa(q, k) & fb(q, k)
-
-
-@given(sequence_composition(), lengths_1d(24))
+@given(sequence_composition(max_window=12), lengths_1d(24))
 @settings(max_examples=150, deadline=None)
 def test_sequence_composition_matches_brute(comp, lengths):
     pattern, expected = comp
@@ -317,9 +258,9 @@ def test_sequence_composition_matches_brute(comp, lengths):
 @given(st.data())
 @settings(max_examples=100, deadline=None)
 def test_neighborhood_composition_matches_brute(data):
-    kw_a = data.draw(neighborhood_params(max_axis=7))
+    kw_a = data.draw(neighborhood_params(max_axis=7, int_form=True))
     ndim = len(kw_a["canvas"])
-    kw_b = data.draw(neighborhood_params(ndim=ndim, max_axis=7))
+    kw_b = data.draw(neighborhood_params(ndim=ndim, max_axis=7, int_form=True))
     kw_b = dict(kw_b, canvas=kw_a["canvas"], extra_kv=kw_a["extra_kv"])
     # Re-fit b's kernel/dilation/stride to a's canvas.
     per = lambda v: v if isinstance(v, tuple) else (v,) * ndim  # noqa: E731
@@ -327,7 +268,7 @@ def test_neighborhood_composition_matches_brute(data):
     ker = tuple(min(w, n // d) for w, d, n in zip(per(kw_b["kernel"]), dil, kw_a["canvas"]))
     kw_b.update(dilation=dil, kernel=ker, stride=tuple(min(s, w) for s, w in zip(per(kw_b["stride"]), ker)))
     a, b = P.Neighborhood(**kw_a), P.Neighborhood(**kw_b)
-    ma, mb = expected_neighborhood(kw_a), expected_neighborhood(kw_b)
+    ma, mb = brute.neighborhood_mask(**kw_a), brute.neighborhood_mask(**kw_b)
     n = math.prod(kw_a["canvas"])
     kv = n + kw_a["extra_kv"]
     mc = brute.causal_mask(n, kv)

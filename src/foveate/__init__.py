@@ -8,7 +8,8 @@
 from . import backends, patterns
 from .api import attention
 from .layout import BlockLayout
+from .simulator import SimulationRecord, simulate
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "patterns", "backends", "BlockLayout", "__version__"]
+__all__ = ["attention", "patterns", "backends", "simulate", "SimulationRecord", "BlockLayout", "__version__"]

@@ -11,7 +11,7 @@ import torch
 from . import backends
 from .backends import Problem
 from .patterns import Dense, Pattern
-from .simulate import choose_tile
+from .simulator import choose_tile
 from .tiling import Tiled
 
 

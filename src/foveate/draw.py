@@ -316,7 +316,7 @@ def figure_for(pattern: Pattern, *, q_len: int | None = None, kv_len: int | None
     * 2-D/3-D canvases: the keys that ``query`` (flat index or coordinates; default the
       canvas centre) may see (for 3-D one panel per slice along axis 0 holding allowed keys,
       at most 8), and the block layout in raster order beside the tiled order of ``tile``:
-      ``"auto"`` (:func:`~foveate.simulate.choose_tile`), a tile shape, or ``None`` (raster
+      ``"auto"`` (:func:`~foveate.simulator.choose_tile`), a tile shape, or ``None`` (raster
       only).
 
     Lengths default to the canvas (``kv_len`` to ``q_len``). Block sizes default to
@@ -409,7 +409,7 @@ def _canvas_panels(fig, pattern, layout, query, tile) -> None:
 def _draw_tiled(pattern, layout, tile, ax, *, max_cells) -> None:
     """The layout panel of the tiled order (``tile``: 'auto' or a shape)."""
     from .patterns import Neighborhood
-    from .simulate import choose_tile
+    from .simulator import choose_tile
     from .tiling import Tiled
 
     bq, bkv = layout.block_q, layout.block_kv

@@ -20,7 +20,7 @@ import torch
 
 import foveate
 
-from ..simulate import choose_tile, simulate
+from ..simulator import choose_tile, simulate
 from .suites import Case, dense_pairs
 
 #: Relative L2 error allowed against the float32 reference (out; gradients get twice this).

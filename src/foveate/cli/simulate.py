@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..simulate import simulate
+from ..simulator import simulate
 from .pattern_args import add_pattern_subparsers, parse_tile, pattern_from_args
 
 

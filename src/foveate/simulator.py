@@ -8,8 +8,6 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass
 
-import torch
-
 from .layout import block_areas
 from .patterns import Neighborhood, Pattern
 from .patterns.canvas_layout import block_counts
@@ -138,4 +136,4 @@ def choose_tile(pattern: Pattern, *, block_q: int = 128, block_kv: int = 128) ->
     return best
 
 
-__all__ = ["simulate", "SimulationRecord", "choose_tile", "torch"]
+__all__ = ["simulate", "SimulationRecord", "choose_tile"]

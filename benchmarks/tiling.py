@@ -21,7 +21,7 @@ import torch
 
 import foveate
 from foveate import patterns as P
-from foveate.simulate import choose_tile, simulate
+from foveate.simulator import choose_tile, simulate
 from foveate.tiling import Tiled
 
 N = P.Neighborhood

@@ -98,17 +98,24 @@ def build_canvas_layout(
     """The exact BlockLayout of ``pattern`` in raster order (``tile=None``) or tiled order."""
     order = token_order(pattern.canvas, tile)
     axes = [_Axis.of(*spec, device) for spec in pattern.axes]
-    n_tokens = order.num_tokens
-    q_tile, kv_tile = order.block_tile(block_q), order.block_tile(block_kv)
-    if q_tile is not None and kv_tile is not None:
-        if not pattern.extra_kv or n_tokens % block_kv == 0:
-            return _product_layout(pattern, axes, order, q_tile, kv_tile, block_q, block_kv, device)
+    tiles = _product_tiles(pattern, order, block_q, block_kv)
+    if tiles is not None:
+        return _product_layout(pattern, axes, order, *tiles, block_q, block_kv, device)
     if tile is not None:
         raise ValueError(
             f"tile={tile}: blocks must be whole tiles; block_q={block_q} and block_kv={block_kv} "
             f"must equal the tile size {order.tile_size}"
         )
     return _box_layout(pattern, axes, order, block_q, block_kv, device)
+
+
+def _product_tiles(pattern: Neighborhood, order, block_q: int, block_kv: int):
+    """``(q_tile, kv_tile)`` when every block is a tile of the order, and the extra keys (if
+    any) start on a kv block boundary: then the layout is a product. Else ``None``."""
+    q_tile, kv_tile = order.block_tile(block_q), order.block_tile(block_kv)
+    if q_tile is None or kv_tile is None or (pattern.extra_kv and order.num_tokens % block_kv):
+        return None
+    return q_tile, kv_tile
 
 
 def _allowed_pairs(pattern: Neighborhood, axes, padded=None) -> int:
@@ -316,10 +323,11 @@ def block_counts(pattern: Neighborhood, *, block_q: int, block_kv: int, tile=Non
     """``(visited, full)`` block counts of the layout, without building it, when its blocks
     are tiles (the product case: counts are products of per-axis counts); else ``None``."""
     order = token_order(pattern.canvas, tile)
-    q_tile, kv_tile = order.block_tile(block_q), order.block_tile(block_kv)
-    n_tokens = order.num_tokens
-    if q_tile is None or kv_tile is None or (pattern.extra_kv and n_tokens % block_kv):
+    tiles = _product_tiles(pattern, order, block_q, block_kv)
+    if tiles is None:
         return None
+    q_tile, kv_tile = tiles
+    n_tokens = order.num_tokens
     visited = full = 1
     for spec, tq, tk in zip(pattern.axes, q_tile, kv_tile):
         _, _, every = _axis_pairs(_Axis.of(*spec, torch.device("cpu")), tq, tk)

@@ -153,3 +153,19 @@ def test_cuda_device_without_cuda_is_refused(capsys):
         pytest.skip("this machine has CUDA")
     assert main(["bench", "--device", "cuda", "--suite", "tiny"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.flex
+def test_flex_dense_second_baseline(tmp_path, capsys):
+    """--flex-dense times FlexAttention on the dense problem of each case (forward only on CPU)."""
+    assert main(["bench", "--suite", "tiny", "--cases", "2d", "--backends", "reference", "--flex-dense",
+                 "--reps", "1", "--out", str(tmp_path), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    by = {(r["backend"], r["direction"]): r for r in records}
+    sdpa, flex = by[("sdpa dense", "fwd")], by[("flex dense", "fwd")]
+    assert flex["baseline"] and flex["status"] == "ok" and flex["tile"] is None
+    assert flex["speedup"] == pytest.approx(sdpa["ms"] / flex["ms"])
+    case = TINY_SUITE[1]
+    assert flex["tflops"] == pytest.approx(4 * case.heads * dense_pairs(case) * case.head_dim / (flex["ms"] * 1e-3) / 1e12)
+    assert by[("flex dense", "fwd+bwd")]["status"] == "unsupported"
+    assert not by[("reference", "fwd")]["baseline"]

@@ -11,7 +11,8 @@ BASELINE = "dense baseline (SDPA)"
 
 
 def _is_baseline(rec: dict) -> bool:
-    return rec["backend"].startswith(("sdpa", "cudnn"))
+    # Records written before the "baseline" field existed name their baseline sdpa/cudnn.
+    return rec.get("baseline", rec["backend"].startswith(("sdpa", "cudnn")))
 
 
 COLUMNS = ["case", "backend", "dir", "ms", "TFLOP/s", "speedup", "speed of light", "% of SoL", "check"]
@@ -104,7 +105,7 @@ def _plots(records: list[dict], out_dir: str) -> list[str]:
     if not timed:
         return []
     cases = list(dict.fromkeys(r["case"] for r in timed))
-    series = lambda r: BASELINE if _is_baseline(r) else r["backend"]  # noqa: E731
+    series = lambda r: BASELINE if r["backend"].startswith(("sdpa", "cudnn")) else r["backend"]  # noqa: E731
     backends = list(dict.fromkeys(series(r) for r in timed))
     colors = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backends)}
     paths = []

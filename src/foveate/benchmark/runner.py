@@ -144,16 +144,16 @@ class CaseRunner:
             return out, torch.autograd.grad(out, (q, k, v), self.grad)
         return run
 
-    def record(self, backend: str, direction: str, **fields) -> dict:
+    def record(self, backend: str, direction: str, *, baseline: bool = False, **fields) -> dict:
         case, sim = self.case, self.sim
-        pairs = case.batch * case.heads * (
-            dense_pairs(case) if backend.startswith(("sdpa", "cudnn")) else sim.pairs_useful)
+        pairs = case.batch * case.heads * (dense_pairs(case) if baseline else sim.pairs_useful)
         flops = 4 * pairs * case.head_dim * (BWD_FLOP_FACTOR if direction == "fwd+bwd" else 1)
         rec = dict(
             case=case.name, family=case.family, pattern=repr(case.pattern) if case.pattern else "dense",
             backend=backend, direction=direction, dtype=str(self.dtype).replace("torch.", ""),
             batch=case.batch, heads=case.heads, heads_kv=case.heads_kv, q_len=case.q_len,
-            kv_len=case.kv_len, head_dim=case.head_dim, tile=self._tile_of(backend),
+            kv_len=case.kv_len, head_dim=case.head_dim, tile=None if baseline else self._tile_of(backend),
+            baseline=baseline,
             density=sim.density, blocks_visited=sim.blocks_visited, speed_of_light=sim.speedup_bound,
             status="ok", reason=None, ms=None, tflops=None, speedup=None, sol_fraction=None, rel_error=None,
         )
@@ -163,10 +163,8 @@ class CaseRunner:
         return rec
 
     def _tile_of(self, backend: str):
-        """The tile that ``attention(tile="auto")`` uses on ``backend`` (baselines: none)."""
-        if backend.startswith(("sdpa", "cudnn")) or not foveate.backends.get(backend).uses_layout:
-            return None
-        return self.tile
+        """The tile that ``attention(tile="auto")`` uses on ``backend``."""
+        return self.tile if foveate.backends.get(backend).uses_layout else None
 
     def run_baseline(self) -> Iterator[dict]:
         for direction in ("fwd", "fwd+bwd") if self.backward else ("fwd",):
@@ -179,7 +177,22 @@ class CaseRunner:
                     break
                 except RuntimeError as err:  # cuDNN declines the shape: SDPA's own choice
                     note = f"cuDNN declined: {str(err).splitlines()[0]}"
-            yield self.record(name, direction, ms=ms, speedup=1.0, reason=note)
+            yield self.record(name, direction, ms=ms, speedup=1.0, reason=note, baseline=True)
+
+    def run_flex_dense(self, baseline_ms: dict[str, float]) -> Iterator[dict]:
+        """FlexAttention on the dense (or causal) problem of the case: the second baseline."""
+        causal = self.case.is_causal and self.case.q_len == self.case.kv_len
+        pattern = foveate.patterns.Causal() if causal else None
+        fn = lambda q, k, v: foveate.attention(q, k, v, pattern, backend="flex")  # noqa: E731
+        name = f"flex {'causal' if causal else 'dense'}"
+        for direction in ("fwd", "fwd+bwd") if self.backward else ("fwd",):
+            run = self._fwd(fn) if direction == "fwd" else self._fwd_bwd(fn)
+            try:
+                ms = measure(run, self.device, reps=self.reps, rep_ms=self.rep_ms)
+            except ValueError as err:  # e.g. no backward on CPU
+                yield self.record(name, direction, baseline=True, status="unsupported", reason=str(err))
+                continue
+            yield self.record(name, direction, ms=ms, speedup=baseline_ms[direction] / ms, baseline=True)
 
     def run_backend(self, backend: str, baseline_ms: dict[str, float]) -> Iterator[dict]:
         fn = lambda q, k, v: foveate.attention(q, k, v, self.case.pattern, backend=backend)  # noqa: E731
@@ -212,8 +225,10 @@ def default_backends(device: torch.device) -> list[str]:
     return [n for n in names if n != "reference"] if device.type == "cuda" else names
 
 
-def run_cases(cases, backends, *, dtype, device, backward, reps, rep_ms, progress=None) -> list[dict]:
-    """All records of all cases; ``progress(description)`` is called before each step."""
+def run_cases(cases, backends, *, dtype, device, backward, reps, rep_ms, flex_dense=False,
+              progress=None) -> list[dict]:
+    """All records of all cases; ``progress(description)`` is called before each step.
+    With ``flex_dense``, FlexAttention on each case's dense problem is a second baseline."""
     env = environment(device)
     records = []
     for case in cases:
@@ -223,6 +238,10 @@ def run_cases(cases, backends, *, dtype, device, backward, reps, rep_ms, progres
         base = list(runner.run_baseline())
         records += base
         baseline_ms = {r["direction"]: r["ms"] for r in base}
+        if flex_dense:
+            if progress:
+                progress(f"{case.name}: flex dense")
+            records += list(runner.run_flex_dense(baseline_ms))
         for backend in backends:
             if progress:
                 progress(f"{case.name}: {backend}")

@@ -42,6 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--reps", type=_positive, default=5, help="timed repetitions on CPU (median)")
     p.add_argument("--rep-ms", type=_positive, default=100, help="milliseconds of timing per measurement on CUDA")
     p.add_argument("--no-backward", action="store_true", help="forward only")
+    p.add_argument("--flex-dense", action="store_true",
+                   help="also time FlexAttention on each case's dense (causal) problem, a second baseline")
     p.add_argument("--out", default="foveate-report", help="report folder (default: foveate-report/)")
     p.add_argument("--json", action="store_true", help="print the records as JSON on stdout (no table)")
     p.add_argument("--from-json", metavar="FILE",
@@ -77,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
         backends.get(name)  # unknown names fail here, before any work
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
-    with _progress(len(cases) * (len(names) + 1), quiet=False) as step:
+    with _progress(len(cases) * (len(names) + 1 + args.flex_dense), quiet=False) as step:
         records = run_cases(cases, names, dtype=dtype, device=device, backward=not args.no_backward,
-                            reps=args.reps, rep_ms=args.rep_ms, progress=step)
+                            reps=args.reps, rep_ms=args.rep_ms, flex_dense=args.flex_dense, progress=step)
     command = "foveate " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "foveate bench"
     for rec in records:
         rec["command"] = command

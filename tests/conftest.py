@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without a GPU, the Triton kernels run in Triton's interpreter; it must be chosen before
+# Triton compiles (decorates) any kernel.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # The helper modules of the tests (naive.py, brute.py, layout_checks.py, strategies.py) import
 # as top-level modules.

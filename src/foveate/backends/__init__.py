@@ -81,7 +81,9 @@ def select(problem: Problem, name: str = "auto") -> Backend:
 # Registration, in priority order.
 from .flex import FlexBackend  # noqa: E402
 from .reference import ReferenceBackend  # noqa: E402
+from .triton import TritonBackend  # noqa: E402
 
+register(TritonBackend())
 register(FlexBackend())
 register(ReferenceBackend())
 

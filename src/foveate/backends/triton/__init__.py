@@ -41,8 +41,8 @@ class TritonBackend(Backend):
         if problem.dtype not in _DTYPES:
             return f"dtype {problem.dtype} is not one of {_DTYPES}"
         for name, dim in (("head_dim", problem.head_dim), ("head_dim_v", problem.head_dim_v)):
-            if dim % 8 or not 16 <= dim <= 256:
-                return f"{name}={dim}: must be a multiple of 8 in [16, 256]"
+            if dim % 8 or not 8 <= dim <= 256:
+                return f"{name}={dim}: must be a multiple of 8 in [8, 256]"
         if problem.requires_grad:
             return "no backward kernels yet (inputs require grad)"
         if mask_spec(problem.pattern, problem.q_len, problem.kv_len) is None:

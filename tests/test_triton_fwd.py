@@ -1,0 +1,558 @@
+"""The ``triton`` backend's fused forward kernel against the naive float64 attention.
+
+Without a GPU, ``conftest.py`` sets ``TRITON_INTERPRET=1`` and the kernel runs in Triton's
+interpreter (slow: the shapes are small, a few 128-token blocks). The expected results never
+come from the kernel: they are ``naive.naive_attention`` in float64 on the brute-force masks of
+``brute.py`` (or on a block grid expanded to tokens, for layouts given directly).
+
+Numerics (DESIGN.md, "Numerics in tests"): float32 must match within ~1e-5; float16 follows the
+FlashAttention rule, checked for ``out`` and ``lse`` separately: the kernel's error against
+float64 is at most twice the error of the same naive computation done in float16, plus a small
+floor. bfloat16 is not run here (the interpreter computes bf16 ``tl.dot`` wrongly).
+
+Every test that runs the kernel also checks, through a spy on the kernel launch, that the
+kernel really ran (a silent fall-back to another backend fails).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import pytest
+import torch
+
+import foveate
+from foveate import patterns as P
+from foveate.backends import Problem, select
+from foveate.backends.triton import fwd as fwd_module
+from foveate.backends.triton import masks
+from foveate.layout import BlockLayout
+from foveate.simulator import choose_tile
+
+import brute
+from conftest import make_qkv
+from naive import naive_attention
+
+F64, F32, F16 = torch.float64, torch.float32, torch.float16
+BLOCK = 128
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+needs_triton = pytest.mark.skipif(
+    "triton" not in foveate.backends.available(),
+    reason="triton backend not available (no CUDA and TRITON_INTERPRET is not 1)",
+)
+pytestmark = pytest.mark.filterwarnings(  # Triton 3.6's interpreter under NumPy 2.3
+    "ignore:Conversion of an array with ndim > 0 to a scalar:DeprecationWarning")
+DTYPES = pytest.mark.parametrize("dtype", [F32, F16], ids=["f32", "f16"])
+
+
+# -- spies: did the kernel run, with what --------------------------------------------------------
+
+
+class _KernelSpy:
+    """Stands in for ``fwd._fwd_kernel``: records each launch, then launches the real kernel."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.launches: list[dict] = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append({"grid": grid, "args": args, "kwargs": kwargs})
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records the calls of ``attention_forward`` (its q/k/v, layout, spec) and the kernel
+    launches. ``spy.calls``, ``spy.kernel.launches``."""
+    kernel_spy = _KernelSpy(fwd_module._fwd_kernel)
+    monkeypatch.setattr(fwd_module, "_fwd_kernel", kernel_spy)
+    real_forward = fwd_module.attention_forward
+    calls: list[dict] = []
+
+    def attention_forward(q, k, v, layout, spec, scale, **kw):
+        calls.append({"q": q, "k": k, "v": v, "layout": layout, "spec": spec, "scale": scale})
+        return real_forward(q, k, v, layout, spec, scale, **kw)
+
+    monkeypatch.setattr(fwd_module, "attention_forward", attention_forward)
+
+    class Spy:
+        pass
+
+    s = Spy()
+    s.calls, s.kernel = calls, kernel_spy
+    return s
+
+
+def _ran_once(spy):
+    assert len(spy.calls) == 1, "the triton backend's attention_forward did not run exactly once"
+    assert len(spy.kernel.launches) == 1, "the forward kernel was not launched exactly once"
+    return spy.calls[0]
+
+
+# -- expected results ------------------------------------------------------------------------------
+
+
+@functools.cache
+def _brute_mask(pattern, q_len: int, kv_len: int) -> torch.Tensor:
+    """The raster-order ``(q_len, kv_len)`` mask, from brute.py's loops (not foveate's mask_mod)."""
+    if isinstance(pattern, P.Dense):
+        return brute.dense_mask(q_len, kv_len)
+    if isinstance(pattern, P.Causal):
+        return brute.causal_mask(q_len, kv_len)
+    if isinstance(pattern, P.SlidingWindow):
+        return brute.sliding_window_mask(q_len, kv_len, pattern.left, pattern.right)
+    if isinstance(pattern, P.Neighborhood):
+        mask = brute.neighborhood_mask_of(pattern)
+        assert mask.shape == (q_len, kv_len)
+        return mask
+    raise AssertionError(f"no brute-force mask for {pattern!r}")
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """``(B, H, *canvas, D)`` -> ``(B, H, N, D)``."""
+    return t.reshape(t.shape[0], t.shape[1], -1, t.shape[-1])
+
+
+def _check(out, lse, q, k, v, mask, scale=None):
+    """``out``/``lse`` of the kernel (flat, on any device) against float64 naive attention of the
+    flat ``q, k, v`` with ``mask`` (broadcastable to ``(B, Hq, Nq, Nkv)``), in the tolerance of
+    ``q.dtype``. Rows with no allowed key: output exactly 0 and lse exactly -inf."""
+    out, lse = out.detach().cpu(), lse.detach().cpu()
+    q, k, v = (t.detach().cpu() for t in (q, k, v))
+    dtype = q.dtype
+    assert out.dtype == dtype and lse.dtype == F32
+    assert out.shape == (*q.shape[:-1], v.shape[-1]) and lse.shape == q.shape[:-1]
+    ref_out, ref_lse = naive_attention(q.to(F64), k.to(F64), v.to(F64), mask, scale)
+
+    empty = torch.broadcast_to(~torch.broadcast_to(mask, (*lse.shape, k.shape[2])).any(-1), lse.shape)
+    assert torch.isneginf(lse[empty]).all(), "a row with no allowed key must have lse -inf"
+    assert (out[empty] == 0).all(), "a row with no allowed key must have output exactly 0"
+    assert torch.isfinite(lse[~empty]).all() and torch.isfinite(out).all()
+    assert (~empty).any()
+
+    got_out, got_lse = out[~empty].to(F64), lse[~empty].to(F64)
+    want_out, want_lse = ref_out[~empty], ref_lse[~empty]
+    if dtype == F32:
+        torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got_lse, want_lse, rtol=1e-5, atol=1e-5)
+        return
+    # FlashAttention rule: at most twice the error of the same computation in low precision.
+    low_out, low_lse = naive_attention(q, k, v, mask, scale)
+    for name, got, want, low, floor in (
+        ("out", got_out, want_out, low_out[~empty].to(F64), 1e-4),
+        ("lse", got_lse, want_lse, low_lse[~empty].to(F64), 1e-5),
+    ):
+        err = (got - want).abs().max().item()
+        low_err = (low - want).abs().max().item()
+        assert err <= 2 * low_err + floor, (
+            f"{name}: kernel error {err:.3g} > 2 x naive {dtype} error {low_err:.3g} + {floor}"
+        )
+
+
+# -- patterns through foveate.attention(backend="triton") ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    pattern: P.Pattern | None
+    q_len: int
+    kv_len: int
+    tile: object = None  # attention()'s tile argument
+    canvas_shaped: bool = False  # q (and k, v without extra_kv) as (B, H, *canvas, D)
+    heads: tuple[int, int] = (4, 2)
+    batch: int = 2
+    dims: tuple[int, int] = (32, 32)
+    empty_rows: bool = False  # some queries see no key
+    tiled: bool = False  # the kernel must run in a tiled order (TILE_SIZE == 128)
+    padded: bool = False  # ... on a canvas padded up to whole tiles
+    partial: bool = True  # the layout has partial blocks (the in-kernel mask runs)
+    f16: bool = False  # also run in float16 (a subset: the interpreter is slow)
+
+
+def _nbhd(**kw) -> P.Neighborhood:
+    return P.Neighborhood(**kw)
+
+
+# Canvas cases run with one batch row and GQA 2:1 heads (batch > 1, 4:2 and 4:1 heads are
+# covered by the 1-D cases and a few canvas ones); tiled canvases stay at 2-4 blocks.
+CANVAS = {"batch": 1, "heads": (2, 1)}
+NB2 = _nbhd(canvas=(16, 20), kernel=(5, 7))
+NB2_DIL = _nbhd(canvas=(14, 20), kernel=(3, 5), dilation=(2, 1), stride=(1, 3), causal=(False, True))
+NB3 = _nbhd(canvas=(4, 8, 10), kernel=(3, 3, 5), dilation=(1, 2, 1), stride=(1, 1, 2), causal=(True, False, False))
+NB2_EXTRA = _nbhd(canvas=(10, 15), kernel=(3, 5), extra_kv=7)
+NB2_SQ = _nbhd(canvas=(16, 16), kernel=(5, 7))
+NB2_SMALL = _nbhd(canvas=(8, 20), kernel=(5, 7))
+NB2_PAD = _nbhd(canvas=(12, 14), kernel=(5, 7), dilation=(1, 2), causal=(True, False))
+NB2_TALL = _nbhd(canvas=(10, 20), kernel=(3, 5), dilation=(2, 1), stride=(1, 3), causal=(False, True))
+NB2_PAD_EXTRA = _nbhd(canvas=(12, 12), kernel=(3, 4), stride=(1, 2), extra_kv=5)
+NB3_TILE = _nbhd(canvas=(4, 8, 8), kernel=(3, 3, 5), dilation=(1, 2, 1), stride=(1, 1, 2), causal=(True, False, False))
+NB3_PAD = _nbhd(canvas=(3, 6, 10), kernel=(2, 3, 3), dilation=(1, 2, 3), stride=(2, 1, 1), causal=(False, True, False))
+NB3_AUTO = _nbhd(canvas=(4, 8, 16), kernel=(3, 5, 5))  # auto: tile (4, 8, 4)
+NB2_AUTO = _nbhd(canvas=(12, 24), kernel=(7, 7))  # auto: tile (4, 32), padded
+
+CASES = [
+    # -- 1-D band patterns (bottom-right alignment when q_len != kv_len)
+    Case("dense-q300", None, 300, 300, heads=(2, 2), partial=False),
+    Case("dense-q200-kv333", P.Dense(), 200, 333, partial=False, f16=True),
+    Case("dense-q333-kv140-mqa", P.Dense(), 333, 140, heads=(4, 1), batch=1, partial=False),
+    Case("causal-q256", P.Causal(), 256, 256),
+    Case("causal-q300", P.Causal(), 300, 300, f16=True),
+    Case("causal-q100-kv300-chunked-prefill", P.Causal(), 100, 300, f16=True),
+    Case("causal-q1-kv300-decode", P.Causal(), 1, 300, heads=(4, 1), partial=False),
+    Case("causal-q300-kv100-empty-rows", P.Causal(), 300, 100, empty_rows=True, f16=True),
+    Case("sliding-left50", P.SlidingWindow(50), 300, 300, f16=True),
+    Case("sliding-centred-40-40", P.SlidingWindow(40, 40), 300, 300, batch=1),
+    Case("sliding-0-0-diagonal", P.SlidingWindow(0, 0), 200, 200, heads=(2, 2)),
+    Case("sliding-10-60-q150-kv400", P.SlidingWindow(10, 60), 150, 400),
+    Case("sliding-20-5-q300-kv130-empty-rows", P.SlidingWindow(20, 5), 300, 130, empty_rows=True, f16=True),
+    # -- Neighborhood in raster order (tile=None)
+    Case("nbhd1d-k31", _nbhd(canvas=300, kernel=31), 300, 300, **CANVAS),
+    Case("nbhd1d-k20-dil3-stride4-causal", _nbhd(canvas=300, kernel=20, dilation=3, stride=4, causal=True), 300,
+         300, **CANVAS, f16=True),
+    Case("nbhd2d-raster", NB2, 320, 320, **CANVAS),
+    Case("nbhd2d-dil-stride-causal-raster", NB2_DIL, 280, 280, **CANVAS),
+    Case("nbhd3d-dil-stride-causal-raster-canvas-shaped", NB3, 320, 320, canvas_shaped=True, **CANVAS, f16=True),
+    Case("nbhd2d-extra7-raster-mqa-batch2", NB2_EXTRA, 150, 157, heads=(4, 1)),
+    # -- Neighborhood in tiled order: explicit tiles of 128 tokens, padded canvases, "auto"
+    Case("nbhd2d-tile16x8", NB2_SQ, 256, 256, tile=(16, 8), tiled=True, **CANVAS),
+    Case("nbhd2d-tile8x16-padded-canvas-shaped", NB2_SMALL, 160, 160, tile=(8, 16), canvas_shaped=True, tiled=True,
+         padded=True, **CANVAS),
+    Case("nbhd2d-dil-causal-tile8x16-padded-gqa-batch2", NB2_PAD, 168, 168, tile=(8, 16), tiled=True, padded=True,
+         f16=True),
+    Case("nbhd2d-dil-stride-causal-tile4x32-padded", NB2_TALL, 200, 200, tile=(4, 32), tiled=True, padded=True,
+         **CANVAS),
+    Case("nbhd2d-extra5-tile8x16-padded", NB2_PAD_EXTRA, 144, 149, tile=(8, 16), tiled=True, padded=True,
+         **CANVAS, f16=True),
+    Case("nbhd3d-dil-stride-causal-tile2x8x8", NB3_TILE, 256, 256, tile=(2, 8, 8), tiled=True, **CANVAS),
+    Case("nbhd3d-dil-stride-causal-tile2x8x8-padded-canvas-shaped", NB3_PAD, 180, 180, tile=(2, 8, 8),
+         canvas_shaped=True, tiled=True, padded=True, **CANVAS, f16=True),
+    Case("nbhd3d-tile-auto", NB3_AUTO, 512, 512, tile="auto", tiled=True, batch=1, heads=(1, 1)),
+    Case("nbhd2d-tile-auto-padded-canvas-shaped", NB2_AUTO, 288, 288, tile="auto", canvas_shaped=True, tiled=True,
+         padded=True, **CANVAS),
+]
+RUNS = [pytest.param(case, dtype, id=f"{case.id}-{name}")
+        for case in CASES for dtype, name in ((F32, "f32"), (F16, "f16")) if dtype == F32 or case.f16]
+
+
+def _inputs(rng, case: Case, dtype):
+    pattern = case.pattern
+    canvas = pattern.canvas if pattern is not None else None
+    if case.canvas_shaped:
+        q_shape = tuple(canvas)
+        kv_shape = tuple(canvas) if not pattern.extra_kv else (case.kv_len,)
+    else:
+        q_shape, kv_shape = (case.q_len,), (case.kv_len,)
+    q, k, v = make_qkv(rng, batch=case.batch, heads_q=case.heads[0], heads_kv=case.heads[1], q_shape=q_shape,
+                       kv_shape=kv_shape, head_dim=case.dims[0], head_dim_v=case.dims[1], dtype=dtype)
+    return q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
+
+
+@needs_triton
+@pytest.mark.parametrize("case,dtype", RUNS)
+def test_forward_matches_naive(rng, spy, case, dtype):
+    q, k, v = _inputs(rng, case, dtype)
+    out, lse = foveate.attention(q, k, v, case.pattern, backend="triton", tile=case.tile, return_lse=True)
+    assert out.shape == (*q.shape[:-1], case.dims[1]) and lse.shape == q.shape[:-1]
+
+    mask = _brute_mask(case.pattern or P.Dense(), case.q_len, case.kv_len)
+    assert bool((~mask.any(-1)).any()) == case.empty_rows
+    _check(_flat(out), lse.reshape(*lse.shape[:2], -1), _flat(q), _flat(k), _flat(v), mask)
+
+    # What the kernel was given: the spec of the intended token order, and partial blocks
+    # where the pattern needs mask work (so that the in-kernel mask is exercised).
+    call = _ran_once(spy)
+    kw, layout = call["spec"].kwargs(), call["layout"]
+    assert kw["TILE_SIZE"] == (BLOCK if case.tiled else 1)
+    assert kw["PADDED"] == case.padded
+    assert (int(layout.kv_num_blocks.sum()) > 0) == case.partial
+
+
+def test_tile_auto_cases_really_tile():
+    """The ``tile="auto"`` cases above are ones where the simulator picks a tile (they test
+    the tiled path, not raster order under another name)."""
+    autos = [case for case in CASES if case.tile == "auto"]
+    assert {len(case.pattern.canvas) for case in autos} == {2, 3}
+    for case in autos:
+        assert choose_tile(case.pattern, block_q=BLOCK, block_kv=BLOCK) is not None, case.id
+
+
+# -- head dims, scale, return_lse --------------------------------------------------------------------
+
+HEAD_DIMS = [(8, 8), (8, 24), (16, 16), (32, 32), (48, 48), (64, 64), (128, 128), (256, 256), (32, 64), (64, 16), (48, 80),
+             (128, 24)]
+
+
+@needs_triton
+@DTYPES
+@pytest.mark.parametrize("dims", HEAD_DIMS, ids=[f"d{d}-dv{dv}" for d, dv in HEAD_DIMS])
+def test_head_dims(rng, spy, dims, dtype):
+    q, k, v = make_qkv(rng, batch=1, heads_q=2, heads_kv=1, q_shape=(200,), kv_shape=(260,), head_dim=dims[0],
+                       head_dim_v=dims[1], dtype=dtype)
+    out, lse = foveate.attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), P.Causal(), backend="triton",
+                                 return_lse=True)
+    _check(out, lse, q, k, v, _brute_mask(P.Causal(), 200, 260))
+    _ran_once(spy)
+
+
+@needs_triton
+@pytest.mark.parametrize("scale,dtype", [(0.05, F32), (0.3, F32), (2.5, F32), (0.3, F16), (2.5, F16)],
+                         ids=["scale0.05-f32", "scale0.3-f32", "scale2.5-f32", "scale0.3-f16", "scale2.5-f16"])
+def test_custom_scale(rng, spy, scale, dtype):
+    pattern = P.SlidingWindow(30, 70)
+    q, k, v = make_qkv(rng, batch=2, heads_q=2, heads_kv=2, q_shape=(180,), kv_shape=(180,), head_dim=32,
+                       dtype=dtype)
+    out, lse = foveate.attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), pattern, scale=scale,
+                                 backend="triton", return_lse=True)
+    _check(out, lse, q, k, v, _brute_mask(pattern, 180, 180), scale=scale)
+    assert _ran_once(spy)["scale"] == scale
+
+
+@needs_triton
+def test_return_lse_false_gives_the_same_output(rng, spy):
+    pattern = P.Neighborhood(canvas=(6, 20), kernel=(3, 7))
+    q, k, v = (t.to(DEVICE) for t in make_qkv(rng, batch=1, heads_q=2, q_shape=(6, 20), head_dim=16, dtype=F32))
+    out = foveate.attention(q, k, v, pattern, backend="triton", tile=(8, 16))
+    assert isinstance(out, torch.Tensor) and out.shape == q.shape
+    out2, lse = foveate.attention(q, k, v, pattern, backend="triton", tile=(8, 16), return_lse=True)
+    assert torch.equal(out, out2)
+    _check(_flat(out), lse.flatten(2), _flat(q), _flat(k), _flat(v), _brute_mask(pattern, 120, 120))
+    assert len(spy.kernel.launches) == 2
+
+
+# -- strided (non-contiguous) inputs -----------------------------------------------------------------
+
+
+def _strided_views(rng, kind: str, dtype, batch=2, heads_q=2, heads_kv=1, q_len=200, kv_len=300, d=32):
+    """Non-contiguous q, k, v with the usual ``(B, H, N, D)`` shapes."""
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=rng, dtype=F64).to(dtype).to(DEVICE)
+
+    if kind == "bnhd-transposed":  # the layout of most models: (B, N, H, D) then .transpose(1, 2)
+        q = draw(batch, q_len, heads_q, d).transpose(1, 2)
+        k = draw(batch, kv_len, heads_kv, d).transpose(1, 2)
+        v = draw(batch, kv_len, heads_kv, d).transpose(1, 2)
+    elif kind == "packed-kv":  # k and v sliced out of one (B, N, 2, H, D) projection
+        q = draw(batch, q_len, heads_q, d).transpose(1, 2)
+        kv = draw(batch, kv_len, 2, heads_kv, d)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    elif kind == "head-dim-stride2":  # every other element of the last axis
+        q = draw(batch, heads_q, q_len, 2 * d)[..., ::2]
+        k = draw(batch, heads_kv, kv_len, 2 * d)[..., 1::2]
+        v = draw(batch, kv_len, heads_kv, 2 * d).transpose(1, 2)[..., ::2]
+    elif kind == "expanded-mqa-batch":  # one batch row broadcast (stride 0 on the batch axis)
+        q = draw(1, heads_q, q_len, d).expand(batch, -1, -1, -1)
+        k = draw(1, heads_kv, kv_len, d).expand(batch, -1, -1, -1)
+        v = draw(1, heads_kv, kv_len, d).expand(batch, -1, -1, -1)
+    else:
+        raise AssertionError(kind)
+    return q, k, v
+
+
+# (kind, kv_len, dtype): kv_len a multiple of the block or not (two load paths in the kernel)
+STRIDED = [pytest.param(kind, kv_len, dtype, id=f"{kind}-kv{kv_len}-{name}")
+           for kind, kv_len, dtype, name in (
+               ("bnhd-transposed", 300, F32, "f32"), ("bnhd-transposed", 256, F16, "f16"),
+               ("packed-kv", 256, F32, "f32"),
+               ("head-dim-stride2", 300, F32, "f32"), ("head-dim-stride2", 256, F32, "f32"),
+               ("head-dim-stride2", 300, F16, "f16"),
+               ("expanded-mqa-batch", 300, F32, "f32"))]
+
+
+@needs_triton
+@pytest.mark.parametrize("kind,kv_len,dtype", STRIDED)
+def test_strided_inputs(rng, spy, kind, kv_len, dtype):
+    pattern = P.SlidingWindow(60, 10)
+    q, k, v = _strided_views(rng, kind, dtype, kv_len=kv_len)
+    assert not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous())
+    out, lse = foveate.attention(q, k, v, pattern, backend="triton", return_lse=True)
+    _check(out, lse, q, k, v, _brute_mask(pattern, q.shape[2], k.shape[2]))
+    # Same result as on contiguous copies (bit for bit: same kernel, same numbers).
+    contiguous = foveate.attention(q.contiguous(), k.contiguous(), v.contiguous(), pattern, backend="triton")
+    assert torch.equal(out, contiguous)
+    # The backend hands the kernel the caller's tensors, not copies.
+    call = spy.calls[0]
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        assert call[name].data_ptr() == t.data_ptr() and call[name].stride() == t.stride(), f"{name} was copied"
+
+
+# -- per-(batch, head) layouts through attention_forward directly -------------------------------------
+
+
+def _random_grid(gen, shape, values=(0, 2), empty_row=True) -> torch.Tensor:
+    vals = torch.tensor(values, dtype=torch.int8)
+    grid = vals[torch.randint(len(values), shape, generator=gen)]
+    if empty_row:  # one q block that visits nothing: its queries get output 0, lse -inf
+        grid[0, -1, 1, :] = 0
+    grid[..., 0, 0] = values[-1]  # and at least one visited block
+    return grid
+
+
+def _token_mask(grid: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
+    """The block grid expanded to a ``(B|1, H|1, q_len, kv_len)`` token mask (visited = allowed)."""
+    tokens = grid.repeat_interleave(BLOCK, dim=2).repeat_interleave(BLOCK, dim=3)
+    return tokens[:, :, :q_len, :kv_len]
+
+
+# (id, grid's leading shape, grid values, spec pattern) for q (B=2, Hq=4), kv Hkv=2
+LAYOUTS = [
+    ("per-batch-head-full-blocks", (2, 4), (0, 2), P.Dense()),
+    ("broadcast-1x1-full-blocks", (1, 1), (0, 2), P.Dense()),
+    ("per-head-1xH", (1, 4), (0, 2), P.Dense()),
+    ("per-batch-Bx1", (2, 1), (0, 2), P.Dense()),
+    ("per-batch-head-partial-dense-spec", (2, 4), (0, 1, 2), P.Dense()),
+    ("per-batch-head-partial-causal-spec", (2, 4), (0, 1, 2), P.Causal()),
+]
+LAYOUT_RUNS = [pytest.param(*case, dtype, id=f"{case[0]}-{name}")
+               for case in LAYOUTS for dtype, name in ((F32, "f32"), (F16, "f16"))
+               if dtype == F32 or case[0] in ("per-batch-head-full-blocks", "per-batch-head-partial-causal-spec")]
+
+
+@needs_triton
+@pytest.mark.parametrize("name,lead,values,spec_pattern,dtype", LAYOUT_RUNS)
+def test_attention_forward_with_a_block_grid(rng, spy, name, lead, values, spec_pattern, dtype):
+    """Layouts that vary per batch row and per query head (as content-selected patterns will
+    produce). Full blocks are unmasked; partial blocks are masked by the spec only."""
+    q_len, kv_len = 300, 350
+    q, k, v = make_qkv(rng, batch=2, heads_q=4, heads_kv=2, q_shape=(q_len,), kv_shape=(kv_len,), head_dim=32,
+                       head_dim_v=48, dtype=dtype)
+    nq, nkv = math.ceil(q_len / BLOCK), math.ceil(kv_len / BLOCK)
+    grid = _random_grid(rng, (*lead, nq, nkv), values)
+    flat = grid.flatten(0, 1)
+    assert all(torch.equal(g, flat[0]) for g in flat) == (lead == (1, 1)), "the grid must vary per (b, h)"
+    layout = BlockLayout.from_block_grid(grid.to(DEVICE), block_q=BLOCK, block_kv=BLOCK, q_len=q_len,
+                                         kv_len=kv_len)
+    assert torch.equal(layout.to_dense().cpu(), grid)
+    spec = masks.mask_spec(spec_pattern, q_len, kv_len)
+    scale = 0.2
+    out, lse = fwd_module.attention_forward(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), layout, spec, scale)
+
+    full = _token_mask(grid == 2, q_len, kv_len)
+    partial = _token_mask(grid == 1, q_len, kv_len) & _brute_mask(spec_pattern, q_len, kv_len)
+    mask = full | partial
+    _check(out, lse, q, k, v, mask, scale=scale)
+    assert len(spy.kernel.launches) == 1
+
+
+# -- refusals and backend selection ------------------------------------------------------------------
+
+
+def _problem(pattern=None, **kw):
+    fields = {"batch": 1, "heads_q": 2, "heads_kv": 2, "q_len": 200, "kv_len": 200, "head_dim": 32,
+              "head_dim_v": 32, "dtype": F32, "device": DEVICE, "requires_grad": False, "return_lse": False,
+              "pattern": pattern or P.Causal()}
+    fields.update(kw)
+    known = {f.name for f in dataclasses.fields(Problem)}
+    return Problem(**{n: value for n, value in fields.items() if n in known})
+
+
+# (id, make_qkv keyword arguments, pattern, words the message must contain)
+REFUSALS = [
+    ("requires-grad", {"requires_grad": True}, P.Causal(), r"backward.*grad"),
+    ("composition", {}, P.Causal() | P.SlidingWindow(4), r"no kernel mask.*compositions"),
+    ("head-dim-20", {"head_dim": 20}, P.Causal(), r"head_dim=20.*multiple of 8"),
+    ("head-dim-264", {"head_dim": 264}, P.Causal(), r"head_dim=264.*\[8, 256\]"),
+    ("head-dim-v-36", {"head_dim_v": 36}, P.Dense(), r"head_dim_v=36.*multiple of 8"),
+    ("float64", {"dtype": F64}, P.Causal(), r"dtype torch\.float64"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("name,kw,pattern,reason", REFUSALS, ids=[c[0] for c in REFUSALS])
+def test_triton_refuses(rng, spy, name, kw, pattern, reason):
+    args = {"batch": 1, "heads_q": 2, "q_shape": (64,), "head_dim": 32, "dtype": F32}
+    args.update(kw)
+    q, k, v = (t.to(DEVICE) for t in make_qkv(rng, **args))
+    before = [t.detach().clone() for t in (q, k, v)]
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run this problem: .*" + reason):
+        foveate.attention(q, k, v, pattern, backend="triton")
+    assert not spy.calls and not spy.kernel.launches, "nothing may be computed"
+    for t, b in zip((q, k, v), before):
+        assert torch.equal(t.detach(), b)
+
+
+@needs_triton
+def test_inputs_that_require_grad_under_no_grad_run(rng, spy):
+    """Inference on tensors that require grad needs no backward: the kernel runs."""
+    q, k, v = make_qkv(rng, batch=1, heads_q=2, q_shape=(150,), head_dim=32, dtype=F32, requires_grad=True)
+    with torch.no_grad():
+        out, lse = foveate.attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), P.Causal(), backend="triton",
+                                     return_lse=True)
+    assert not out.requires_grad
+    _check(out, lse, q, k, v, _brute_mask(P.Causal(), 150, 150))
+    _ran_once(spy)
+
+
+@needs_triton
+def test_supports_reasons():
+    triton_backend = foveate.backends.get("triton")
+    assert triton_backend.supports(_problem()) is None
+    for dtype in (F16, torch.bfloat16, F32):
+        assert triton_backend.supports(_problem(dtype=dtype)) is None
+    for pattern in (P.Dense(), P.SlidingWindow(3, 3), P.Neighborhood(canvas=(10, 20), kernel=3, extra_kv=2)):
+        assert triton_backend.supports(_problem(pattern, q_len=200, kv_len=200 + (pattern.extra_kv or 0))) is None
+    assert "grad" in triton_backend.supports(_problem(requires_grad=True))
+    assert "float64" in triton_backend.supports(_problem(dtype=F64))
+    assert "head_dim=12" in triton_backend.supports(_problem(head_dim=12))
+    assert "head_dim=512" in triton_backend.supports(_problem(head_dim=512))
+    assert "head_dim_v=20" in triton_backend.supports(_problem(head_dim_v=20))
+    assert triton_backend.supports(_problem(P.Causal() & P.SlidingWindow(8))) is not None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="about CPU problems on a machine without a GPU")
+@pytest.mark.parametrize(
+    "kw", [{}, {"return_lse": True}, {"dtype": F16}, {"pattern": P.Neighborhood(canvas=(10, 20), kernel=3)}],
+    ids=["causal", "lse", "f16", "nbhd"],
+)
+def test_auto_does_not_pick_triton_on_cpu(kw):
+    problem = _problem(**kw)
+    assert problem.device.type == "cpu"
+    assert select(problem).name != "triton"
+    assert select(problem, "auto").name != "triton"
+    why = foveate.backends.reasons(problem)
+    assert why["triton"] is not None
+    if "triton" in foveate.backends.available():  # interpreter on: supported, but only when named
+        assert foveate.backends.get("triton").supports(problem) is None
+        assert "interpreter" in why["triton"]
+
+
+def test_without_the_interpreter_triton_refuses_cpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    triton_backend = foveate.backends.get("triton")
+    assert "TRITON_INTERPRET=1" in triton_backend.supports(_problem(device=torch.device("cpu")))
+    if not torch.cuda.is_available():
+        assert not triton_backend.available()
+        assert "triton" not in foveate.backends.available()
+
+
+# -- the interpreter really runs the kernel -----------------------------------------------------------
+
+
+@needs_triton
+def test_the_triton_kernel_really_runs(rng, spy):
+    """``backend="triton"`` goes through ``attention_forward`` and launches the Triton kernel
+    (interpreted on CPU); a fall-back to another backend would leave the spies empty."""
+    if DEVICE.type == "cpu":
+        from triton.runtime.interpreter import InterpretedFunction
+
+        assert isinstance(spy.kernel.kernel, InterpretedFunction), "TRITON_INTERPRET=1 did not take effect"
+    q, k, v = (t.to(DEVICE) for t in make_qkv(rng, batch=2, heads_q=2, heads_kv=1, q_shape=(200,), head_dim=16,
+                                                dtype=F32))
+    out = foveate.attention(q, k, v, P.Causal(), backend="triton")
+    call = _ran_once(spy)
+    launch = spy.kernel.launches[0]
+    assert launch["grid"] == (2, 2 * 2)  # (q blocks, batch x query heads)
+    assert launch["kwargs"]["MASK_KIND"] == masks.BAND and launch["kwargs"]["HAS_RIGHT"]
+    assert call["q"] is q
+    ref = foveate.attention(q, k, v, P.Causal(), backend="reference")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # Twice: two launches (nothing cached in place of the computation).
+    foveate.attention(q, k, v, P.Causal(), backend="triton")
+    assert len(spy.kernel.launches) == 2

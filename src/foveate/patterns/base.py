@@ -74,7 +74,10 @@ class Pattern:
         """Compile the pattern into a :class:`~foveate.layout.BlockLayout`.
 
         Blocks index tokens in raster order, or in tiled order when ``tile`` is given
-        (canvas patterns only). Static patterns ignore ``q`` and ``k``.
+        (Neighborhood patterns only): then the layout covers the tiled sequence, the canvas
+        padded up to whole tiles (``layout.q_len`` may exceed ``q_len``), its ``mask_mod`` is
+        the tiled mask (:class:`foveate.tiling.Tiled`) and ``block_q``/``block_kv`` must equal
+        the tile size. Static patterns ignore ``q`` and ``k``.
         """
         self.check_lengths(q_len, kv_len)
         _check_length("block_q", block_q)

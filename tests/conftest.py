@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# CI runs the same hypothesis examples every time (reproducible); local runs explore.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # Without a GPU, the Triton kernels run in Triton's interpreter; it must be chosen before
 # Triton compiles (decorates) any kernel.

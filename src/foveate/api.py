@@ -145,6 +145,7 @@ def _check_shapes(q, k, v, pattern: Pattern) -> None:
                     f"(prod(canvas){' + extra_kv' if name == 'k' and pattern.extra_kv else ''})"
                 )
     pattern.check_lengths(nq, nk)
+    pattern.check_batch_heads(bq, hq)
 
 
 def _resolve_scale(scale, head_dim: int) -> float:

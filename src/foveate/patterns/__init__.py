@@ -5,6 +5,7 @@ compiles it to a :class:`~foveate.layout.BlockLayout`. Patterns compose with ``|
 """
 
 from .base import MaskMod, Pattern
+from .blocks import Blocks
 from .causal import Causal
 from .compose import Intersection, Union
 from .dense import Dense
@@ -12,5 +13,5 @@ from .neighborhood import Neighborhood
 from .sliding import SlidingWindow
 
 __all__ = [
-    "Pattern", "MaskMod", "Dense", "Causal", "SlidingWindow", "Neighborhood", "Union", "Intersection",
+    "Pattern", "MaskMod", "Blocks", "Dense", "Causal", "SlidingWindow", "Neighborhood", "Union", "Intersection",
 ]

@@ -33,6 +33,8 @@ class Pattern:
     extra_kv: int = 0
     #: Whether the layout depends on the inputs (content-selected patterns).
     content_dependent: bool = False
+    #: ``(block_q, block_kv)`` a pattern must be built with (block-sparse masks), else ``None``.
+    fixed_blocks: tuple[int, int] | None = None
 
     # -- lengths -----------------------------------------------------------------------
     def default_lengths(self) -> tuple[int, int] | None:
@@ -52,6 +54,10 @@ class Pattern:
                 f"{self!r} needs q_len={expected[0]} and kv_len={expected[1]} "
                 f"(prod(canvas) and prod(canvas) + extra_kv); got q_len={q_len}, kv_len={kv_len}"
             )
+
+    def check_batch_heads(self, batch: int, heads: int) -> None:
+        """Raise ``ValueError`` unless the pattern fits this batch size and query head count
+        (patterns that differ per batch or head); nothing to check by default."""
 
     # -- the definition ----------------------------------------------------------------
     def mask_mod(self, q_len: int, kv_len: int) -> MaskMod:

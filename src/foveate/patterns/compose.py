@@ -27,6 +27,8 @@ class _Composite(Pattern):
         for p in patterns:
             if not isinstance(p, Pattern):
                 raise TypeError(f"cannot compose {type(p).__name__} {p!r} with a pattern")
+            if p.fixed_blocks is not None:
+                raise ValueError(f"cannot compose {p!r}: combine block masks before making the pattern")
             parts.extend(p.parts if type(p) is cls else (p,))
         canvases = {p.canvas for p in parts if p.canvas is not None}
         extras = {p.extra_kv for p in parts if p.canvas is not None}

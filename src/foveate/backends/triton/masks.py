@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ...patterns import Causal, Dense, Neighborhood, Pattern, SlidingWindow
+from ...patterns import Blocks, Causal, Dense, Neighborhood, Pattern, SlidingWindow
 
 BAND, CANVAS = 0, 1
 MAX_AXES = 3
@@ -54,7 +54,7 @@ def mask_spec(pattern: Pattern, q_len: int, kv_len: int) -> MaskSpec | None:
     from ...tiling import Tiled
 
     offset = kv_len - q_len
-    if isinstance(pattern, Dense):
+    if isinstance(pattern, (Dense, Blocks)):  # Blocks: every listed block is full, never masked
         return _band(offset, None, None)
     if isinstance(pattern, Causal):
         return _band(offset, None, 0)

@@ -15,6 +15,8 @@ import torch
 import foveate
 from foveate import patterns as P
 
+from naive import dense_mask
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 CASES = [
@@ -26,6 +28,15 @@ CASES = [
                  None, None, 2, 1, 128, "auto", id="3d-auto-extra"),
     pytest.param(P.Neighborhood((8, 8), 3) | P.Causal(), None, None, 2, 2, 64, None, id="union"),
 ]
+
+
+def _inputs(pattern, q_len, kv_len, hq, hkv, dim):
+    """Lengths (the canvas's when None), the generator, and random float32 q, k, v on CUDA."""
+    if q_len is None:
+        q_len, kv_len = pattern.default_lengths()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    mk = lambda h, n: torch.randn(2, h, n, dim, device="cuda", generator=gen)  # noqa: E731
+    return q_len, kv_len, gen, (mk(hq, q_len), mk(hkv, kv_len), mk(hkv, kv_len))
 
 
 def _attend(q, k, v, pattern, **kw):
@@ -43,11 +54,7 @@ def _grads(q, k, v, pattern, d_out, **kw):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("pattern,q_len,kv_len,hq,hkv,dim,tile", CASES)
 def test_flex_matches_reference(pattern, q_len, kv_len, hq, hkv, dim, tile, dtype):
-    if q_len is None:
-        q_len, kv_len = pattern.default_lengths()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    mk = lambda h, n: torch.randn(2, h, n, dim, device="cuda", generator=gen)  # noqa: E731
-    q, k, v = mk(hq, q_len), mk(hkv, kv_len), mk(hkv, kv_len)
+    q_len, kv_len, gen, (q, k, v) = _inputs(pattern, q_len, kv_len, hq, hkv, dim)
     d_out = torch.randn(2, hq, q_len, dim, device="cuda", generator=gen)
 
     ref = _grads(q, k, v, pattern, d_out, backend="reference")  # float32: the truth
@@ -55,10 +62,7 @@ def test_flex_matches_reference(pattern, q_len, kv_len, hq, hkv, dim, tile, dtyp
     torch_low = _grads(*low, pattern, d_out.to(dtype), backend="reference", tile=None)
     # The reference computes in float32 even for low-precision inputs; PyTorch's own
     # low-precision error comes from dense SDPA with the same mask instead.
-    mask = pattern.mask_mod(q_len, kv_len)(
-        torch.zeros((), device="cuda", dtype=torch.long), torch.zeros((), device="cuda", dtype=torch.long),
-        torch.arange(q_len, device="cuda")[:, None], torch.arange(kv_len, device="cuda")[None, :],
-    )
+    mask = dense_mask(pattern, q_len, kv_len, device="cuda")
     sdpa_q, sdpa_k, sdpa_v = (t.detach().requires_grad_() for t in low)
     sdpa_out = torch.nn.functional.scaled_dot_product_attention(
         sdpa_q, sdpa_k, sdpa_v, attn_mask=mask, enable_gqa=hq != hkv)
@@ -98,19 +102,12 @@ def test_flex_tiled_equals_raster_bitwise_close():
 ])
 def test_triton_forward_matches_reference(pattern, q_len, kv_len, hq, hkv, dim, tile, dtype):
     """The Triton forward kernel: out and lse against the float32 reference, 2x PyTorch's error."""
-    if q_len is None:
-        q_len, kv_len = pattern.default_lengths()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    mk = lambda h, n: torch.randn(2, h, n, dim, device="cuda", generator=gen)  # noqa: E731
-    q, k, v = mk(hq, q_len), mk(hkv, kv_len), mk(hkv, kv_len)
+    q_len, kv_len, gen, (q, k, v) = _inputs(pattern, q_len, kv_len, hq, hkv, dim)
     ref_out, ref_lse = _attend(q, k, v, pattern, backend="reference")
     low = [t.to(dtype) for t in (q, k, v)]
     out, lse = _attend(*low, pattern, backend="triton", tile=tile)
     assert out.dtype == dtype and lse.dtype == torch.float32
-    mask = pattern.mask_mod(q_len, kv_len)(
-        torch.zeros((), device="cuda", dtype=torch.long), torch.zeros((), device="cuda", dtype=torch.long),
-        torch.arange(q_len, device="cuda")[:, None], torch.arange(kv_len, device="cuda")[None, :],
-    ) if pattern is not None else None
+    mask = dense_mask(pattern, q_len, kv_len, device="cuda") if pattern is not None else None
     sdpa = torch.nn.functional.scaled_dot_product_attention(*low, attn_mask=mask, enable_gqa=hq != hkv)
     rows = torch.isfinite(ref_lse)
     assert torch.equal(torch.isinf(lse), ~rows)

@@ -50,6 +50,14 @@ class Backend:
         """``None`` if this backend can run ``problem``, else the reason it cannot."""
         raise NotImplementedError
 
+    def block_reason(self, problem: Problem) -> str | None:
+        """For a layout backend: why it cannot run a pattern whose block size is fixed (e.g.
+        ``Blocks``) at another size than its own; ``None`` when the sizes agree."""
+        fixed = problem.pattern.fixed_blocks
+        if fixed is not None and fixed != (self.block_size, self.block_size):
+            return f"runs {self.block_size}x{self.block_size} blocks, the pattern has {fixed[0]}x{fixed[1]}"
+        return None
+
     def auto_reason(self, problem: Problem) -> str | None:
         """A reason for ``backend="auto"`` to pass over this backend although it supports the
         problem (it can still be named explicitly); ``None`` by default."""

@@ -47,9 +47,9 @@ class FlexBackend(Backend):
         return True
 
     def supports(self, problem: Problem) -> str | None:
-        fixed = problem.pattern.fixed_blocks
-        if fixed is not None and fixed != (self.block_size, self.block_size):
-            return f"runs {self.block_size}x{self.block_size} blocks, the pattern has {fixed[0]}x{fixed[1]}"
+        reason = self.block_reason(problem)
+        if reason is not None:
+            return reason
         if problem.dtype not in _DTYPES:
             return f"dtype {problem.dtype} is not one of {_DTYPES}"
         if problem.head_dim < 16 or problem.head_dim_v < 16:

@@ -32,9 +32,9 @@ class TritonBackend(Backend):
         return torch.cuda.is_available() or _interpreting()
 
     def supports(self, problem: Problem) -> str | None:
-        fixed = problem.pattern.fixed_blocks
-        if fixed is not None and fixed != (self.block_size, self.block_size):
-            return f"runs {self.block_size}x{self.block_size} blocks, the pattern has {fixed[0]}x{fixed[1]}"
+        reason = self.block_reason(problem)
+        if reason is not None:
+            return reason
         from .masks import mask_spec
 
         if problem.device.type == "cpu" and not _interpreting():

@@ -1,13 +1,14 @@
 """Token tiling on the published Generalized Neighborhood Attention cases (GPU).
 
-For each case: cuDNN dense SDPA, and foveate's flex backend in raster order (``tile=None``),
+For each case: cuDNN dense SDPA, and foveate's flex (and/or triton: ``--backends``) backend in raster order (``tile=None``),
 with a hand-picked tile (16x8 / 2x8x8 as in GNA's FlexAttention runs) and with automatic
 tiling (``tile="auto"``); forward and forward+backward, bf16, warm, median, all in one run.
 Next to each measured speedup over cuDNN: the simulator's speed-of-light bound of that
 layout, and the layout build time. Outputs are checked against the reference backend
 (fp32) before timing.
 
-Usage: ``python benchmarks/tiling.py [--cases NAME ...] [--no-backward] [--json FILE]``.
+Usage: ``python benchmarks/tiling.py [--cases NAME ...] [--backends flex triton] [--no-backward]
+[--json FILE] [--markdown FILE]``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def fwd_bwd(fn, q, k, v, grad):
     return run
 
 
-def run_case(name, pattern, heads, hand_tile, backward: bool, dim: int = 128) -> list[dict]:
+def run_case(name, pattern, heads, hand_tile, backward: bool, dim: int = 128, backends=("flex",)) -> list[dict]:
     n = pattern.default_lengths()[0]
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -79,15 +80,16 @@ def run_case(name, pattern, heads, hand_tile, backward: bool, dim: int = 128) ->
         # One fp32 reference on a slice of heads keeps the check cheap.
         ref = foveate.attention(q[:, :1].float(), k[:, :1].float(), v[:, :1].float(), pattern,
                                 backend="reference")
-    for label, tile in variants:
+    for backend, (label, tile) in ((b, var) for b in backends for var in variants):
         t0 = time.perf_counter()
         sim = simulate(pattern, tile=tile)
         sim_s = time.perf_counter() - t0
-        fn = lambda q, k, v, tile=tile: foveate.attention(q, k, v, pattern, backend="flex", tile=tile)  # noqa: E731
+        fn = lambda q, k, v, tile=tile, backend=backend: foveate.attention(  # noqa: E731
+            q, k, v, pattern, backend=backend, tile=tile)
         with torch.no_grad():
             out = fn(q, k, v)
         err = (out[:, :1].float() - ref).abs().max().item()
-        rec = dict(case=name, variant=label, tile=tile, heads=heads, tokens=n,
+        rec = dict(case=name, backend=backend, variant=label, tile=tile, heads=heads, tokens=n,
                    dense_fwd_ms=dense_fwd, dense_fwdbwd_ms=dense_fb, max_err=err,
                    speed_of_light=sim.speedup_bound, blocks_visited=sim.blocks_visited,
                    blocks_partial=sim.blocks_partial, simulate_ms=sim_s * 1e3)
@@ -100,7 +102,7 @@ def run_case(name, pattern, heads, hand_tile, backward: bool, dim: int = 128) ->
             if tile is not None:  # the same without the token permutation (pre-tiled inputs)
                 tiled = Tiled(pattern, tile)
                 qt, kt, vt = (tiled.order.tile_tokens(t) for t in (q, k, v))
-                rec["fwd_pretiled_ms"] = bench_ms(lambda: foveate.attention(qt, kt, vt, tiled, backend="flex"))
+                rec["fwd_pretiled_ms"] = bench_ms(lambda: foveate.attention(qt, kt, vt, tiled, backend=backend))
         rec["fwd_speedup"] = dense_fwd / rec["fwd_ms"]
         if backward:
             rec["fwdbwd_ms"] = bench_ms(fwd_bwd(fn, q, k, v, grad))
@@ -108,6 +110,24 @@ def run_case(name, pattern, heads, hand_tile, backward: bool, dim: int = 128) ->
         records.append(rec)
         print(format_row(rec), flush=True)
     return records
+
+
+def warm_case(pattern, heads, hand_tile, backends, backward: bool, dim: int = 128) -> None:
+    """Run every (backend, order) of a case once: compiles its kernels, times nothing."""
+    n = pattern.default_lengths()[0]
+    q, k, v = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16).requires_grad_(backward)
+               for _ in range(3))
+    auto_tile = choose_tile(pattern) if len(pattern.canvas) > 1 else None
+    for backend in backends:
+        for tile in {None, hand_tile, auto_tile}:
+            out = foveate.attention(q, k, v, pattern, backend=backend, tile=tile)
+            if backward:
+                out.sum().backward()
+            if tile is not None:
+                tiled = Tiled(pattern, tile)
+                with torch.no_grad():
+                    foveate.attention(*(tiled.order.tile_tokens(t) for t in (q, k, v)), tiled, backend=backend)
+    torch.cuda.synchronize()
 
 
 def build_times(pattern) -> dict:
@@ -132,7 +152,7 @@ def format_row(r: dict) -> str:
     fb = f"{r['fwdbwd_ms']:9.3f} {r['fwdbwd_speedup']:6.2f}x" if "fwdbwd_ms" in r else " " * 17
     pre = (f" (pre-tiled {r['dense_fwd_ms'] / r['fwd_pretiled_ms']:5.2f}x)" if "fwd_pretiled_ms" in r
            else " " * 20)
-    return (f"{r['case']:15} {r['variant']:16} fwd {r['fwd_ms']:9.3f} ms {r['fwd_speedup']:6.2f}x{pre} | "
+    return (f"{r['case']:15} {r.get('backend', 'flex'):6} {r['variant']:16} fwd {r['fwd_ms']:9.3f} ms {r['fwd_speedup']:6.2f}x{pre} | "
             f"fwd+bwd {fb} | speed of light {r['speed_of_light']:6.2f}x | "
             f"dense {r['dense_fwd_ms']:.3f} ms | err {r['max_err']:.1e}")
 
@@ -141,19 +161,19 @@ def markdown(records: list[dict], header: str) -> str:
     """The records as the Markdown table of docs/benchmarks.md."""
     lines = [
         header, "",
-        "| case | order | fwd ms | fwd speedup | pre-tiled fwd speedup | fwd+bwd ms | fwd+bwd speedup "
+        "| case | backend | order | fwd ms | fwd speedup | pre-tiled fwd speedup | fwd+bwd ms | fwd+bwd speedup "
         "| speed of light | visited blocks (partial) | layout build ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         if r.get("status") == "WRONG":
-            lines.append(f"| {r['case']} | {r['variant']} | WRONG RESULT (max error {r['max_err']:.3g}) |")
+            lines.append(f"| {r['case']} | {r.get('backend', 'flex')} | {r['variant']} | WRONG RESULT (max error {r['max_err']:.3g}) |")
             continue
         pre = f"{r['dense_fwd_ms'] / r['fwd_pretiled_ms']:.2f}x" if "fwd_pretiled_ms" in r else ""
         fb = (f"{r['fwdbwd_ms']:.3f} | {r['fwdbwd_speedup']:.2f}x" if "fwdbwd_ms" in r else " | ")
         build = r["build_ms"].get("tiled" if r["tile"] else "raster", float("nan"))
         lines.append(
-            f"| {r['case']} | {r['variant']} | {r['fwd_ms']:.3f} | {r['fwd_speedup']:.2f}x | {pre} | {fb} | "
+            f"| {r['case']} | {r.get('backend', 'flex')} | {r['variant']} | {r['fwd_ms']:.3f} | {r['fwd_speedup']:.2f}x | {pre} | {fb} | "
             f"{r['speed_of_light']:.2f}x | {r['blocks_visited']} ({r['blocks_partial']}) | {build:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -163,6 +183,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-backward", action="store_true")
+    parser.add_argument("--backends", nargs="*", default=["flex"], choices=["flex", "triton"])
+    parser.add_argument("--warm-only", action="store_true",
+                        help="run each variant once (fills Triton's compile cache; several at once) and stop")
     parser.add_argument("--json", help="write the records to this file")
     parser.add_argument("--markdown", help="write the Markdown table to this file")
     args = parser.parse_args()
@@ -171,13 +194,19 @@ def main() -> None:
     header = (f"foveate {foveate.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()}, "
               f"{time.strftime('%Y-%m-%d')}, bf16, B=1, D=128, flex backend; speedups over cuDNN dense SDPA "
               f"on the same shape, same run")
+    header = header.replace("flex backend", " and ".join(args.backends) + " backend" + "s" * (len(args.backends) > 1))
     print(header, flush=True)
+    if args.warm_only:
+        for name in args.cases:
+            warm_case(CASES[name][0], CASES[name][1], CASES[name][2], args.backends, not args.no_backward)
+        return
     records = []
     for name in args.cases:
         pattern, heads, hand = CASES[name]
         builds = build_times(pattern)
         print(f"{name}: layout build " + ", ".join(f"{k} {v:.1f} ms" for k, v in builds.items()), flush=True)
-        for rec in run_case(name, pattern, heads, hand, backward=not args.no_backward):
+        for rec in run_case(name, pattern, heads, hand, backward=not args.no_backward,
+                            backends=args.backends):
             rec["build_ms"] = builds
             records.append(rec)
         torch.cuda.empty_cache()

@@ -51,9 +51,18 @@ def _grads(q, k, v, pattern, d_out, **kw):
     return out, lse, dq, dk, dv
 
 
+TRAINING = [pytest.param("flex", *case.values, id=f"flex-{case.id}") for case in CASES] + [
+    pytest.param("triton", *case.values, id=f"triton-{case.id}") for case in CASES if case.id != "union"] + [
+    pytest.param("triton", None, 4096, 4096, 4, 4, 128, None, id="triton-dense-d128"),
+    pytest.param("triton", P.Causal(), 2000, 2000, 8, 2, 256, None, id="triton-causal-gqa-d256"),
+    pytest.param("triton", P.Neighborhood((64, 64), (13, 13)), None, None, 4, 4, 80, "auto", id="triton-2d-d80"),
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("pattern,q_len,kv_len,hq,hkv,dim,tile", CASES)
-def test_flex_matches_reference(pattern, q_len, kv_len, hq, hkv, dim, tile, dtype):
+@pytest.mark.parametrize("backend,pattern,q_len,kv_len,hq,hkv,dim,tile", TRAINING)
+def test_training_matches_reference(backend, pattern, q_len, kv_len, hq, hkv, dim, tile, dtype):
+    """Forward and backward (out, lse, dq, dk, dv) of the flex and triton backends."""
     q_len, kv_len, gen, (q, k, v) = _inputs(pattern, q_len, kv_len, hq, hkv, dim)
     d_out = torch.randn(2, hq, q_len, dim, device="cuda", generator=gen)
 
@@ -62,12 +71,12 @@ def test_flex_matches_reference(pattern, q_len, kv_len, hq, hkv, dim, tile, dtyp
     torch_low = _grads(*low, pattern, d_out.to(dtype), backend="reference", tile=None)
     # The reference computes in float32 even for low-precision inputs; PyTorch's own
     # low-precision error comes from dense SDPA with the same mask instead.
-    mask = dense_mask(pattern, q_len, kv_len, device="cuda")
+    mask = dense_mask(pattern, q_len, kv_len, device="cuda") if pattern is not None else None
     sdpa_q, sdpa_k, sdpa_v = (t.detach().requires_grad_() for t in low)
     sdpa_out = torch.nn.functional.scaled_dot_product_attention(
         sdpa_q, sdpa_k, sdpa_v, attn_mask=mask, enable_gqa=hq != hkv)
     sdpa = [sdpa_out.nan_to_num(0.0), *torch.autograd.grad(sdpa_out, (sdpa_q, sdpa_k, sdpa_v), d_out.to(dtype))]
-    got = _grads(*low, pattern, d_out.to(dtype), backend="flex", tile=tile)
+    got = _grads(*low, pattern, d_out.to(dtype), backend=backend, tile=tile)
 
     names = ["out", "lse", "dq", "dk", "dv"]
     rows = torch.isfinite(ref[1])
@@ -82,6 +91,24 @@ def test_flex_matches_reference(pattern, q_len, kv_len, hq, hkv, dim, tile, dtyp
             idx = {"out": 0, "dq": 1, "dk": 2, "dv": 3}[name]
             base = (sdpa[idx].float().nan_to_num(0.0) - r).abs().max().item()
         assert err <= 2 * base + 1e-3, f"{name}: error {err:.3g} vs PyTorch's {base:.3g}"
+
+
+def test_triton_backward_deterministic_and_blocks():
+    """Two backward passes are bitwise equal (GQA 8:2, a P.Blocks layout per head)."""
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    mask = torch.rand(1, 8, 16, 16, device="cuda", generator=gen) < 0.3
+    pattern = P.Blocks(mask)
+    q = torch.randn(1, 8, 2048, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k, v = (torch.randn(1, 2, 2048, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    d_out = torch.randn_like(q)
+    runs = [_grads(q, k, v, pattern, d_out, backend="triton") for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    ref = _grads(q.float(), k.float(), v.float(), pattern, d_out.float(), backend="reference")
+    for name, r, g in zip(["out", "lse", "dq", "dk", "dv"], ref, runs[0]):
+        rows = torch.isfinite(ref[1]) if name in ("out", "lse", "dq") else slice(None)
+        err = (g.float()[rows] - r[rows]).abs().max().item()
+        assert err < 0.05 * max(1.0, r[rows].abs().max().item()), f"{name}: {err}"
 
 
 def test_flex_tiled_equals_raster_bitwise_close():

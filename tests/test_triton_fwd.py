@@ -268,7 +268,7 @@ def test_forward_matches_naive(rng, spy, case, dtype):
     # What the kernel was given: the spec of the intended token order, and partial blocks
     # where the pattern needs mask work (so that the in-kernel mask is exercised).
     call = _ran_once(spy)
-    kw, layout = call["spec"].kwargs(), call["layout"]
+    kw, layout = call["spec"].fields(), call["layout"]
     assert kw["TILE_SIZE"] == (BLOCK if case.tiled else 1)
     assert kw["PADDED"] == case.padded
     assert (int(layout.kv_num_blocks.sum()) > 0) == case.partial
@@ -455,7 +455,6 @@ def _problem(pattern=None, **kw):
 
 # (id, make_qkv keyword arguments, pattern, words the message must contain)
 REFUSALS = [
-    ("requires-grad", {"requires_grad": True}, P.Causal(), r"backward.*grad"),
     ("composition", {}, P.Causal() | P.SlidingWindow(4), r"no kernel mask.*compositions"),
     ("head-dim-20", {"head_dim": 20}, P.Causal(), r"head_dim=20.*multiple of 8"),
     ("head-dim-264", {"head_dim": 264}, P.Causal(), r"head_dim=264.*\[8, 256\]"),
@@ -498,7 +497,7 @@ def test_supports_reasons():
         assert triton_backend.supports(_problem(dtype=dtype)) is None
     for pattern in (P.Dense(), P.SlidingWindow(3, 3), P.Neighborhood(canvas=(10, 20), kernel=3, extra_kv=2)):
         assert triton_backend.supports(_problem(pattern, q_len=200, kv_len=200 + (pattern.extra_kv or 0))) is None
-    assert "grad" in triton_backend.supports(_problem(requires_grad=True))
+    assert triton_backend.supports(_problem(requires_grad=True)) is None  # backward kernels: test_triton_bwd
     assert "float64" in triton_backend.supports(_problem(dtype=F64))
     assert "head_dim=12" in triton_backend.supports(_problem(head_dim=12))
     assert "head_dim=512" in triton_backend.supports(_problem(head_dim=512))
@@ -549,7 +548,8 @@ def test_the_triton_kernel_really_runs(rng, spy):
     call = _ran_once(spy)
     launch = spy.kernel.launches[0]
     assert launch["grid"] == (2, 2 * 2)  # (q blocks, batch x query heads)
-    assert launch["kwargs"]["MASK_KIND"] == masks.BAND and launch["kwargs"]["HAS_RIGHT"]
+    fields = masks.MaskSpec.from_ints(launch["kwargs"]["MASK"]).fields()
+    assert fields["MASK_KIND"] == masks.BAND and fields["HAS_RIGHT"]
     assert call["q"] is q
     ref = foveate.attention(q, k, v, P.Causal(), backend="reference")
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

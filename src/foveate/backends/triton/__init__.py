@@ -1,8 +1,10 @@
-"""The triton backend: foveate's fused block-sparse kernels (forward for now).
+"""The triton backend: foveate's fused block-sparse kernels, forward and backward.
 
 On CUDA it compiles the kernels with Triton; on CPU it runs them in Triton's interpreter when
 ``TRITON_INTERPRET=1`` is set before Triton is imported (tests; slow), and only when named.
-The backward kernels are not written yet: problems that need gradients go to other backends.
+Layout: ``masks`` (the pattern's mask inside the kernels), ``fwd`` and ``bwd`` (kernels and
+launchers), ``tuning`` (tiles and warps per GPU and head dim), ``ops`` (custom operators with
+autograd, what the backend calls).
 """
 
 from __future__ import annotations
@@ -46,8 +48,6 @@ class TritonBackend(Backend):
         for name, dim in (("head_dim", problem.head_dim), ("head_dim_v", problem.head_dim_v)):
             if dim % 8 or not 8 <= dim <= 256:
                 return f"{name}={dim}: must be a multiple of 8 in [8, 256]"
-        if problem.requires_grad:
-            return "no backward kernels yet (inputs require grad)"
         if mask_spec(problem.pattern, problem.q_len, problem.kv_len) is None:
             return f"no kernel mask for {problem.pattern!r} (compositions and custom masks go to flex)"
         return None
@@ -58,12 +58,11 @@ class TritonBackend(Backend):
         return None
 
     def forward(self, q, k, v, problem, scale):
-        from .fwd import attention_forward
         from .masks import mask_spec
+        from .ops import run_sparse_attention
 
         layout = cached_layout(problem.pattern, problem.q_len, problem.kv_len, block_q=self.block_size,
                                block_kv=self.block_size, device=q.device)
         spec = mask_spec(problem.pattern, problem.q_len, problem.kv_len)
-        num_warps = 8 if max(problem.head_dim, problem.head_dim_v) > 64 else 4
-        out, lse = attention_forward(q, k, v, layout, spec, scale, num_warps=num_warps)
+        out, lse = run_sparse_attention(q, k, v, layout, spec, scale)
         return out, (lse if problem.return_lse else None)

@@ -1,15 +1,24 @@
 """Mask specs: what the Triton kernels need to know of a pattern to mask partial blocks.
 
-A spec is a kind and a few integers; the kernel turns them into coordinate arithmetic (see
-``_allowed`` in ``fwd.py``), never an ``Nq x Nkv`` tensor. Kinds:
+A spec is a kind and a few integers; the kernels receive them as one compile-time tuple
+``MASK`` and turn them into coordinate arithmetic (:func:`allowed`), never an ``Nq x Nkv``
+tensor. Kinds:
 
-* ``BAND``: Dense, Causal, SlidingWindow: key ``j`` allowed for query ``i`` when
-  ``p - left <= j <= p + right``, ``p = i + offset`` (a side may be unbounded);
+* ``BAND``: Dense, Causal, SlidingWindow (and Blocks, whose blocks are all full): key ``j``
+  allowed for query ``i`` when ``p - left <= j <= p + right``, ``p = i + offset`` (a side may
+  be unbounded);
 * ``CANVAS``: Neighborhood on 1-3 axes, in raster order or in a tiled order (raster order is
   the tiled order of 1x...x1 tiles), with per-axis kernel, dilation, stride and causal, the
   padding of tiled canvases and the extra keys.
 
 Patterns without a spec (compositions, custom masks) are not run by the Triton backend.
+
+The ``MASK`` tuple is flat: ``(kind, OFFSET, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT, NDIM,
+TILE_SIZE, N_TOKENS, EXTRA, PADDED, *axis0, *axis1, *axis2)`` with ``axis = (L, W, DIL, S, C,
+T, G, GS, TS)``: canvas length, kernel, dilation, stride, causal, tile length, tiles along the
+axis, tiles per step of the axis, tokens per step inside a tile. Flat because Triton 3.6 hands
+a tuple given for a ``tl.constexpr`` argument to the kernel as a plain Python tuple: one level
+of constant indexing works, nested tuples and passing a part of it to a function do not.
 """
 
 from __future__ import annotations
@@ -17,36 +26,68 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import triton
+import triton.language as tl
+
 from ...patterns import Blocks, Causal, Dense, Neighborhood, Pattern, SlidingWindow
 
 BAND, CANVAS = 0, 1
 MAX_AXES = 3
 
+BAND_FIELDS = ("OFFSET", "LEFT", "RIGHT", "HAS_LEFT", "HAS_RIGHT")
+CANVAS_FIELDS = ("NDIM", "TILE_SIZE", "N_TOKENS", "EXTRA", "PADDED")
+AXIS_FIELDS = ("L", "W", "DIL", "S", "C", "T", "G", "GS", "TS")
+_NEUTRAL_AXIS = (1, 1, 1, 1, 0, 1, 1, 1, 1)
+_NEUTRAL_BAND = (0, 0, 0, 0, 0)
+_NEUTRAL_CANVAS = (1, 1, 0, 0, 0, _NEUTRAL_AXIS, _NEUTRAL_AXIS, _NEUTRAL_AXIS)
+#: Number of integers of a spec in its flat form (:meth:`MaskSpec.to_ints`).
+FLAT_SIZE = 1 + len(BAND_FIELDS) + len(CANVAS_FIELDS) + MAX_AXES * len(AXIS_FIELDS)
+
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """Keyword arguments for the kernel's mask (all ints/bools: compile-time constants)."""
+    """A pattern's mask for the kernels: ``kind`` and its parameters (all ints)."""
 
     kind: int
-    params: tuple[tuple[str, int], ...]
+    band: tuple[int, ...] = _NEUTRAL_BAND
+    canvas: tuple = _NEUTRAL_CANVAS
 
-    def kwargs(self) -> dict:
-        """Every mask parameter of the kernel: this spec's values, neutral ones for the rest."""
-        return {**_NEUTRAL, "MASK_KIND": self.kind, **dict(self.params)}
+    @property
+    def constexpr(self) -> tuple[int, ...]:
+        """The kernels' ``MASK`` argument: the flat tuple of :meth:`to_ints`."""
+        return tuple(self.to_ints())
 
+    def fields(self) -> dict[str, int]:
+        """Every parameter by name (axis fields suffixed with the axis): for inspection."""
+        out = {"MASK_KIND": self.kind, **dict(zip(BAND_FIELDS, self.band)),
+               **dict(zip(CANVAS_FIELDS, self.canvas[:len(CANVAS_FIELDS)]))}
+        for a, axis in enumerate(self.canvas[len(CANVAS_FIELDS):]):
+            out.update({f"{name}{a}": value for name, value in zip(AXIS_FIELDS, axis)})
+        return out
 
-_AXIS_FIELDS = ("L", "W", "DIL", "S", "C", "T", "G", "GS", "TS")
-_NEUTRAL = {
-    "OFFSET": 0, "LEFT": 0, "RIGHT": 0, "HAS_LEFT": False, "HAS_RIGHT": False,
-    "NDIM": 1, "TILE_SIZE": 1, "N_TOKENS": 0, "EXTRA": False, "PADDED": False,
-    **{f"{name}{a}": 0 if name == "C" else 1 for a in range(3) for name in _AXIS_FIELDS},
-}
+    def to_ints(self) -> list[int]:
+        """The flat list of ``FLAT_SIZE`` ints (what a custom operator's schema can carry)."""
+        head = list(self.canvas[:len(CANVAS_FIELDS)])
+        axes = [x for axis in self.canvas[len(CANVAS_FIELDS):] for x in axis]
+        return [self.kind, *self.band, *head, *axes]
+
+    @classmethod
+    def from_ints(cls, ints) -> "MaskSpec":
+        """The inverse of :meth:`to_ints`."""
+        ints = [int(x) for x in ints]
+        if len(ints) != FLAT_SIZE:
+            raise ValueError(f"a flat mask spec has {FLAT_SIZE} ints, got {len(ints)}")
+        nb, nc, na = len(BAND_FIELDS), len(CANVAS_FIELDS), len(AXIS_FIELDS)
+        band = tuple(ints[1:1 + nb])
+        head = tuple(ints[1 + nb:1 + nb + nc])
+        rest = ints[1 + nb + nc:]
+        axes = tuple(tuple(rest[a * na:(a + 1) * na]) for a in range(MAX_AXES))
+        return cls(ints[0], band, (*head, *axes))
 
 
 def _band(offset: int, left: int | None, right: int | None) -> MaskSpec:
-    return MaskSpec(BAND, (("OFFSET", offset), ("LEFT", left if left is not None else 0),
-                           ("RIGHT", right if right is not None else 0),
-                           ("HAS_LEFT", left is not None), ("HAS_RIGHT", right is not None)))
+    return MaskSpec(BAND, band=(offset, left if left is not None else 0, right if right is not None else 0,
+                                int(left is not None), int(right is not None)))
 
 
 def mask_spec(pattern: Pattern, q_len: int, kv_len: int) -> MaskSpec | None:
@@ -68,16 +109,135 @@ def mask_spec(pattern: Pattern, q_len: int, kv_len: int) -> MaskSpec | None:
     ndim = len(pattern.canvas)
     tile = tile or (1,) * ndim
     grid = [-(-n // t) for n, t in zip(pattern.canvas, tile)]
-    params = [("NDIM", ndim), ("TILE_SIZE", math.prod(tile)),
-              ("N_TOKENS", math.prod(g * t for g, t in zip(grid, tile))),
-              ("EXTRA", pattern.extra_kv > 0),
-              ("PADDED", any(g * t != n for g, t, n in zip(grid, tile, pattern.canvas)))]
+    head = (ndim, math.prod(tile), math.prod(g * t for g, t in zip(grid, tile)), int(pattern.extra_kv > 0),
+            int(any(g * t != n for g, t, n in zip(grid, tile, pattern.canvas))))
+    axes = []
     for a in range(MAX_AXES):
         if a >= ndim:
-            break
+            axes.append(_NEUTRAL_AXIS)
+            continue
         length, kernel, dilation, stride, causal = pattern.axes[a]
-        values = (length, kernel, dilation, stride, int(causal), tile[a], grid[a],
-                  math.prod(grid[a + 1:]), math.prod(tile[a + 1:]))
-        for name, value in zip(_AXIS_FIELDS, values):
-            params.append((f"{name}{a}", value))
-    return MaskSpec(CANVAS, tuple(params))
+        axes.append((length, kernel, dilation, stride, int(causal), tile[a], grid[a], math.prod(grid[a + 1:]),
+                     math.prod(tile[a + 1:])))
+    return MaskSpec(CANVAS, canvas=(*head, *axes))
+
+
+# -- inside the kernels ----------------------------------------------------------------------------
+
+
+# Positions in the flat ``MASK`` tuple (``MaskSpec.to_ints``).
+_OFFSET, _LEFT, _RIGHT, _HAS_LEFT, _HAS_RIGHT = (tl.constexpr(1 + i) for i in range(5))
+_NDIM, _TILE_SIZE, _N_TOKENS, _EXTRA, _PADDED = (tl.constexpr(6 + i) for i in range(5))
+_AXES = tl.constexpr(11)
+_AXIS_LEN = tl.constexpr(len(AXIS_FIELDS))
+
+
+@triton.jit
+def _axis_allowed(x, y, MASK: tl.constexpr, A: tl.constexpr):
+    """May query coordinate x see key coordinate y along canvas axis ``A`` (foveate's
+    axis_window). Axis fields: ``(L, W, DIL, S, C, ...)``."""
+    L: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 0]
+    W: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 1]
+    DIL: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 2]
+    S: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 3]
+    C: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 4]
+    if DIL == 1:
+        xg = x
+        yg = y
+        lg = L
+    else:
+        xg = x // DIL
+        yg = y // DIL
+        lg = L // DIL + ((x % DIL) < (L % DIL)).to(tl.int32)
+    if C:
+        if S == 1:
+            leader = xg
+        else:
+            leader = tl.minimum((xg // S) * S + (S - 1), lg - 1)
+        start = tl.maximum(leader - (W - 1), 0)
+        ok = (yg >= start) & (yg <= xg)
+    else:
+        if S == 1:
+            leader = xg
+        else:
+            leader = tl.minimum((xg // S) * S + S // 2, lg - 1)
+        start = tl.minimum(tl.maximum(leader - W // 2, 0), lg - W)
+        ok = (yg >= start) & (yg < start + W)
+    if DIL != 1:
+        ok = ok & ((y % DIL) == (x % DIL))
+    return ok
+
+
+@triton.jit
+def _coord(idx, MASK: tl.constexpr, A: tl.constexpr):
+    """Canvas coordinate along axis ``A`` of tiled position idx (raster order: 1x..x1 tiles)."""
+    TILE_SIZE: tl.constexpr = MASK[_TILE_SIZE]
+    T: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 5]
+    G: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 6]
+    GS: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 7]
+    TS: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 8]
+    if TILE_SIZE == 1:
+        return (idx // GS) % G
+    return ((idx // TILE_SIZE) // GS % G) * T + (idx % TILE_SIZE) // TS % T
+
+
+@triton.jit
+def _band_allowed(q, k, MASK: tl.constexpr):
+    OFFSET: tl.constexpr = MASK[_OFFSET]
+    LEFT: tl.constexpr = MASK[_LEFT]
+    RIGHT: tl.constexpr = MASK[_RIGHT]
+    p = q + OFFSET
+    ok = (k >= 0) & (q >= 0)
+    if MASK[_HAS_LEFT]:
+        ok = ok & (k >= p - LEFT)
+    if MASK[_HAS_RIGHT]:
+        ok = ok & (k <= p + RIGHT)
+    return ok
+
+
+@triton.jit
+def _canvas_axis(q, k, ok, real, MASK: tl.constexpr, A: tl.constexpr):
+    """``ok`` and ``real`` (key inside the canvas) narrowed by canvas axis ``A``."""
+    L: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 0]
+    qx = _coord(q, MASK, A)
+    kx = _coord(k, MASK, A)
+    if MASK[_PADDED]:  # padded canvas: padded keys never allowed, padded queries clamped
+        real = real & (kx < L)
+        qx = tl.minimum(qx, L - 1)
+    return ok & _axis_allowed(qx, kx, MASK, A), real
+
+
+@triton.jit
+def _canvas_allowed(q, k, MASK: tl.constexpr):
+    NDIM: tl.constexpr = MASK[_NDIM]
+    N_TOKENS: tl.constexpr = MASK[_N_TOKENS]
+    ok = (q >= 0) & (k >= 0)
+    real = ok
+    ok, real = _canvas_axis(q, k, ok, real, MASK, 0)
+    if NDIM >= 2:
+        ok, real = _canvas_axis(q, k, ok, real, MASK, 1)
+    if NDIM >= 3:
+        ok, real = _canvas_axis(q, k, ok, real, MASK, 2)
+    if MASK[_PADDED]:
+        ok = ok & real
+    if MASK[_EXTRA]:  # extra keys past the canvas: seen by every query
+        ok = ok | (k >= N_TOKENS)
+    return ok
+
+
+@triton.jit
+def allowed(rows, cols, MASK: tl.constexpr):
+    """The pattern's mask on a tile: ``[len(rows), len(cols)]`` booleans for query positions
+    ``rows`` and key positions ``cols`` (token indices in the kernel's order)."""
+    if MASK[0] == 0:
+        return _band_allowed(rows[:, None], cols[None, :], MASK)
+    return _canvas_allowed(rows[:, None], cols[None, :], MASK)
+
+
+@triton.jit
+def allowed_t(rows, cols, MASK: tl.constexpr):
+    """:func:`allowed` transposed: ``[len(cols), len(rows)]`` (keys by queries), computed
+    directly in that shape (the backward's dk/dv tiles)."""
+    if MASK[0] == 0:
+        return _band_allowed(rows[None, :], cols[:, None], MASK)
+    return _canvas_allowed(rows[None, :], cols[:, None], MASK)

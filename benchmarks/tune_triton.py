@@ -1,0 +1,139 @@
+"""Choose the Triton kernels' tiles, warps and stages on this GPU (feeds ``tuning.py``).
+
+For each candidate config of the forward, dq and dk/dv kernels, times the call on a few
+representative problems (bf16, D=128: causal 8192 x 16 heads; 2-D 128x128 neighborhood
+k13, auto-tiled, 16 heads; 3-D 16x64x64 k7x15x15, auto-tiled, 16 heads) and prints a table;
+the best config per kernel is the one with the lowest summed time. Backward configs are
+searched one kernel at a time (dq with dk/dv fixed, then dk/dv with the best dq).
+
+    python benchmarks/tune_triton.py [--head-dim 128] [--compile-jobs 12] [--json out.json]
+
+``--compile-jobs`` first compiles every (problem, config) in parallel processes (Triton's
+disk cache keeps them), so that the timed pass does not wait on the compiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import itertools
+import json
+import multiprocessing as mp
+
+import torch
+
+from foveate import patterns as P
+from foveate.backends.base import cached_layout
+from foveate.backends.triton import tuning
+from foveate.backends.triton.masks import mask_spec
+from foveate.simulator import choose_tile
+from foveate.tiling import Tiled
+
+FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 128, 4, 3), (64, 64, 4, 3)]
+DQ = [(128, 16, 8, 2), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)]
+DKDV = [(16, 128, 8, 2), (32, 128, 8, 2), (32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2)]
+
+
+def problems(head_dim: int):
+    nb2 = P.Neighborhood((128, 128), 13)
+    nb3 = P.Neighborhood((16, 64, 64), (7, 15, 15))
+    return {
+        "causal-8k": (P.Causal(), 8192),
+        "2d-k13": (Tiled(nb2, choose_tile(nb2, block_q=128, block_kv=128)), 128 * 128),
+        "3d-k7x15x15": (Tiled(nb3, choose_tile(nb3, block_q=128, block_kv=128)), 16 * 64 * 64),
+    }
+
+
+def _setup(name: str, head_dim: int, heads: int = 16):
+    pattern, n = problems(head_dim)[name]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+                   for _ in range(4))
+    layout = cached_layout(pattern, n, n, block_q=128, block_kv=128, device=q.device)
+    return q, k, v, do, layout, mask_spec(pattern, n, n)
+
+
+def _run(kind: str, cfg, name: str, head_dim: int, timed: bool):
+    from foveate.backends.triton.bwd import attention_backward
+    from foveate.backends.triton.fwd import attention_forward
+
+    q, k, v, do, layout, spec = _setup(name, head_dim)
+    scale = head_dim ** -0.5
+    out, lse = attention_forward(q, k, v, layout, spec, scale)
+    kc = tuning.KernelConfig(*cfg)
+    bucket = tuning._head_bucket(head_dim, head_dim)
+    if kind == "fwd":
+        fn = lambda: attention_forward(q, k, v, layout, spec, scale, block_m=kc.block_m, block_n=kc.block_n,  # noqa
+                                       num_warps=kc.num_warps, num_stages=kc.num_stages)
+    else:
+        base = tuning.backward_config(q.device, head_dim, head_dim, 128, 128, q.dtype)
+        bc = tuning.BackwardConfig(kc, base.dkdv) if kind == "dq" else tuning.BackwardConfig(base.dq, kc)
+        tuning.OVERRIDES[("bwd", bucket)] = bc
+        fn = lambda: attention_backward(do, None, q, k, v, out, lse, layout, spec, scale)  # noqa: E731
+    fn()
+    if not timed:
+        return None
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=50, rep=200)
+
+
+def _compile(args):
+    kind, cfg, name, head_dim = args
+    try:
+        _run(kind, cfg, name, head_dim, timed=False)
+        return None
+    except Exception as e:  # noqa: BLE001 - reported, the config is then skipped
+        return f"{kind} {cfg} {name}: {type(e).__name__}: {str(e)[:200]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--compile-jobs", type=int, default=0)
+    parser.add_argument("--compile-only", action="store_true", help="compile (--compile-jobs) and stop")
+    parser.add_argument("--kinds", default="fwd,dq,dkdv")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    grid = {"fwd": FWD, "dq": DQ, "dkdv": DKDV}
+    names = list(problems(args.head_dim))
+    if args.compile_jobs:
+        jobs = [(kind, cfg, name, args.head_dim) for kind in kinds for cfg in grid[kind] for name in names]
+        with cf.ProcessPoolExecutor(args.compile_jobs, mp_context=mp.get_context("spawn")) as pool:
+            for err in pool.map(_compile, jobs):
+                if err:
+                    print("compile failed:", err, flush=True)
+    if args.compile_only:
+        return
+    results = {}
+    print(f"{torch.cuda.get_device_name()}, bf16, D={args.head_dim}, ms per call (do_bench)")
+    for kind in kinds:
+        rows = []
+        for cfg in grid[kind]:
+            try:
+                times = [_run(kind, cfg, name, args.head_dim, timed=True) for name in names]
+            except Exception as e:  # noqa: BLE001
+                print(f"{kind} {cfg}: failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
+                continue
+            rows.append((sum(times), cfg, times))
+            print(f"{kind:5s} {str(cfg):18s} " + "  ".join(f"{n}={t:.3f}" for n, t in zip(names, times)),
+                  flush=True)
+        rows.sort()
+        best = rows[0][1]
+        print(f"best {kind}: {best}", flush=True)
+        results[kind] = {"best": best, "rows": [(c, t) for _, c, t in rows]}
+        bucket = tuning._head_bucket(args.head_dim, args.head_dim)
+        if kind in ("dq", "dkdv"):  # the next search starts from the best so far
+            base = tuning.backward_config(torch.device("cuda"), args.head_dim, args.head_dim, 128, 128,
+                                          torch.bfloat16)
+            kc = tuning.KernelConfig(*best)
+            tuning.OVERRIDES[("bwd", bucket)] = (tuning.BackwardConfig(kc, base.dkdv) if kind == "dq"
+                                                 else tuning.BackwardConfig(base.dq, kc))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""The fused block-sparse attention backward kernels.
+
+Three launches, as in FlashAttention-2, over the same layout as the forward:
+
+* ``_delta_kernel``: ``delta = rowsum(dO * O) - dlse`` per query (float32); the ``dlse`` term
+  carries gradients that reach ``lse`` directly (``d lse / d s = p``).
+* ``_dq_kernel``: one program per ``BLOCK_M`` query rows and (batch x query head); walks the
+  query block's full then partial kv lists (like the forward) and accumulates ``dq``.
+* ``_dkdv_kernel``: one program per ``BLOCK_N`` key rows and (batch x **kv** head); walks the
+  transposed lists (the q blocks that visit this kv block) of every query head of its group,
+  so grouped-query ``dk``/``dv`` are reduced inside one program: deterministic, no atomics.
+
+Probabilities are recomputed from the forward's ``lse`` (``p = exp(s - lse)``; rows with no
+allowed key have ``lse = -inf`` and get ``p = 0``). Full blocks skip the mask; partial blocks
+apply :func:`masks.allowed` (or its transpose) as coordinate arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fwd import LOG2E, head_block, layout_strides
+from .masks import MaskSpec, allowed, allowed_t
+from .tuning import backward_config, launch
+
+
+@triton.jit
+def _delta_kernel(O, DO, DLSE, DELTA,
+                  stride_ob, stride_oh, stride_om, stride_od,
+                  stride_dob, stride_doh, stride_dom, stride_dod,
+                  stride_lb, stride_lh, stride_lm,
+                  H, q_len,
+                  HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+                  HAS_DLSE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask = (offs_m[:, None] < q_len) & (offs_dv[None, :] < HEAD_DIM_V)
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
+                mask=mask, other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                 mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    # DELTA has the strides of lse (contiguous (B, H, Nq)); DLSE too (made so by the caller).
+    lse_off = b * stride_lb + h * stride_lh + offs_m * stride_lm
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + lse_off, mask=offs_m < q_len, other=0.0)
+    tl.store(DELTA + lse_off, delta, mask=offs_m < q_len)
+
+
+@triton.jit
+def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, offs_d, offs_dv,
+               stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
+               HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_N: tl.constexpr,
+               IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr):
+    offs_n = start_n + offs_n0
+    kv_ok = offs_n[:, None] < kv_len
+    if EVEN_N:
+        kv_ok = offs_n[:, None] >= 0
+    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=kv_ok & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    v = tl.load(V + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                mask=kv_ok & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    if IEEE:
+        qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+        dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+    else:
+        qk = tl.dot(q, tl.trans(k))
+        dp = tl.dot(do, tl.trans(v))
+    p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+    if MASKED:
+        p = tl.where(allowed(offs_m, offs_n, MASK), p, 0.0)
+    if not EVEN_N:
+        p = tl.where(offs_n[None, :] < kv_len, p, 0.0)
+    ds = p * (dp - delta[:, None])
+    if IEEE:
+        dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
+    else:
+        dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@triton.jit
+def _dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA,
+    KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    stride_lb, stride_lh, stride_lm,
+    num_sb, num_sh, num_sm, idx_sb, idx_sh, idx_sm, fnum_sb, fnum_sh, fnum_sm, fidx_sb, fidx_sh, fidx_sm,
+    H, GROUP, q_len, kv_len, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    qb = pid_m * BLOCK_M // LAYOUT_BLOCK_Q
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    row_ok = offs_m[:, None] < q_len
+
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=row_ok & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                 mask=row_ok & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    lse_off = b * stride_lb + h * stride_lh + offs_m * stride_lm
+    lse = tl.load(LSE + lse_off, mask=offs_m < q_len, other=float("inf"))
+    # A row with no allowed key (lse = -inf) gets p = exp2(qk - inf) = 0.
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(DELTA + lse_off, mask=offs_m < q_len, other=0.0)
+    K += b * stride_kb + hk * stride_kh
+    V += b * stride_vb + hk * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    n_full = tl.load(FULL_NUM + b * fnum_sb + h * fnum_sh + qb * fnum_sm)
+    n_part = tl.load(KV_NUM + b * num_sb + h * num_sh + qb * num_sm)
+    full_row = FULL_IDX + b * fidx_sb + h * fidx_sh + qb * fidx_sm
+    part_row = KV_IDX + b * idx_sb + h * idx_sh + qb * idx_sm
+    for j in range(0, n_full):
+        kv_start = tl.load(full_row + j) * LAYOUT_BLOCK_KV
+        for sub in tl.static_range(LAYOUT_BLOCK_KV // BLOCK_N):
+            dq = _dq_update(dq, q, do, lse2, delta, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, offs_d, offs_dv,
+                            stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
+                            HEAD_DIM, HEAD_DIM_V, EVEN_N, IEEE, False, MASK)
+    for j in range(0, n_part):
+        kv_start = tl.load(part_row + j) * LAYOUT_BLOCK_KV
+        for sub in tl.static_range(LAYOUT_BLOCK_KV // BLOCK_N):
+            dq = _dq_update(dq, q, do, lse2, delta, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, offs_d, offs_dv,
+                            stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
+                            HEAD_DIM, HEAD_DIM_V, EVEN_N, IEEE, True, MASK)
+    dq = dq * scale
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             dq.to(DQ.dtype.element_ty), mask=row_ok & (offs_d[None, :] < HEAD_DIM))
+
+
+@triton.jit
+def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, offs_d, offs_dv,
+                 stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, q_len, qk_scale,
+                 HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, IEEE: tl.constexpr,
+                 MASKED: tl.constexpr, MASK: tl.constexpr):
+    offs_m = start_m + offs_m0
+    row_ok = offs_m[:, None] < q_len
+    q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=row_ok & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    do = tl.load(DO + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                 mask=row_ok & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    lse = tl.load(LSE + offs_m * stride_lm, mask=offs_m < q_len, other=float("inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(DELTA + offs_m * stride_lm, mask=offs_m < q_len, other=0.0)
+    # Transposed tiles [keys, queries]: dk and dv rows are this program's keys.
+    if IEEE:
+        qk_t = tl.dot(k, tl.trans(q), input_precision="ieee")
+    else:
+        qk_t = tl.dot(k, tl.trans(q))
+    p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
+    if MASKED:
+        p_t = tl.where(allowed_t(offs_m, offs_n, MASK), p_t, 0.0)
+    if IEEE:
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision="ieee")
+        dp_t = tl.dot(v, tl.trans(do), input_precision="ieee")
+    else:
+        dv += tl.dot(p_t.to(do.dtype), do)
+        dp_t = tl.dot(v, tl.trans(do))
+    ds_t = p_t * (dp_t - delta[None, :])
+    if IEEE:
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision="ieee")
+    else:
+        dk += tl.dot(ds_t.to(q.dtype), q)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA,
+    Q_NUM, Q_IDX, FULL_NUM, FULL_IDX,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_lb, stride_lh, stride_lm,
+    num_sb, num_sh, num_sn, idx_sb, idx_sh, idx_sn, fnum_sb, fnum_sh, fnum_sn, fidx_sb, fidx_sh, fidx_sn,
+    H_KV, GROUP, q_len, kv_len, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr, MASK: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H_KV
+    hk = pid_bh % H_KV
+    kvb = pid_n * BLOCK_N // LAYOUT_BLOCK_KV
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    key_ok = offs_n[:, None] < kv_len
+
+    # Keys past kv_len load as 0; their dk/dv rows are never stored and feed nothing else.
+    k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=key_ok & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                mask=key_ok & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+
+    for g in range(0, GROUP):  # the query heads that share this kv head, in order
+        h = hk * GROUP + g
+        Qh = Q + b * stride_qb + h * stride_qh
+        DOh = DO + b * stride_dob + h * stride_doh
+        LSEh = LSE + b * stride_lb + h * stride_lh
+        DELTAh = DELTA + b * stride_lb + h * stride_lh
+        n_full = tl.load(FULL_NUM + b * fnum_sb + h * fnum_sh + kvb * fnum_sn)
+        n_part = tl.load(Q_NUM + b * num_sb + h * num_sh + kvb * num_sn)
+        full_row = FULL_IDX + b * fidx_sb + h * fidx_sh + kvb * fidx_sn
+        part_row = Q_IDX + b * idx_sb + h * idx_sh + kvb * idx_sn
+        for i in range(0, n_full):
+            q_start = tl.load(full_row + i) * LAYOUT_BLOCK_Q
+            for sub in tl.static_range(LAYOUT_BLOCK_Q // BLOCK_M):
+                dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n, offs_m0,
+                                      offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                                      q_len, qk_scale, HEAD_DIM, HEAD_DIM_V, IEEE, False, MASK)
+        for i in range(0, n_part):
+            q_start = tl.load(part_row + i) * LAYOUT_BLOCK_Q
+            for sub in tl.static_range(LAYOUT_BLOCK_Q // BLOCK_M):
+                dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n, offs_m0,
+                                      offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                                      q_len, qk_scale, HEAD_DIM, HEAD_DIM_V, IEEE, True, MASK)
+    dk = dk * scale
+    tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             dk.to(DK.dtype.element_ty), mask=key_ok & (offs_d[None, :] < HEAD_DIM))
+    tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
+             dv.to(DV.dtype.element_ty), mask=key_ok & (offs_dv[None, :] < HEAD_DIM_V))
+
+
+def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, scale: float):
+    """Gradients of the forward's ``(out, lse)``: returns ``dq, dk, dv`` with the shapes and
+    dtypes of ``q, k, v``. ``dlse`` may be ``None`` (no gradient reaches ``lse``). ``layout``
+    is the forward's, with its transposed (``q_*``) lists."""
+    batch, heads, q_len, head_dim = q.shape
+    heads_kv, kv_len, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
+    group = heads // heads_kv
+    cfg = backward_config(q.device, head_dim, head_dim_v, layout.block_q, layout.block_kv, q.dtype)
+    ieee = q.dtype == torch.float32
+    bd, bdv = head_block(head_dim), head_block(head_dim_v)
+
+    lse = lse.contiguous()
+    delta = torch.empty_like(lse)
+    if dlse is not None:
+        dlse = dlse.to(torch.float32).contiguous()
+    delta_block = 64
+    _delta_kernel[(triton.cdiv(q_len, delta_block), batch * heads)](
+        out, dout, dlse if dlse is not None else delta, delta,
+        *out.stride(), *dout.stride(), *lse.stride(), heads, q_len,
+        HEAD_DIM_V=head_dim_v, BLOCK_DV=bdv, BLOCK_M=delta_block, HAS_DLSE=dlse is not None)
+
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    common = dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=bd, BLOCK_DV=bdv,
+                  LAYOUT_BLOCK_Q=layout.block_q, LAYOUT_BLOCK_KV=layout.block_kv, IEEE=ieee, MASK=spec.constexpr)
+    qk_scale = scale * LOG2E
+    launch(_dq_kernel, cfg.dq, lambda c: (triton.cdiv(q_len, c.block_m), batch * heads),
+           (q, k, v, dout, dq, lse, delta,
+            layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *lse.stride(),
+            *layout_strides(layout.kv_num_blocks), *layout_strides(layout.kv_indices),
+            *layout_strides(layout.full_kv_num_blocks), *layout_strides(layout.full_kv_indices),
+            heads, group, q_len, kv_len, qk_scale, scale),
+           dict(common, EVEN_N=kv_len % layout.block_kv == 0), inner="n")
+    launch(_dkdv_kernel, cfg.dkdv, lambda c: (triton.cdiv(kv_len, c.block_n), batch * heads_kv),
+           (q, k, v, dout, dk, dv, lse, delta,
+            layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks, layout.full_q_indices,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *lse.stride(),
+            *layout_strides(layout.q_num_blocks), *layout_strides(layout.q_indices),
+            *layout_strides(layout.full_q_num_blocks), *layout_strides(layout.full_q_indices),
+            heads_kv, group, q_len, kv_len, qk_scale, scale),
+           common, inner="m")
+    return dq, dk, dv
+
+
+__all__ = ["attention_backward"]

@@ -1,0 +1,94 @@
+"""The Triton kernels as PyTorch custom operators, with autograd.
+
+``torch.ops.foveate.sparse_attention`` (forward: ``out, lse``) and
+``torch.ops.foveate.sparse_attention_backward`` (``dq, dk, dv``) take the layout as its index
+tensors and the mask spec as a flat list of ints, so that ``torch.compile`` sees one opaque
+operator (with a fake implementation for shapes) instead of tracing into Triton launches.
+They run wherever the kernels run: CUDA, or the CPU under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from .masks import MaskSpec
+
+
+def _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num=None, q_idx=None, full_q_num=None,
+            full_q_idx=None):
+    """The attributes of a BlockLayout that the launchers read."""
+    return SimpleNamespace(block_q=block_q, block_kv=block_kv, kv_num_blocks=kv_num, kv_indices=kv_idx,
+                           full_kv_num_blocks=full_num, full_kv_indices=full_idx, q_num_blocks=q_num,
+                           q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx)
+
+
+@torch.library.custom_op("foveate::sparse_attention", mutates_args=())
+def sparse_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    kv_num: torch.Tensor, kv_idx: torch.Tensor, full_num: torch.Tensor, full_idx: torch.Tensor,
+    q_num: torch.Tensor, q_idx: torch.Tensor, full_q_num: torch.Tensor, full_q_idx: torch.Tensor,
+    mask: list[int], scale: float, block_q: int, block_kv: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse attention forward: ``out`` ``(B, Hq, Nq, Dv)``, ``lse`` ``(B, Hq, Nq)``.
+    The transposed lists (``q_*``) are unused here and kept for the backward."""
+    from .fwd import attention_forward
+
+    layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx)
+    return attention_forward(q, k, v, layout, MaskSpec.from_ints(mask), scale)
+
+
+@sparse_attention.register_fake
+def _(q, k, v, kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, mask, scale, block_q,
+      block_kv):
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+    return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("foveate::sparse_attention_backward", mutates_args=())
+def sparse_attention_backward(
+    dout: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor,
+    kv_num: torch.Tensor, kv_idx: torch.Tensor, full_num: torch.Tensor, full_idx: torch.Tensor,
+    q_num: torch.Tensor, q_idx: torch.Tensor, full_q_num: torch.Tensor, full_q_idx: torch.Tensor,
+    mask: list[int], scale: float, block_q: int, block_kv: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``dq, dk, dv`` of :func:`sparse_attention` (``dlse`` may be ``None``)."""
+    from .bwd import attention_backward
+
+    layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx)
+    return attention_backward(dout, dlse, q, k, v, out, lse, layout, MaskSpec.from_ints(mask), scale)
+
+
+@sparse_attention_backward.register_fake
+def _(dout, dlse, q, k, v, *rest):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+_LAYOUT_ARGS = 8  # kv_num .. full_q_idx
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, *layout = inputs[:3 + _LAYOUT_ARGS]
+    mask, scale, block_q, block_kv = inputs[3 + _LAYOUT_ARGS:]
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, *layout)
+    ctx.params = (mask, scale, block_q, block_kv)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, *layout = ctx.saved_tensors
+    dq, dk, dv = torch.ops.foveate.sparse_attention_backward(dout, dlse, q, k, v, out, lse, *layout, *ctx.params)
+    return (dq, dk, dv) + (None,) * (_LAYOUT_ARGS + 4)
+
+
+torch.library.register_autograd("foveate::sparse_attention", _backward, setup_context=_setup_context)
+
+
+def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float):
+    """``(out, lse)`` through the custom operator (differentiable) for a BlockLayout."""
+    return torch.ops.foveate.sparse_attention(
+        q, k, v, layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,
+        layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks, layout.full_q_indices,
+        spec.to_ints(), float(scale), layout.block_q, layout.block_kv)

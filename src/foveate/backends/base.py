@@ -58,6 +58,11 @@ class Backend:
             return f"runs {self.block_size}x{self.block_size} blocks, the pattern has {fixed[0]}x{fixed[1]}"
         return None
 
+    def layout(self, problem: Problem, device: torch.device) -> BlockLayout:
+        """The problem's layout at this backend's block size (memoised: :func:`cached_layout`)."""
+        return cached_layout(problem.pattern, problem.q_len, problem.kv_len, block_q=self.block_size,
+                             block_kv=self.block_size, device=device)
+
     def auto_reason(self, problem: Problem) -> str | None:
         """A reason for ``backend="auto"`` to pass over this backend although it supports the
         problem (it can still be named explicitly); ``None`` by default."""

@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from .base import Backend, Problem, cached_layout
+from .base import Backend, Problem
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -69,10 +69,7 @@ class FlexBackend(Backend):
         return None
 
     def forward(self, q, k, v, problem, scale):
-        layout = cached_layout(
-            problem.pattern, problem.q_len, problem.kv_len, block_q=self.block_size, block_kv=self.block_size,
-            device=q.device,
-        )
+        layout = self.layout(problem, q.device)
         block_mask = _FLEX_MASKS.get(id(layout))
         if block_mask is None or block_mask[0] is not layout:
             block_mask = (layout, layout.to_flex_block_mask())

@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from ..base import Backend, Problem, cached_layout
+from ..base import Backend, Problem
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -61,8 +61,7 @@ class TritonBackend(Backend):
         from .masks import mask_spec
         from .ops import run_sparse_attention
 
-        layout = cached_layout(problem.pattern, problem.q_len, problem.kv_len, block_q=self.block_size,
-                               block_kv=self.block_size, device=q.device)
+        layout = self.layout(problem, q.device)
         spec = mask_spec(problem.pattern, problem.q_len, problem.kv_len)
         out, lse = run_sparse_attention(q, k, v, layout, spec, scale)
         return out, (lse if problem.return_lse else None)

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fwd import LOG2E, head_block, layout_strides
+from .fwd import LOG2E, block_lists, head_block
 from .masks import MaskSpec, allowed, allowed_t
 from .tuning import backward_config, launch
 
@@ -275,20 +275,17 @@ def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sc
     common = dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=bd, BLOCK_DV=bdv,
                   LAYOUT_BLOCK_Q=layout.block_q, LAYOUT_BLOCK_KV=layout.block_kv, IEEE=ieee, MASK=spec.constexpr)
     qk_scale = scale * LOG2E
+    kv_lists, kv_strides = block_lists(layout)
+    q_lists, q_strides = block_lists(layout, transposed=True)
     launch(_dq_kernel, cfg.dq, lambda c: (triton.cdiv(q_len, c.block_m), batch * heads),
-           (q, k, v, dout, dq, lse, delta,
-            layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *lse.stride(),
-            *layout_strides(layout.kv_num_blocks), *layout_strides(layout.kv_indices),
-            *layout_strides(layout.full_kv_num_blocks), *layout_strides(layout.full_kv_indices),
+           (q, k, v, dout, dq, lse, delta, *kv_lists,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *lse.stride(), *kv_strides,
             heads, group, q_len, kv_len, qk_scale, scale),
            dict(common, EVEN_N=kv_len % layout.block_kv == 0), inner="n")
     launch(_dkdv_kernel, cfg.dkdv, lambda c: (triton.cdiv(kv_len, c.block_n), batch * heads_kv),
-           (q, k, v, dout, dk, dv, lse, delta,
-            layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks, layout.full_q_indices,
+           (q, k, v, dout, dk, dv, lse, delta, *q_lists,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *lse.stride(),
-            *layout_strides(layout.q_num_blocks), *layout_strides(layout.q_indices),
-            *layout_strides(layout.full_q_num_blocks), *layout_strides(layout.full_q_indices),
+            *q_strides,
             heads_kv, group, q_len, kv_len, qk_scale, scale),
            common, inner="m")
     return dq, dk, dv

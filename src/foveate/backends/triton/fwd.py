@@ -128,6 +128,17 @@ def layout_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return tuple(0 if t.shape[i] == 1 else t.stride(i) for i in range(3))
 
 
+def block_lists(layout, *, transposed: bool = False) -> tuple[tuple, tuple]:
+    """The kernels' view of a layout's lists: ``(partial count, partial indices, full count,
+    full indices)`` per query block (per kv block when ``transposed``: the backward's dk/dv),
+    and their 12 leading-axis strides in the same order."""
+    if transposed:
+        lists = (layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks, layout.full_q_indices)
+    else:
+        lists = (layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices)
+    return lists, tuple(s for t in lists for s in layout_strides(t))
+
+
 def head_block(dim: int) -> int:
     """The power-of-two register width that holds a head dim (at least 16, for tl.dot)."""
     return max(16, triton.next_power_of_2(dim))
@@ -148,14 +159,12 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
     num_warps, num_stages = num_warps or cfg.num_warps, num_stages or cfg.num_stages
     if layout.block_q % bm or layout.block_kv % bn:
         raise ValueError(f"kernel tiles {bm}x{bn} must divide the layout's blocks {layout.block_q}x{layout.block_kv}")
+    lists, list_strides = block_lists(layout)
     # IEEE: Triton's fp32 dot would use tf32 on GPUs; fp32 inputs keep full precision.
     launch(_fwd_kernel, KernelConfig(bm, bn, num_warps, num_stages),
            lambda c: (triton.cdiv(q_len, c.block_m), batch * heads),
-           (q, k, v, out, lse,
-            layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
-            *layout_strides(layout.kv_num_blocks), *layout_strides(layout.kv_indices),
-            *layout_strides(layout.full_kv_num_blocks), *layout_strides(layout.full_kv_indices),
+           (q, k, v, out, lse, *lists,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *list_strides,
             heads, heads // k.shape[1], q_len, kv_len, scale * LOG2E),
            dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=head_block(head_dim),
                 BLOCK_DV=head_block(head_dim_v), LAYOUT_BLOCK_Q=layout.block_q, LAYOUT_BLOCK_KV=layout.block_kv,
@@ -163,4 +172,4 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
     return out, lse
 
 
-__all__ = ["attention_forward", "head_block", "layout_strides"]
+__all__ = ["attention_forward", "block_lists", "head_block", "layout_strides"]

@@ -16,7 +16,6 @@ Usage: ``python benchmarks/block_sparse.py [--lens 8192 32768] [--densities 0.1 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -24,13 +23,14 @@ import torch
 import foveate
 from foveate import patterns as P
 
+from common import bench_ms, cudnn_sdpa, fwd_bwd, write_outputs
+
 BLOCK = 128
 
 
-def bench_ms(fn) -> float:
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+def _time(fn) -> float:
+    """Milliseconds of ``fn()``, in shorter runs than the tiling script's (ten timings per length)."""
+    return bench_ms(fn, warmup=25, rep=200)
 
 
 def random_blocks(heads: int, n_blocks: int, density: float, gen) -> torch.Tensor:
@@ -39,21 +39,6 @@ def random_blocks(heads: int, n_blocks: int, density: float, gen) -> torch.Tenso
     scores = torch.rand(1, heads, n_blocks, n_blocks, device="cuda", generator=gen)
     idx = scores.topk(keep, dim=-1).indices
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
-
-
-def fwd_bwd(fn, q, k, v, grad):
-    def run():
-        out = fn(q, k, v)
-        torch.autograd.grad(out, (q, k, v), grad)
-
-    return run
-
-
-def cudnn(q, k, v):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
 
 def run_length(n: int, densities, heads: int, dim: int, backward: bool, flex: bool) -> list[dict]:
@@ -67,15 +52,15 @@ def run_length(n: int, densities, heads: int, dim: int, backward: bool, flex: bo
     def time_pattern(pattern, backend):
         f = lambda q, k, v: foveate.attention(q, k, v, pattern, backend=backend)  # noqa: E731
         with torch.no_grad():
-            fwd = bench_ms(lambda: f(q, k, v))
-        fb = bench_ms(fwd_bwd(f, q, k, v, grad)) if backward else None
+            fwd = _time(lambda: f(q, k, v))
+        fb = _time(fwd_bwd(f, q, k, v, grad)) if backward else None
         return fwd, fb
 
     records = []
     base = {"tokens": n, "heads": heads}
     with torch.no_grad():
-        cud = bench_ms(lambda: cudnn(q, k, v))
-    cud_fb = bench_ms(fwd_bwd(cudnn, q, k, v, grad)) if backward else None
+        cud = _time(lambda: cudnn_sdpa(q, k, v))
+    cud_fb = _time(fwd_bwd(cudnn_sdpa, q, k, v, grad)) if backward else None
     dense_fwd, dense_fb = time_pattern(P.Dense(), "triton")
     records.append({**base, "density": 1.0, "layout": "dense", "fwd_ms": dense_fwd, "fwdbwd_ms": dense_fb,
                     "cudnn_fwd_ms": cud, "cudnn_fwdbwd_ms": cud_fb,
@@ -167,12 +152,7 @@ def main() -> None:
     for n in args.lens:
         records += run_length(n, args.densities, args.heads, args.head_dim, not args.no_backward, args.flex)
         torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(records, header))
+    write_outputs(records, markdown(records, header), args.json, args.markdown)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Usage: ``python benchmarks/tiling.py [--cases NAME ...] [--backends flex triton]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -24,6 +23,8 @@ import foveate
 from foveate import patterns as P
 from foveate.simulator import choose_tile, simulate
 from foveate.tiling import Tiled
+
+from common import bench_ms, cudnn_sdpa, fwd_bwd, write_outputs
 
 N = P.Neighborhood
 CASES = {
@@ -38,27 +39,6 @@ CASES = {
     "2d-k13": (N((128, 128), (13, 13)), 16, (16, 8)),
     "3d-k7x15x15": (N((16, 64, 64), (7, 15, 15)), 16, (2, 8, 8)),
 }
-
-
-def bench_ms(fn) -> float:
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
-
-
-def cudnn_sdpa(q, k, v):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-
-
-def fwd_bwd(fn, q, k, v, grad):
-    def run():
-        out = fn(q, k, v)
-        torch.autograd.grad(out, (q, k, v), grad)
-
-    return run
 
 
 def run_case(name, pattern, heads, hand_tile, backward: bool, dim: int = 128, backends=("flex",)) -> list[dict]:
@@ -210,12 +190,7 @@ def main() -> None:
             rec["build_ms"] = builds
             records.append(rec)
         torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1, default=str)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(records, header))
+    write_outputs(records, markdown(records, header), args.json, args.markdown)
 
 
 if __name__ == "__main__":

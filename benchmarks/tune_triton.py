@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import itertools
 import json
 import multiprocessing as mp
 
@@ -28,6 +27,8 @@ from foveate.backends.triton import tuning
 from foveate.backends.triton.masks import mask_spec
 from foveate.simulator import choose_tile
 from foveate.tiling import Tiled
+
+from common import bench_ms
 
 FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 128, 4, 3), (64, 64, 4, 3)]
 DQ = [(128, 16, 8, 2), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)]
@@ -73,9 +74,7 @@ def _run(kind: str, cfg, name: str, head_dim: int, timed: bool):
     fn()
     if not timed:
         return None
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=50, rep=200)
+    return bench_ms(fn, rep=200)
 
 
 def _compile(args):

@@ -1,0 +1,41 @@
+"""Helpers shared by the GPU benchmark scripts in this folder (timing, baselines, outputs)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+
+def bench_ms(fn, *, warmup: int = 50, rep: int = 300) -> float:
+    """Median milliseconds of ``fn()`` over ``rep`` ms of runs after ``warmup`` ms (do_bench)."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def cudnn_sdpa(q, k, v):
+    """Dense attention by cuDNN through PyTorch's SDPA: the baseline of every speedup."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def fwd_bwd(fn, q, k, v, grad):
+    """A callable that runs ``fn(q, k, v)`` and its gradients with respect to q, k, v."""
+    def run():
+        out = fn(q, k, v)
+        torch.autograd.grad(out, (q, k, v), grad)
+
+    return run
+
+
+def write_outputs(records, markdown_text: str, json_path: str | None, markdown_path: str | None) -> None:
+    """Write the records as JSON and the Markdown table, where paths are given."""
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(records, f, indent=1, default=str)
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(markdown_text)

@@ -63,6 +63,9 @@ def attention(
         raise TypeError(f"backend must be a str, got {type(backend).__name__} {backend!r}")
     scale = _resolve_scale(scale, qf.shape[-1])
     _check_tile_argument(tile, pattern)
+    if pattern.content_dependent:
+        # Selected from these inputs, without autograd; the result is an ordinary pattern.
+        pattern = pattern.select(qf, kf, scale=scale)
 
     batch, heads_q, q_len, head_dim = qf.shape
     problem = Problem(

@@ -146,10 +146,20 @@ class BlockLayout:
                 f"grid of shape {tuple(grid.shape)} does not match q_len={q_len}, kv_len={kv_len} "
                 f"with blocks ({block_q}, {block_kv})"
             )
-        bi, hi, qi, ki = torch.nonzero(grid, as_tuple=True)
-        return cls.from_pairs(
-            (bi * h + hi) * nq + qi, ki, grid[bi, hi, qi, ki] == FULL, batch_heads=(b, h),
+        # Dense-grid path (no nonzero/sort): a block's place in its row's list is the count of
+        # listed blocks before it (cumsum), so the build costs O(grid) with a single host sync
+        # (the list widths), which content-selected patterns pay on every call.
+        kv = _lists_from_grid(grid)
+        q = _lists_from_grid(grid.transpose(-1, -2))
+        counts = (kv[0], kv[2], q[0], q[2])
+        widths = torch.stack([c.amax() if c.numel() else c.new_zeros(()) for c in counts]).tolist()
+        kv_lists = _trim(kv, widths[:2])
+        q_lists = _trim(q, widths[2:])
+        return cls(
             block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
+            kv_num_blocks=kv_lists[0], kv_indices=kv_lists[1], full_kv_num_blocks=kv_lists[2],
+            full_kv_indices=kv_lists[3], q_num_blocks=q_lists[0], q_indices=q_lists[1],
+            full_q_num_blocks=q_lists[2], full_q_indices=q_lists[3],
             mask_mod=mask_mod, allowed_pairs=allowed_pairs,
         )
 
@@ -250,6 +260,29 @@ class BlockLayout:
 def _pad_width(indices: torch.Tensor, width: int) -> torch.Tensor:
     pad = width - indices.shape[-1]
     return torch.nn.functional.pad(indices, (0, pad)).contiguous() if pad > 0 else indices.contiguous()
+
+
+def _lists_from_grid(grid: torch.Tensor) -> list[torch.Tensor]:
+    """Partial and full lists along the last axis of a 0/1/2 grid ``(B, H, n, m)``, each as
+    ``(counts (B, H, n) int32, indices (B, H, n, m) int32)`` (lists as wide as ``m``)."""
+    m = grid.shape[-1]
+    out = []
+    for code in (PARTIAL, FULL):
+        sel = grid == code
+        counts = sel.sum(-1, dtype=torch.int32)
+        # Unlisted blocks are scattered into a spare last column, dropped afterwards.
+        slot = torch.where(sel, sel.cumsum(-1) - 1, m)
+        cols = torch.arange(m, dtype=torch.int32, device=grid.device).expand(grid.shape)
+        idx = torch.zeros(*grid.shape[:-1], m + 1, dtype=torch.int32, device=grid.device)
+        idx.scatter_(-1, slot, cols)
+        out += [counts, idx[..., :m]]
+    return out
+
+
+def _trim(lists: list[torch.Tensor], widths: list[int]) -> list[torch.Tensor]:
+    """Cut ``[counts, indices, full_counts, full_indices]`` to the longest list (at least 1)."""
+    return [lists[0], lists[1][..., : max(widths[0], 1)].contiguous(),
+            lists[2], lists[3][..., : max(widths[1], 1)].contiguous()]
 
 
 def _pack_lists(row, col, full, n_rows, batch_heads, n_blocks):

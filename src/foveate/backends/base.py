@@ -53,10 +53,7 @@ class Backend:
     def block_reason(self, problem: Problem) -> str | None:
         """For a layout backend: why it cannot run a pattern whose block size is fixed (e.g.
         ``Blocks``) at another size than its own; ``None`` when the sizes agree."""
-        fixed = problem.pattern.fixed_blocks
-        if fixed is not None and fixed != (self.block_size, self.block_size):
-            return f"runs {self.block_size}x{self.block_size} blocks, the pattern has {fixed[0]}x{fixed[1]}"
-        return None
+        return problem.pattern.block_size_reason(self.block_size, self.block_size)
 
     def layout(self, problem: Problem, device: torch.device) -> BlockLayout:
         """The problem's layout at this backend's block size (memoised: :func:`cached_layout`)."""
@@ -91,6 +88,8 @@ def cached_layout(
     repeated calls (every layer, every step) do not rebuild the layout."""
     if pattern.content_dependent:
         raise ValueError(f"{pattern!r} depends on the inputs: build it with q and k")
+    if not pattern.cacheable:
+        return pattern.build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
     key = (pattern, q_len, kv_len, block_q, block_kv, str(device), tile)
     layout = _LAYOUT_CACHE.get(key)
     if layout is None:

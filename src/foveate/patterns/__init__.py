@@ -10,8 +10,10 @@ from .causal import Causal
 from .compose import Intersection, Union
 from .dense import Dense
 from .neighborhood import Neighborhood
+from .selected import BlockTopK, BlockTopP, MoBA, SelectedBlocks, XAttention
 from .sliding import SlidingWindow
 
 __all__ = [
     "Pattern", "MaskMod", "Blocks", "Dense", "Causal", "SlidingWindow", "Neighborhood", "Union", "Intersection",
+    "BlockTopK", "BlockTopP", "MoBA", "XAttention", "SelectedBlocks",
 ]

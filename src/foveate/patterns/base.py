@@ -35,6 +35,9 @@ class Pattern:
     content_dependent: bool = False
     #: ``(block_q, block_kv)`` a pattern must be built with (block-sparse masks), else ``None``.
     fixed_blocks: tuple[int, int] | None = None
+    #: Whether layouts may be memoised per (pattern, lengths, blocks) across calls; ``False``
+    #: for one-off patterns such as a content selection.
+    cacheable: bool = True
 
     # -- lengths -----------------------------------------------------------------------
     def default_lengths(self) -> tuple[int, int] | None:
@@ -58,6 +61,13 @@ class Pattern:
     def check_batch_heads(self, batch: int, heads: int) -> None:
         """Raise ``ValueError`` unless the pattern fits this batch size and query head count
         (patterns that differ per batch or head); nothing to check by default."""
+
+    def block_size_reason(self, block_q: int, block_kv: int) -> str | None:
+        """Why the pattern cannot be built with these block sizes (``None`` if it can)."""
+        fixed = self.fixed_blocks
+        if fixed is not None and fixed != (block_q, block_kv):
+            return f"runs {block_q}x{block_kv} blocks, the pattern has {fixed[0]}x{fixed[1]}"
+        return None
 
     # -- the definition ----------------------------------------------------------------
     def mask_mod(self, q_len: int, kv_len: int) -> MaskMod:

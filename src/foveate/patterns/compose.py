@@ -27,6 +27,8 @@ class _Composite(Pattern):
         for p in patterns:
             if not isinstance(p, Pattern):
                 raise TypeError(f"cannot compose {type(p).__name__} {p!r} with a pattern")
+            if p.content_dependent or not p.cacheable:
+                raise ValueError(f"cannot compose {p!r}: its blocks are selected from the inputs")
             if p.fixed_blocks is not None:
                 raise ValueError(f"cannot compose {p!r}: combine block masks before making the pattern")
             parts.extend(p.parts if type(p) is cls else (p,))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from ...patterns import Blocks, Causal, Dense, Neighborhood, Pattern, SlidingWindow
+from ...patterns import Blocks, Causal, Dense, Neighborhood, Pattern, SelectedBlocks, SlidingWindow
 
 BAND, CANVAS = 0, 1
 MAX_AXES = 3
@@ -99,6 +99,8 @@ def mask_spec(pattern: Pattern, q_len: int, kv_len: int) -> MaskSpec | None:
         return _band(offset, None, None)
     if isinstance(pattern, Causal):
         return _band(offset, None, 0)
+    if isinstance(pattern, SelectedBlocks):  # whole blocks, causal inside when asked
+        return _band(offset, None, 0 if pattern.causal else None)
     if isinstance(pattern, SlidingWindow):
         return _band(offset, pattern.left, pattern.right)
     tile = None

@@ -1,0 +1,312 @@
+"""Content-selected block sparsity (MoBA, XAttention, SpargeAttn style).
+
+:class:`BlockTopK` and :class:`BlockTopP` are patterns whose blocks depend on the inputs: for
+each query block (and batch and query head) they score every key block from ``q`` and ``k`` and
+keep the best. ``pattern.select(q, k)`` runs that selection and returns a
+:class:`SelectedBlocks`, an ordinary static pattern for exactly those inputs (its layout, its
+block grid and its dense mask can be inspected); :func:`foveate.attention` does this on every
+call. The selection is not differentiated (as in MoBA): gradients flow through the attention on
+the selected blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from ..layout import FULL, PARTIAL, BlockLayout
+from ..selection import SelectionGeometry, antidiagonal_mass, mean_logits, mean_mass, select_topk, select_topp
+from ..selection.scores import check_stride
+from .band import band_mask_mod
+from .base import Pattern, as_int
+
+_SCORES = ("mean", "antidiagonal")
+
+
+class SelectedBlocks(Pattern):
+    """The blocks a content-selected pattern chose for one set of inputs.
+
+    ``selected`` is a bool tensor ``(B, H, nq, nkv)`` over query blocks of ``query_block`` tokens
+    and key blocks of ``block`` tokens (``H`` = query heads); under ``causal``, the causal mask
+    also applies inside the selected blocks. Layouts are built with block sizes that divide
+    ``query_block`` and ``block``. Equality is identity (the object stands for one selection) and
+    its layouts are not cached across calls.
+    """
+
+    cacheable = False
+
+    def __init__(self, selected: torch.Tensor, *, q_len: int, kv_len: int, query_block: int, block: int,
+                 causal: bool, source: Pattern | None = None):
+        self.selected = selected
+        self.q_len, self.kv_len = q_len, kv_len
+        self.query_block, self.block = query_block, block
+        self.causal = causal
+        self.source = source
+        self._layouts: dict = {}
+
+    def __repr__(self) -> str:
+        return (f"SelectedBlocks(shape={tuple(self.selected.shape)}, block=({self.query_block}, {self.block}), "
+                f"causal={self.causal}, from={self.source!r})")
+
+    # -- the definition ------------------------------------------------------------------
+    def check_lengths(self, q_len: int, kv_len: int) -> None:
+        super().check_lengths(q_len, kv_len)
+        if (q_len, kv_len) != (self.q_len, self.kv_len):
+            raise ValueError(f"{self!r} was selected for q_len={self.q_len}, kv_len={self.kv_len}; "
+                             f"got q_len={q_len}, kv_len={kv_len}")
+
+    def check_batch_heads(self, batch: int, heads: int) -> None:
+        b, h = self.selected.shape[:2]
+        if b not in (1, batch) or h not in (1, heads):
+            raise ValueError(f"{self!r}: selected for (batch, heads) = {(b, h)}, got {(batch, heads)}")
+
+    def block_size_reason(self, block_q: int, block_kv: int) -> str | None:
+        return _divisor_reason(self.query_block, self.block, block_q, block_kv)
+
+    def mask_mod(self, q_len: int, kv_len: int):
+        self.check_lengths(q_len, kv_len)
+        sel = self.selected
+        per_batch, per_head = sel.shape[0] > 1, sel.shape[1] > 1
+        qb, kb = self.query_block, self.block
+        causal = band_mask_mod(q_len, kv_len, None, 0) if self.causal else None
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            s = sel.to(q_idx.device)
+            out = s[b if per_batch else 0, h if per_head else 0, q_idx // qb, kv_idx // kb]
+            return out & causal(b, h, q_idx, kv_idx) if causal is not None else out
+
+        return mask_mod
+
+    # -- compiled form -------------------------------------------------------------------
+    def block_grid(self, block_q: int, block_kv: int) -> torch.Tensor:
+        """``int8`` ``(B, H, nq, nkv)`` at these block sizes: 0 empty, 1 partial, 2 full."""
+        reason = self.block_size_reason(block_q, block_kv)
+        if reason is not None:
+            raise ValueError(f"{self!r}: {reason}")
+        nq, nkv = -(-self.q_len // block_q), -(-self.kv_len // block_kv)
+        grid = self.selected.repeat_interleave(self.query_block // block_q, dim=2)[:, :, :nq]
+        grid = grid.repeat_interleave(self.block // block_kv, dim=3)[:, :, :, :nkv]
+        state = grid.to(torch.int8) * FULL
+        if self.causal:
+            state = state * _causal_block_states(self.q_len, self.kv_len, block_q, block_kv, grid.device) // FULL
+        return state
+
+    def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
+        if tile is not None:
+            raise ValueError(f"tile={tile!r}: {self!r} has no canvas to tile")
+        key = (block_q, block_kv, str(device))
+        if key not in self._layouts:
+            self._layouts[key] = BlockLayout.from_block_grid(
+                self.block_grid(block_q, block_kv).to(device), block_q=block_q, block_kv=block_kv,
+                q_len=q_len, kv_len=kv_len, mask_mod=self.mask_mod(q_len, kv_len),
+            )
+        return self._layouts[key]
+
+    def dense_mask(self) -> torch.Tensor:
+        """bool ``(B, H, q_len, kv_len)``: the pairs this selection allows (small inputs)."""
+        b, h = self.selected.shape[:2]
+        mm = self.mask_mod(self.q_len, self.kv_len)
+        dev = self.selected.device
+        return mm(torch.arange(b, device=dev)[:, None, None, None], torch.arange(h, device=dev)[None, :, None, None],
+                  torch.arange(self.q_len, device=dev)[:, None], torch.arange(self.kv_len, device=dev)[None, :])
+
+    def block_density(self) -> float:
+        """Selected blocks over the blocks of the dense counterpart (the causal blocks when
+        ``causal``), at the selection's own block sizes."""
+        geometry = SelectionGeometry(self.q_len, self.kv_len, self.query_block, self.block, self.causal, 0, 0)
+        total = geometry.candidates(self.selected.device).sum() * self.selected.shape[0] * self.selected.shape[1]
+        return float(self.selected.sum() / total.clamp_min(1))
+
+
+def _divisor_reason(query_block: int, block: int, block_q: int, block_kv: int) -> str | None:
+    if query_block % block_q or block % block_kv:
+        return (f"runs {block_q}x{block_kv} blocks, which do not divide the selection's "
+                f"{query_block}x{block} blocks")
+    return None
+
+
+def _causal_block_states(q_len, kv_len, block_q, block_kv, device) -> torch.Tensor:
+    """``(nq, nkv)`` int8: the Causal pattern's block states (0 empty, 1 partial, 2 full)."""
+    offset = kv_len - q_len
+    i = torch.arange(-(-q_len // block_q), device=device)[:, None]
+    j = torch.arange(-(-kv_len // block_kv), device=device)[None, :]
+    first = i * block_q + offset
+    last = torch.clamp((i + 1) * block_q, max=q_len) - 1 + offset
+    key_first, key_last = j * block_kv, torch.clamp((j + 1) * block_kv, max=kv_len) - 1
+    state = torch.where(key_last <= first, FULL, torch.where(key_first <= last, PARTIAL, 0))
+    return state.to(torch.int8)
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class _ContentSelected(Pattern):
+    """What :class:`BlockTopK` and :class:`BlockTopP` share: block sizes, score, forced blocks."""
+
+    block: int = 128
+    score: str = "mean"
+    stride: int = 8
+    sink_blocks: int = 1
+    local_blocks: int = 1
+    causal: bool = False
+    query_block: int | None = None
+
+    content_dependent = True
+
+    def __post_init__(self):
+        as_int("block", self.block, minimum=1)
+        if self.query_block is not None:
+            as_int("query_block", self.query_block, minimum=1)
+        as_int("stride", self.stride, minimum=1)
+        as_int("sink_blocks", self.sink_blocks, minimum=0)
+        as_int("local_blocks", self.local_blocks, minimum=0)
+        if not isinstance(self.causal, bool):
+            raise TypeError(f"causal must be a bool, got {type(self.causal).__name__} {self.causal!r}")
+        if self.score not in _SCORES:
+            raise ValueError(f"score={self.score!r}: expected one of {_SCORES}")
+        if self.score == "antidiagonal":
+            check_stride(self.stride, self.q_block, self.block)
+
+    def __repr__(self) -> str:
+        # The budget first, then only the settings that differ from the defaults.
+        fields = dataclasses.fields(self)
+        budget = [f for f in fields if not f.kw_only]
+        rest = [f"{f.name}={getattr(self, f.name)!r}" for f in fields
+                if f.kw_only and getattr(self, f.name) != f.default]
+        args = [repr(getattr(self, f.name)) for f in budget] + rest
+        return f"{type(self).__name__}({', '.join(args)})"
+
+    @property
+    def q_block(self) -> int:
+        """Query block size of the selection (``query_block``, defaulting to ``block``)."""
+        return self.query_block if self.query_block is not None else self.block
+
+    def mask_mod(self, q_len: int, kv_len: int):
+        raise ValueError(f"{self!r} depends on the inputs: use pattern.select(q, k).mask_mod(q_len, kv_len)")
+
+    def block_size_reason(self, block_q: int, block_kv: int) -> str | None:
+        return _divisor_reason(self.q_block, self.block, block_q, block_kv)
+
+    def build(self, q_len, kv_len, *, block_q=128, block_kv=128, device="cpu", tile=None, q=None, k=None):
+        if q is None or k is None:
+            raise ValueError(f"{self!r} depends on the inputs: build it with q= and k=")
+        return self.select(q, k).build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
+
+    def geometry(self, q_len: int, kv_len: int) -> SelectionGeometry:
+        return SelectionGeometry(q_len, kv_len, self.q_block, self.block, self.causal,
+                                 self.sink_blocks, self.local_blocks)
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, *, scale: float | None = None) -> SelectedBlocks:
+        """Score and select the blocks for ``q`` ``(B, Hq, Nq, D)`` and ``k`` ``(B, Hkv, Nkv, D)``.
+
+        ``scale`` is the attention's (default ``D ** -0.5``). Runs without autograd on the
+        inputs' device; returns the per-(batch, query head) selection.
+        """
+        _check_inputs(q, k)
+        q_len, kv_len = q.shape[2], k.shape[2]
+        self.check_lengths(q_len, kv_len)
+        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+        geometry = self.geometry(q_len, kv_len)
+        with torch.no_grad():
+            selected = self._choose(q.detach(), k.detach(), geometry, scale)
+        return SelectedBlocks(selected, q_len=q_len, kv_len=kv_len, query_block=self.q_block, block=self.block,
+                              causal=self.causal, source=self)
+
+    def _mass(self, q, k, geometry, scale):
+        if self.score == "mean":
+            return mean_mass(q, k, geometry, scale)
+        return antidiagonal_mass(q, k, geometry, scale, self.stride)
+
+    def _choose(self, q, k, geometry, scale) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, repr=False)
+class BlockTopK(_ContentSelected):
+    """Per query block, keep the ``k`` highest-scoring key blocks (forced ones included).
+
+    Args:
+        k: blocks kept per query block, counting the sink and local blocks (which are always
+            kept, even when there are more of them than ``k``).
+        block: key block size (and query block size unless ``query_block`` is given); the
+            triton and flex backends need multiples of 128.
+        score: ``"mean"`` (pooled query . pooled key, MoBA / SpargeAttn) or ``"antidiagonal"``
+            (XAttention's strided antidiagonal mass, every ``stride``).
+        sink_blocks: first key blocks always kept. local_blocks: diagonal band always kept
+            (see :class:`~foveate.selection.SelectionGeometry`). causal: causal attention inside
+            the selection (bottom-right aligned).
+        query_block: query block size of the selection, if not ``block`` (e.g. MoBA scores
+            each 128-query block against 4096-key blocks).
+    """
+
+    k: int
+
+    def __post_init__(self):
+        as_int("k", self.k, minimum=1)
+        super().__post_init__()
+
+    def _choose(self, q, k, geometry, scale):
+        candidates, forced = geometry.candidates(q.device), geometry.forced(q.device)
+        scores = mean_logits(q, k, geometry, scale) if self.score == "mean" else self._mass(q, k, geometry, scale)
+        return select_topk(scores, self.k, candidates, forced)
+
+
+@dataclass(frozen=True, repr=False)
+class BlockTopP(_ContentSelected):
+    """Per query block, keep the smallest set of key blocks (forced ones first, then by
+    descending estimated mass) whose estimated softmax mass reaches ``mass``.
+
+    Arguments as :class:`BlockTopK`, with ``mass`` in ``(0, 1]`` instead of ``k`` and the
+    ``"antidiagonal"`` score by default (XAttention's threshold rule).
+    """
+
+    mass: float
+    score: str = field(default="antidiagonal", kw_only=True)
+
+    def __post_init__(self):
+        if isinstance(self.mass, bool) or not isinstance(self.mass, (int, float)):
+            raise TypeError(f"mass must be a float in (0, 1], got {type(self.mass).__name__} {self.mass!r}")
+        if not 0 < self.mass <= 1:
+            raise ValueError(f"mass must be in (0, 1], got {self.mass!r}")
+        super().__post_init__()
+
+    def _choose(self, q, k, geometry, scale):
+        return select_topp(self._mass(q, k, geometry, scale), self.mass, geometry.candidates(q.device),
+                           geometry.forced(q.device))
+
+
+def MoBA(block: int = 4096, topk: int = 12, causal: bool = True, *, query_block: int = 128) -> BlockTopK:
+    """Mixture of Block Attention (Lu et al., 2025): each query attends to the ``topk`` key blocks
+    whose mean key best matches it, the current block always among them, no sink.
+
+    Defaults are those of MoonshotAI's released implementation (``moba_chunk_size=4096``,
+    ``moba_topk=12``); the paper's scaling experiments used ``block=512, topk=3``. MoBA gates
+    every query token; here each ``query_block`` of queries shares one choice, made from their
+    mean (the granularity of a block-sparse kernel).
+    """
+    return BlockTopK(topk, block=block, score="mean", sink_blocks=0, local_blocks=1, causal=causal,
+                     query_block=query_block)
+
+
+def XAttention(block: int = 128, stride: int = 8, threshold: float = 0.9, causal: bool = True) -> BlockTopP:
+    """XAttention (Xu et al., 2025): antidiagonal scoring at ``stride``, then per query block
+    the fewest key blocks whose estimated mass reaches ``threshold``; the first and diagonal
+    blocks always kept. Defaults are the paper's (block 128, stride 8, threshold 0.9)."""
+    return BlockTopP(threshold, block=block, score="antidiagonal", stride=stride, sink_blocks=1,
+                     local_blocks=1, causal=causal)
+
+
+def _check_inputs(q, k) -> None:
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, H, N, D), got {tuple(t.shape)}")
+    if k.shape[0] != q.shape[0] or k.shape[-1] != q.shape[-1] or q.shape[1] % k.shape[1]:
+        raise ValueError(f"k of shape {tuple(k.shape)} does not fit q of shape {tuple(q.shape)} "
+                         f"(same batch and head dim, Hq % Hkv == 0)")
+    if k.device != q.device:
+        raise ValueError(f"k is on {k.device} but q is on {q.device}")
+
+
+__all__ = ["BlockTopK", "BlockTopP", "MoBA", "XAttention", "SelectedBlocks"]

@@ -1,0 +1,18 @@
+"""Content-selected block sparsity: score (query block, key block) pairs from the inputs, keep
+the best, hand the result to the block-sparse kernels as a per-(batch, head) layout.
+
+- :mod:`.geometry`: which blocks a query block may pick (causal candidates) and must keep
+  (sink and local blocks), from the lengths alone;
+- :mod:`.scores`: the fast block scores, ``"mean"`` (MoBA / SpargeAttn: pooled queries against
+  pooled keys) and ``"antidiagonal"`` (XAttention: strided antidiagonal sums, softmax, pooled);
+- :mod:`.select`: top-k and top-p (mass) selection over those scores;
+- :mod:`.naive`: brute-force definitions of the scores, the oracle of the tests.
+
+The patterns built on these are in :mod:`foveate.patterns.selected`.
+"""
+
+from .geometry import SelectionGeometry
+from .scores import antidiagonal_mass, mean_logits, mean_mass
+from .select import select_topk, select_topp
+
+__all__ = ["SelectionGeometry", "mean_logits", "mean_mass", "antidiagonal_mass", "select_topk", "select_topp"]

@@ -1,0 +1,127 @@
+"""Fast block scores for content selection, computed from ``q`` ``(B, Hq, Nq, D)`` and ``k``
+``(B, Hkv, Nkv, D)`` (``Hq % Hkv == 0``); every result is float32 ``(B, Hq, nq, nkv)`` over the
+query blocks of ``query_block`` tokens and key blocks of ``block`` tokens.
+
+- ``"mean"`` (MoBA, SpargeAttn): the scaled dot product of the mean query of a block and the
+  mean key of a block (:func:`mean_logits`); as a mass estimate (:func:`mean_mass`), the
+  softmax over key blocks of that logit plus the log of the block's key count (each key of the
+  block is taken to score like the mean).
+- ``"antidiagonal"`` (XAttention): inside each block pair, the sum of the scores along
+  antidiagonals spaced ``stride`` apart, softmax-normalised across all keys of the query row and
+  summed per block (:func:`antidiagonal_mass`); computed as one matmul of reshaped inputs.
+
+Their brute-force definitions are in :mod:`.naive`.
+"""
+
+from __future__ import annotations
+
+
+import torch
+
+from .geometry import SelectionGeometry
+
+#: Elements of the float32 score slab one chunk of the antidiagonal estimate materialises.
+_CHUNK_ELEMS = 1 << 27
+
+
+def block_means(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``(B, H, N, D)`` -> ``(B, H, ceil(N / block), D)`` float32: the mean token of each block
+    (the last block averages only the tokens it has)."""
+    n = x.shape[2]
+    whole = n // block
+    parts = []
+    if whole:
+        head = x[:, :, : whole * block].unflatten(2, (whole, block))
+        parts.append(head.sum(3, dtype=torch.float32) / block)
+    if n % block:
+        parts.append(x[:, :, whole * block:].sum(2, keepdim=True, dtype=torch.float32) / (n % block))
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+
+def _per_query_head(x: torch.Tensor, heads_q: int) -> torch.Tensor:
+    """Repeat key-head tensors ``(B, Hkv, ...)`` over the query heads of their group."""
+    group = heads_q // x.shape[1]
+    return x if group == 1 else x.repeat_interleave(group, dim=1)
+
+
+def mean_logits(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float) -> torch.Tensor:
+    """``scale * mean(q block) . mean(k block)`` per block pair."""
+    qm = block_means(q, geometry.query_block)
+    km = _per_query_head(block_means(k, geometry.block), q.shape[1])
+    return torch.matmul(qm, km.transpose(-1, -2)) * scale
+
+
+def mean_mass(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float) -> torch.Tensor:
+    """The softmax-mass estimate of the mean score, normalised over the candidate blocks."""
+    logits = mean_logits(q, k, geometry, scale) + geometry.kv_counts(q.device).log()
+    logits = logits.masked_fill(~geometry.candidates(q.device), float("-inf"))
+    return torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # rows without candidates: 0
+
+
+def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    pad = -x.shape[2] % multiple
+    return torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x
+
+
+def antidiagonal_mass(
+    q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float, stride: int,
+) -> torch.Tensor:
+    """XAttention's block mass estimate.
+
+    With ``S = stride``, reduced query row ``r`` and reduced key ``c`` score
+    ``scale / S * sum_i q[r*S + S-1-i] . k[c*S + i]`` (one antidiagonal of the ``S x S`` tile,
+    averaged). Each reduced row takes a softmax over the reduced keys it may see (all, or under
+    ``causal`` those whose first key is at or before the row's last query), the probabilities
+    are summed per block pair and divided by the block's number of reduced rows, so that each
+    query block's masses sum to 1. ``query_block`` and ``block`` must be multiples of ``S``.
+    Memory stays bounded: query blocks are processed in chunks.
+    """
+    g, s = geometry, stride
+    batch, heads_q, _, dim = q.shape
+    heads_kv = k.shape[1]
+    group = heads_q // heads_kv
+    rows_per_q, cols_per_kv = g.query_block // s, g.block // s
+    # Reduced queries: each stride group reversed and laid side by side, so that one dot product
+    # with a reduced key (its group side by side) is the antidiagonal sum.
+    qr = _pad_to(q, g.query_block).unflatten(2, (-1, s)).flip(3).flatten(3)
+    kr = _pad_to(k, g.block).unflatten(2, (-1, s)).flatten(3)
+    num_rows, num_cols = qr.shape[2], kr.shape[2]
+    qr = qr.view(batch, heads_kv, group, num_rows, s * dim)
+    kr = kr.view(batch, heads_kv, 1, num_cols, s * dim)
+
+    col = torch.arange(num_cols, device=q.device)
+    col_ok = (col * s < g.kv_len)[None, :]
+    offset = g.kv_len - g.q_len
+    out = torch.empty(batch, heads_q, g.num_q_blocks, g.num_kv_blocks, dtype=torch.float32, device=q.device)
+    chunk = max(1, _CHUNK_ELEMS // max(1, batch * heads_q * rows_per_q * num_cols))
+    for start in range(0, g.num_q_blocks, chunk):
+        stop = min(start + chunk, g.num_q_blocks)
+        r0, r1 = start * rows_per_q, stop * rows_per_q
+        logits = torch.matmul(qr[:, :, :, r0:r1], kr.transpose(-1, -2)).float()
+        logits = logits.view(batch, heads_q, r1 - r0, num_cols).mul_(scale / s)
+        rows = torch.arange(r0, r1, device=q.device)
+        allowed = col_ok
+        if g.causal:
+            last_query = torch.clamp(rows * s + s, max=g.q_len) - 1 + offset
+            allowed = allowed & (col[None, :] * s <= last_query[:, None])
+        logits.masked_fill_(~allowed, float("-inf"))
+        probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # rows that see nothing: 0
+        probs.masked_fill_((rows * s >= g.q_len)[:, None], 0.0)  # rows made of padding only
+        probs = probs.view(batch, heads_q, stop - start, rows_per_q, g.num_kv_blocks, cols_per_kv)
+        blocks = torch.arange(start, stop, device=q.device)
+        queries = torch.clamp((blocks + 1) * g.query_block, max=g.q_len) - blocks * g.query_block
+        real_rows = (queries + s - 1) // s  # reduced rows holding at least one query
+        out[:, :, start:stop] = probs.sum((3, 5)) / real_rows[:, None].float()
+    return out
+
+
+def check_stride(stride: int, query_block: int, block: int) -> None:
+    """Raise ``ValueError`` unless ``stride`` divides both block sizes."""
+    if query_block % stride or block % stride:
+        raise ValueError(
+            f"stride={stride} must divide query_block={query_block} and block={block} "
+            f"(the antidiagonal score samples whole stride groups of each block)"
+        )
+
+
+__all__ = ["block_means", "mean_logits", "mean_mass", "antidiagonal_mass", "check_stride"]

@@ -56,6 +56,11 @@ TRAINING = [pytest.param("flex", *case.values, id=f"flex-{case.id}") for case in
     pytest.param("triton", None, 4096, 4096, 4, 4, 128, None, id="triton-dense-d128"),
     pytest.param("triton", P.Causal(), 2000, 2000, 8, 2, 256, None, id="triton-causal-gqa-d256"),
     pytest.param("triton", P.Neighborhood((64, 64), (13, 13)), None, None, 4, 4, 80, "auto", id="triton-2d-d80"),
+    # Content-selected: selected once from the float32 inputs, then run as that static selection.
+    pytest.param("triton", P.BlockTopK(4, causal=True), 3000, 3000, 8, 2, 128, None, id="triton-topk-causal-gqa"),
+    pytest.param("triton", P.XAttention(causal=False), 2048, 2048, 4, 4, 64, None, id="triton-xattention"),
+    pytest.param("triton", P.MoBA(block=512, topk=2), 1800, 2300, 4, 1, 128, None, id="triton-moba-mqa"),
+    pytest.param("flex", P.BlockTopK(4, causal=True), 3000, 3000, 8, 2, 128, None, id="flex-topk-causal-gqa"),
 ]
 
 
@@ -65,13 +70,18 @@ def test_training_matches_reference(backend, pattern, q_len, kv_len, hq, hkv, di
     """Forward and backward (out, lse, dq, dk, dv) of the flex and triton backends."""
     q_len, kv_len, gen, (q, k, v) = _inputs(pattern, q_len, kv_len, hq, hkv, dim)
     d_out = torch.randn(2, hq, q_len, dim, device="cuda", generator=gen)
+    if pattern is not None and pattern.content_dependent:
+        pattern = pattern.select(q, k)  # the same blocks in every precision
 
     ref = _grads(q, k, v, pattern, d_out, backend="reference")  # float32: the truth
     low = [t.to(dtype) for t in (q, k, v)]
     torch_low = _grads(*low, pattern, d_out.to(dtype), backend="reference", tile=None)
     # The reference computes in float32 even for low-precision inputs; PyTorch's own
     # low-precision error comes from dense SDPA with the same mask instead.
-    mask = dense_mask(pattern, q_len, kv_len, device="cuda") if pattern is not None else None
+    if isinstance(pattern, P.SelectedBlocks):
+        mask = pattern.dense_mask()
+    else:
+        mask = dense_mask(pattern, q_len, kv_len, device="cuda") if pattern is not None else None
     sdpa_q, sdpa_k, sdpa_v = (t.detach().requires_grad_() for t in low)
     sdpa_out = torch.nn.functional.scaled_dot_product_attention(
         sdpa_q, sdpa_k, sdpa_v, attn_mask=mask, enable_gqa=hq != hkv)
@@ -91,6 +101,26 @@ def test_training_matches_reference(backend, pattern, q_len, kv_len, hq, hkv, di
             idx = {"out": 0, "dq": 1, "dk": 2, "dv": 3}[name]
             base = (sdpa[idx].float().nan_to_num(0.0) - r).abs().max().item()
         assert err <= 2 * base + 1e-3, f"{name}: error {err:.3g} vs PyTorch's {base:.3g}"
+
+
+@pytest.mark.parametrize("pattern", [P.BlockTopK(6, causal=True), P.XAttention(causal=True),
+                                     P.BlockTopP(0.8, score="mean")], ids=repr)
+def test_content_selection_end_to_end_bf16(pattern):
+    """attention() with a content-selected pattern equals attention() on ``pattern.select(q, k)``
+    of the same bf16 inputs, bitwise, forward and backward; the selection is per head."""
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    q, k, v = (torch.randn(1, 8, 4096, 128, device="cuda", generator=gen, dtype=torch.bfloat16).requires_grad_()
+               for _ in range(3))
+    selection = pattern.select(q, k)
+    assert selection.selected.shape == (1, 8, 32, 32)
+    assert not all(torch.equal(selection.selected[0, 0], selection.selected[0, h]) for h in range(1, 8))
+    d_out = torch.randn_like(q)
+    results = []
+    for p in (pattern, selection):
+        out = foveate.attention(q, k, v, p, backend="triton")
+        results.append([out, *torch.autograd.grad(out, (q, k, v), d_out)])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_triton_backward_deterministic_and_blocks():
@@ -134,7 +164,10 @@ def test_triton_forward_matches_reference(pattern, q_len, kv_len, hq, hkv, dim, 
     low = [t.to(dtype) for t in (q, k, v)]
     out, lse = _attend(*low, pattern, backend="triton", tile=tile)
     assert out.dtype == dtype and lse.dtype == torch.float32
-    mask = dense_mask(pattern, q_len, kv_len, device="cuda") if pattern is not None else None
+    if isinstance(pattern, P.SelectedBlocks):
+        mask = pattern.dense_mask()
+    else:
+        mask = dense_mask(pattern, q_len, kv_len, device="cuda") if pattern is not None else None
     sdpa = torch.nn.functional.scaled_dot_product_attention(*low, attn_mask=mask, enable_gqa=hq != hkv)
     rows = torch.isfinite(ref_lse)
     assert torch.equal(torch.isinf(lse), ~rows)

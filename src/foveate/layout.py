@@ -135,9 +135,16 @@ class BlockLayout:
     @classmethod
     def from_block_grid(
         cls, grid: torch.Tensor, *, block_q: int, block_kv: int, q_len: int, kv_len: int,
-        mask_mod: MaskMod | None = None, allowed_pairs: int | None = None,
+        mask_mod: MaskMod | None = None, allowed_pairs: int | None = None, method: str = "auto",
     ) -> "BlockLayout":
-        """Build from a dense ``(B|1, H|1, nq, nkv)`` grid of 0 (empty), 1 (partial), 2 (full)."""
+        """Build from a dense ``(B|1, H|1, nq, nkv)`` grid of 0 (empty), 1 (partial), 2 (full).
+
+        ``method``: ``"torch"`` (lists trimmed to the longest one; one host sync), ``"triton"``
+        (a Triton kernel, lists as wide as the grid, no host sync) or ``"auto"`` (triton for
+        CUDA grids).
+        """
+        if method not in ("auto", "torch", "triton"):
+            raise ValueError(f"method={method!r}: expected 'auto', 'torch' or 'triton'")
         if grid.dim() != 4:
             raise ValueError(f"grid must have 4 dims (B|1, H|1, nq, nkv), got shape {tuple(grid.shape)}")
         b, h, nq, nkv = grid.shape
@@ -146,20 +153,22 @@ class BlockLayout:
                 f"grid of shape {tuple(grid.shape)} does not match q_len={q_len}, kv_len={kv_len} "
                 f"with blocks ({block_q}, {block_kv})"
             )
-        # Dense-grid path (no nonzero/sort): a block's place in its row's list is the count of
-        # listed blocks before it (cumsum), so the build costs O(grid) with a single host sync
-        # (the list widths), which content-selected patterns pay on every call.
-        kv = _lists_from_grid(grid)
-        q = _lists_from_grid(grid.transpose(-1, -2))
-        counts = (kv[0], kv[2], q[0], q[2])
-        widths = torch.stack([c.amax() if c.numel() else c.new_zeros(()) for c in counts]).tolist()
-        kv_lists = _trim(kv, widths[:2])
-        q_lists = _trim(q, widths[2:])
+        if _use_triton(grid, method):
+            # Lists as wide as the grid, no host sync: the path of per-call (selected) layouts.
+            from .layout_triton import grid_to_lists
+
+            kv, q = grid_to_lists(grid), grid_to_lists(grid.transpose(-1, -2))
+        else:
+            # A block's place in its row's list is the count of listed blocks before it
+            # (cumsum): O(grid) work and one host sync (the list widths).
+            kv, q = _lists_from_grid(grid), _lists_from_grid(grid.transpose(-1, -2))
+            counts = (kv[0], kv[2], q[0], q[2])
+            widths = torch.stack([c.amax() if c.numel() else c.new_zeros(()) for c in counts]).tolist()
+            kv, q = _trim(kv, widths[:2]), _trim(q, widths[2:])
         return cls(
             block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
-            kv_num_blocks=kv_lists[0], kv_indices=kv_lists[1], full_kv_num_blocks=kv_lists[2],
-            full_kv_indices=kv_lists[3], q_num_blocks=q_lists[0], q_indices=q_lists[1],
-            full_q_num_blocks=q_lists[2], full_q_indices=q_lists[3],
+            kv_num_blocks=kv[0], kv_indices=kv[1], full_kv_num_blocks=kv[2], full_kv_indices=kv[3],
+            q_num_blocks=q[0], q_indices=q[1], full_q_num_blocks=q[2], full_q_indices=q[3],
             mask_mod=mask_mod, allowed_pairs=allowed_pairs,
         )
 
@@ -213,6 +222,7 @@ class BlockLayout:
             part = ~full
             count[part] = count_allowed(
                 self.mask_mod, row[part] % nq, col[part], self, heads=row[part] // nq,
+                num_heads=self.batch_heads[1],
             )
             self._allowed_pairs = int(count.sum())
         return self._allowed_pairs
@@ -260,6 +270,18 @@ class BlockLayout:
 def _pad_width(indices: torch.Tensor, width: int) -> torch.Tensor:
     pad = width - indices.shape[-1]
     return torch.nn.functional.pad(indices, (0, pad)).contiguous() if pad > 0 else indices.contiguous()
+
+
+def _use_triton(grid: torch.Tensor, method: str) -> bool:
+    if method != "auto":
+        return method == "triton"
+    if not grid.is_cuda:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _lists_from_grid(grid: torch.Tensor) -> list[torch.Tensor]:

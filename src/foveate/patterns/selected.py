@@ -12,6 +12,7 @@ the selected blocks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -86,12 +87,15 @@ class SelectedBlocks(Pattern):
         if reason is not None:
             raise ValueError(f"{self!r}: {reason}")
         nq, nkv = -(-self.q_len // block_q), -(-self.kv_len // block_kv)
-        grid = self.selected.repeat_interleave(self.query_block // block_q, dim=2)[:, :, :nq]
-        grid = grid.repeat_interleave(self.block // block_kv, dim=3)[:, :, :, :nkv]
-        state = grid.to(torch.int8) * FULL
-        if self.causal:
-            state = state * _causal_block_states(self.q_len, self.kv_len, block_q, block_kv, grid.device) // FULL
-        return state
+        grid = self.selected
+        if self.query_block != block_q:
+            grid = grid.repeat_interleave(self.query_block // block_q, dim=2)[:, :, :nq]
+        if self.block != block_kv:
+            grid = grid.repeat_interleave(self.block // block_kv, dim=3)[:, :, :, :nkv]
+        if not self.causal:
+            return grid.to(torch.int8) * FULL
+        states = _causal_block_states(self.q_len, self.kv_len, block_q, block_kv, str(grid.device))
+        return torch.where(grid, states, 0).to(torch.int8)
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
         if tile is not None:
@@ -109,8 +113,9 @@ class SelectedBlocks(Pattern):
         b, h = self.selected.shape[:2]
         mm = self.mask_mod(self.q_len, self.kv_len)
         dev = self.selected.device
-        return mm(torch.arange(b, device=dev)[:, None, None, None], torch.arange(h, device=dev)[None, :, None, None],
+        mask = mm(torch.arange(b, device=dev)[:, None, None, None], torch.arange(h, device=dev)[None, :, None, None],
                   torch.arange(self.q_len, device=dev)[:, None], torch.arange(self.kv_len, device=dev)[None, :])
+        return torch.broadcast_to(mask, (b, h, self.q_len, self.kv_len))
 
     def block_density(self) -> float:
         """Selected blocks over the blocks of the dense counterpart (the causal blocks when
@@ -127,8 +132,10 @@ def _divisor_reason(query_block: int, block: int, block_q: int, block_kv: int) -
     return None
 
 
-def _causal_block_states(q_len, kv_len, block_q, block_kv, device) -> torch.Tensor:
-    """``(nq, nkv)`` int8: the Causal pattern's block states (0 empty, 1 partial, 2 full)."""
+@functools.lru_cache(maxsize=16)
+def _causal_block_states(q_len: int, kv_len: int, block_q: int, block_kv: int, device: str) -> torch.Tensor:
+    """``(nq, nkv)`` int8: the Causal pattern's block states (0 empty, 1 partial, 2 full);
+    memoised, as the same lengths come back at every layer."""
     offset = kv_len - q_len
     i = torch.arange(-(-q_len // block_q), device=device)[:, None]
     j = torch.arange(-(-kv_len // block_kv), device=device)[None, :]

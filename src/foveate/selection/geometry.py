@@ -7,6 +7,7 @@ keys ``[j * block, (j + 1) * block)`` (the last blocks are short). Queries sit a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +49,16 @@ class SelectionGeometry:
         return first, last
 
     def candidates(self, device) -> torch.Tensor:
-        """``(nq, nkv)`` bool: the key blocks each query block may select."""
+        """``(nq, nkv)`` bool: the key blocks each query block may select (memoised and shared
+        between calls: read only)."""
+        return _masks(self, str(torch.device(device)))[0]
+
+    def forced(self, device) -> torch.Tensor:
+        """``(nq, nkv)`` bool: the sink and local blocks, always kept (within the candidates;
+        memoised and shared between calls: read only)."""
+        return _masks(self, str(torch.device(device)))[1]
+
+    def _candidates(self, device) -> torch.Tensor:
         j = torch.arange(self.num_kv_blocks, device=device)
         nq, nkv = self.num_q_blocks, self.num_kv_blocks
         if not self.causal:
@@ -56,8 +66,7 @@ class SelectionGeometry:
         _, last = self._positions(device)
         return (j * self.block)[None, :] <= last[:, None]
 
-    def forced(self, device) -> torch.Tensor:
-        """``(nq, nkv)`` bool: the sink and local blocks, always kept (within the candidates)."""
+    def _forced(self, device) -> torch.Tensor:
         j = torch.arange(self.num_kv_blocks, device=device)[None, :]
         first, last = self._positions(device)
         keep = j < self.sink_blocks
@@ -67,9 +76,15 @@ class SelectionGeometry:
             if not self.causal:
                 hi = hi + (self.local_blocks - 1)
             keep = keep | ((j >= lo[:, None]) & (j <= hi[:, None]))
-        return keep & self.candidates(device)
+        return keep & self._candidates(device)
 
     def kv_counts(self, device) -> torch.Tensor:
         """``(nkv,)`` float32: keys per key block (the last one may be short)."""
         j = torch.arange(self.num_kv_blocks, device=device)
         return (torch.clamp((j + 1) * self.block, max=self.kv_len) - j * self.block).float()
+
+
+@functools.lru_cache(maxsize=32)
+def _masks(geometry: SelectionGeometry, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # The same lengths come back at every layer and step: build the masks once per device.
+    return geometry._candidates(device), geometry._forced(device)

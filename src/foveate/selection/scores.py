@@ -64,7 +64,8 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def antidiagonal_mass(
-    q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float, stride: int,
+    q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float, stride: int, *,
+    method: str = "auto",
 ) -> torch.Tensor:
     """XAttention's block mass estimate.
 
@@ -73,9 +74,20 @@ def antidiagonal_mass(
     averaged). Each reduced row takes a softmax over the reduced keys it may see (all, or under
     ``causal`` those whose first key is at or before the row's last query), the probabilities
     are summed per block pair and divided by the block's number of reduced rows, so that each
-    query block's masses sum to 1. ``query_block`` and ``block`` must be multiples of ``S``.
-    Memory stays bounded: query blocks are processed in chunks.
+    query block's masses sum to 1 (to the share of its reduced rows that see a key, when causal
+    attention leaves some rows without keys). ``query_block`` and ``block`` must be multiples of ``S``.
+
+    ``method``: ``"triton"`` (the fused kernel of :mod:`.antidiagonal_triton`), ``"torch"``
+    (reduced scores materialised a chunk of query blocks at a time: bounded memory, but
+    memory-bound) or ``"auto"`` (triton on CUDA where the kernel takes the shapes).
     """
+    if method not in ("auto", "torch", "triton"):
+        raise ValueError(f"method={method!r}: expected 'auto', 'torch' or 'triton'")
+    if method != "torch" and (method == "triton" or q.is_cuda):
+        from . import antidiagonal_triton
+
+        if method == "triton" or antidiagonal_triton.supported(q, geometry, stride):
+            return antidiagonal_triton.antidiagonal_mass_triton(q, k, geometry, scale, stride)
     g, s = geometry, stride
     batch, heads_q, _, dim = q.shape
     heads_kv = k.shape[1]

@@ -35,5 +35,8 @@ def select_topp(mass: torch.Tensor, p: float, candidates: torch.Tensor, forced: 
     order = mass.masked_fill(forced, float("inf")).argsort(dim=-1, descending=True)
     ranked = mass.gather(-1, order)
     before = ranked.cumsum(-1) - ranked  # mass kept before taking this block
-    keep = torch.zeros_like(mass, dtype=torch.bool).scatter_(-1, order, before < p)
+    if p >= 1:  # every block with mass (a float32 running sum can reach 1 before the last ones)
+        keep = torch.ones_like(mass, dtype=torch.bool)
+    else:
+        keep = torch.zeros_like(mass, dtype=torch.bool).scatter_(-1, order, before < p)
     return (keep & candidates & (mass > 0)) | forced

@@ -137,9 +137,7 @@ def antidiagonal_mass_triton(q: torch.Tensor, k: torch.Tensor, geometry: Selecti
     fine = fine[:, :, : n_rows // gm]
     coarse = fine.view(batch, heads_q, g.num_q_blocks, rows_per_q // gm, g.num_kv_blocks, cols_per_kv // gn)
     coarse = coarse.sum((3, 5))
-    blocks = torch.arange(g.num_q_blocks, device=q.device)
-    queries = torch.clamp((blocks + 1) * g.query_block, max=g.q_len) - blocks * g.query_block
-    return coarse / ((queries + s - 1) // s).float()[:, None]
+    return coarse / g.reduced_rows(s, q.device)[:, None]
 
 
 def supported(q: torch.Tensor, geometry: SelectionGeometry, stride: int) -> bool:

@@ -78,6 +78,13 @@ class SelectionGeometry:
             keep = keep | ((j >= lo[:, None]) & (j <= hi[:, None]))
         return keep & self._candidates(device)
 
+    def reduced_rows(self, stride: int, device) -> torch.Tensor:
+        """``(nq,)`` float32: per query block, the groups of ``stride`` queries holding at least
+        one query (the rows of the antidiagonal estimate)."""
+        i = torch.arange(self.num_q_blocks, device=device)
+        queries = torch.clamp((i + 1) * self.query_block, max=self.q_len) - i * self.query_block
+        return ((queries + stride - 1) // stride).float()
+
     def kv_counts(self, device) -> torch.Tensor:
         """``(nkv,)`` float32: keys per key block (the last one may be short)."""
         j = torch.arange(self.num_kv_blocks, device=device)

@@ -105,6 +105,7 @@ def antidiagonal_mass(
     col_ok = (col * s < g.kv_len)[None, :]
     offset = g.kv_len - g.q_len
     out = torch.empty(batch, heads_q, g.num_q_blocks, g.num_kv_blocks, dtype=torch.float32, device=q.device)
+    real_rows = g.reduced_rows(s, q.device)
     chunk = max(1, _CHUNK_ELEMS // max(1, batch * heads_q * rows_per_q * num_cols))
     for start in range(0, g.num_q_blocks, chunk):
         stop = min(start + chunk, g.num_q_blocks)
@@ -120,10 +121,7 @@ def antidiagonal_mass(
         probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # rows that see nothing: 0
         probs.masked_fill_((rows * s >= g.q_len)[:, None], 0.0)  # rows made of padding only
         probs = probs.view(batch, heads_q, stop - start, rows_per_q, g.num_kv_blocks, cols_per_kv)
-        blocks = torch.arange(start, stop, device=q.device)
-        queries = torch.clamp((blocks + 1) * g.query_block, max=g.q_len) - blocks * g.query_block
-        real_rows = (queries + s - 1) // s  # reduced rows holding at least one query
-        out[:, :, start:stop] = probs.sum((3, 5)) / real_rows[:, None].float()
+        out[:, :, start:stop] = probs.sum((3, 5)) / real_rows[start:stop, None]
     return out
 
 

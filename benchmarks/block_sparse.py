@@ -16,14 +16,13 @@ Usage: ``python benchmarks/block_sparse.py [--lens 8192 32768] [--densities 0.1 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 import foveate
 from foveate import patterns as P
 
-from common import bench_ms, cudnn_sdpa, fwd_bwd, write_outputs
+from common import bench_ms, cudnn_sdpa, fwd_bwd, run_header, write_outputs
 
 BLOCK = 128
 
@@ -144,8 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/block_sparse.py needs a CUDA GPU")
-    header = (f"foveate {foveate.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()}, "
-              f"{time.strftime('%Y-%m-%d')}, bf16, B=1, H={args.heads}, D={args.head_dim}, random P.Blocks layouts "
+    header = (f"{run_header()}, bf16, B=1, H={args.heads}, D={args.head_dim}, random P.Blocks layouts "
               f"(128x128 blocks), triton backend; speedups over our own dense kernel, same run")
     print(header, flush=True)
     records = []

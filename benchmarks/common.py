@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import torch
 
@@ -14,12 +15,21 @@ def bench_ms(fn, *, warmup: int = 50, rep: int = 300) -> float:
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
-def cudnn_sdpa(q, k, v):
-    """Dense attention by cuDNN through PyTorch's SDPA: the baseline of every speedup."""
+def cudnn_sdpa(q, k, v, causal: bool = False):
+    """Dense (or causal) attention by cuDNN through PyTorch's SDPA: the baseline of every speedup."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def run_header(device: torch.device | str = "cuda") -> str:
+    """``foveate <version>, torch <version>, <device name>, <date>``: how every result table starts."""
+    import foveate
+
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return f"foveate {foveate.__version__}, torch {torch.__version__}, {name}, {time.strftime('%Y-%m-%d')}"
 
 
 def fwd_bwd(fn, q, k, v, grad):

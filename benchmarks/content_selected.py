@@ -23,14 +23,13 @@ Usage: ``python benchmarks/content_selected.py [--lens 32768 131072] [--densitie
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 import foveate
 from foveate import patterns as P
 
-from common import bench_ms, write_outputs
+from common import bench_ms, cudnn_sdpa, run_header, write_outputs
 
 BLOCK = 128
 
@@ -74,7 +73,7 @@ def run_case(n: int, causal: bool, densities, heads: int, dim: int, check: bool)
 
     with torch.no_grad():
         dense_ms = _time(lambda: foveate.attention(q, k, v, dense_pattern, backend="triton"))
-        cudnn_ms = _time(lambda: _cudnn(q, k, v, causal))
+        cudnn_ms = _time(lambda: cudnn_sdpa(q, k, v, causal))
     records = [{**base, "method": "dense", "density": 1.0, "total_ms": dense_ms, "attn_ms": dense_ms,
                 "cudnn_ms": cudnn_ms, "tflops": flops(pairs_dense) / dense_ms / 1e9}]
     print(f"N={n} causal={causal}: our {'causal' if causal else 'dense'} {dense_ms:.2f} ms "
@@ -109,13 +108,6 @@ def run_case(n: int, causal: bool, densities, heads: int, dim: int, check: bool)
               f"= {rec['speedup']:.2f}x over dense" + (f", max err {rec['max_err']:.3g}" if check else ""),
               flush=True)
     return records
-
-
-def _cudnn(q, k, v, causal):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 def _check(q, k, v, sel) -> float:
@@ -156,8 +148,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/content_selected.py needs a CUDA GPU")
-    header = (f"foveate {foveate.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()}, "
-              f"{time.strftime('%Y-%m-%d')}, bf16, B=1, H={args.heads}, D={args.head_dim}, 128x128 blocks, "
+    header = (f"{run_header()}, bf16, B=1, H={args.heads}, D={args.head_dim}, 128x128 blocks, "
               f"triton backend; density relative to the dense (or causal) blocks")
     print(header, flush=True)
     records = []

@@ -24,7 +24,7 @@ from foveate import patterns as P
 from foveate.simulator import choose_tile, simulate
 from foveate.tiling import Tiled
 
-from common import bench_ms, cudnn_sdpa, fwd_bwd, write_outputs
+from common import bench_ms, cudnn_sdpa, fwd_bwd, run_header, write_outputs
 
 N = P.Neighborhood
 CASES = {
@@ -171,8 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/tiling.py needs a CUDA GPU")
-    header = (f"foveate {foveate.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()}, "
-              f"{time.strftime('%Y-%m-%d')}, bf16, B=1, D=128, flex backend; speedups over cuDNN dense SDPA "
+    header = (f"{run_header()}, bf16, B=1, D=128, flex backend; speedups over cuDNN dense SDPA "
               f"on the same shape, same run")
     header = header.replace("flex backend", " and ".join(args.backends) + " backend" + "s" * (len(args.backends) > 1))
     print(header, flush=True)

@@ -17,11 +17,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..layout import FULL, PARTIAL, BlockLayout
-from ..selection import SelectionGeometry, antidiagonal_mass, mean_logits, mean_mass, select_topk, select_topp
+from ..layout import FULL, BlockLayout
+from ..selection import (
+    SelectionGeometry,
+    antidiagonal_mass,
+    mean_logits,
+    mean_mass,
+    select_topk,
+    select_topp,
+)
 from ..selection.scores import check_stride
 from .band import band_mask_mod
 from .base import Pattern, as_int
+from .causal import Causal
 
 _SCORES = ("mean", "antidiagonal")
 
@@ -134,16 +142,10 @@ def _divisor_reason(query_block: int, block: int, block_q: int, block_kv: int) -
 
 @functools.lru_cache(maxsize=16)
 def _causal_block_states(q_len: int, kv_len: int, block_q: int, block_kv: int, device: str) -> torch.Tensor:
-    """``(nq, nkv)`` int8: the Causal pattern's block states (0 empty, 1 partial, 2 full);
-    memoised, as the same lengths come back at every layer."""
-    offset = kv_len - q_len
-    i = torch.arange(-(-q_len // block_q), device=device)[:, None]
-    j = torch.arange(-(-kv_len // block_kv), device=device)[None, :]
-    first = i * block_q + offset
-    last = torch.clamp((i + 1) * block_q, max=q_len) - 1 + offset
-    key_first, key_last = j * block_kv, torch.clamp((j + 1) * block_kv, max=kv_len) - 1
-    state = torch.where(key_last <= first, FULL, torch.where(key_first <= last, PARTIAL, 0))
-    return state.to(torch.int8)
+    """``(nq, nkv)`` int8: the block states (0 empty, 1 partial, 2 full) of the Causal pattern's
+    own layout; memoised, as the same lengths come back at every layer."""
+    layout = Causal().build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device)
+    return layout.to_dense()[0, 0]
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -316,4 +318,4 @@ def _check_inputs(q, k) -> None:
         raise ValueError(f"k is on {k.device} but q is on {q.device}")
 
 
-__all__ = ["BlockTopK", "BlockTopP", "MoBA", "XAttention", "SelectedBlocks"]
+__all__ = ["BlockTopK", "BlockTopP", "MoBA", "SelectedBlocks", "XAttention"]

@@ -15,4 +15,4 @@ from .geometry import SelectionGeometry
 from .scores import antidiagonal_mass, mean_logits, mean_mass
 from .select import select_topk, select_topp
 
-__all__ = ["SelectionGeometry", "mean_logits", "mean_mass", "antidiagonal_mass", "select_topk", "select_topp"]
+__all__ = ["SelectionGeometry", "antidiagonal_mass", "mean_logits", "mean_mass", "select_topk", "select_topp"]

@@ -15,7 +15,6 @@ Their brute-force definitions are in :mod:`.naive`.
 
 from __future__ import annotations
 
-
 import torch
 
 from .geometry import SelectionGeometry
@@ -134,4 +133,4 @@ def check_stride(stride: int, query_block: int, block: int) -> None:
         )
 
 
-__all__ = ["block_means", "mean_logits", "mean_mass", "antidiagonal_mass", "check_stride"]
+__all__ = ["antidiagonal_mass", "block_means", "check_stride", "mean_logits", "mean_mass"]

@@ -31,12 +31,11 @@ def select_topp(mass: torch.Tensor, p: float, candidates: torch.Tensor, forced: 
     mass).
     """
     mass = mass.float().masked_fill(~candidates, 0.0)
+    if p >= 1:  # every block with mass (no ranking: a float32 running sum can reach 1 early)
+        return (mass > 0) | forced
     mass = mass / mass.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     order = mass.masked_fill(forced, float("inf")).argsort(dim=-1, descending=True)
     ranked = mass.gather(-1, order)
     before = ranked.cumsum(-1) - ranked  # mass kept before taking this block
-    if p >= 1:  # every block with mass (a float32 running sum can reach 1 before the last ones)
-        keep = torch.ones_like(mass, dtype=torch.bool)
-    else:
-        keep = torch.zeros_like(mass, dtype=torch.bool).scatter_(-1, order, before < p)
+    keep = torch.zeros_like(mass, dtype=torch.bool).scatter_(-1, order, before < p)
     return (keep & candidates & (mass > 0)) | forced

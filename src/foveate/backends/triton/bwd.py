@@ -23,6 +23,7 @@ import triton.language as tl
 
 from .fwd import LOG2E, block_lists, head_block
 from .masks import MaskSpec, allowed, allowed_t
+from .tiles import load_tile, store_tile
 from .tuning import backward_config, launch
 
 
@@ -59,13 +60,10 @@ def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, offs_d, o
                HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_N: tl.constexpr,
                IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr):
     offs_n = start_n + offs_n0
-    kv_ok = offs_n[:, None] < kv_len
-    if EVEN_N:
-        kv_ok = offs_n[:, None] >= 0
-    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=kv_ok & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    v = tl.load(V + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                mask=kv_ok & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    k = load_tile(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, offs_n, offs_d, kv_len, HEAD_DIM,
+                  EVEN_N, HEAD_DIM == offs_d.shape[0])
+    v = load_tile(V + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd, offs_n, offs_dv, kv_len,
+                  HEAD_DIM_V, EVEN_N, HEAD_DIM_V == offs_dv.shape[0])
     if IEEE:
         qk = tl.dot(q, tl.trans(k), input_precision="ieee")
         dp = tl.dot(do, tl.trans(v), input_precision="ieee")
@@ -79,9 +77,9 @@ def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, offs_d, o
         p = tl.where(offs_n[None, :] < kv_len, p, 0.0)
     ds = p * (dp - delta[:, None])
     if IEEE:
-        dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision="ieee")
     else:
-        dq += tl.dot(ds.to(k.dtype), k)
+        dq = tl.dot(ds.to(k.dtype), k, dq)
     return dq
 
 
@@ -99,7 +97,7 @@ def _dq_kernel(
     H, GROUP, q_len, kv_len, qk_scale, scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -111,12 +109,12 @@ def _dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_n0 = tl.arange(0, BLOCK_N)
-    row_ok = offs_m[:, None] < q_len
+    even_d: tl.constexpr = HEAD_DIM == BLOCK_D
 
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_ok & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-                 mask=row_ok & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    q = load_tile(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                  offs_m, offs_d, q_len, HEAD_DIM, EVEN_M, even_d)
+    do = load_tile(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                   offs_m, offs_dv, q_len, HEAD_DIM_V, EVEN_M, HEAD_DIM_V == BLOCK_DV)
     lse_off = b * stride_lb + h * stride_lh + offs_m * stride_lm
     lse = tl.load(LSE + lse_off, mask=offs_m < q_len, other=float("inf"))
     # A row with no allowed key (lse = -inf) gets p = exp2(qk - inf) = 0.
@@ -143,24 +141,27 @@ def _dq_kernel(
                             stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
                             HEAD_DIM, HEAD_DIM_V, EVEN_N, IEEE, True, MASK)
     dq = dq * scale
-    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
-             dq.to(DQ.dtype.element_ty), mask=row_ok & (offs_d[None, :] < HEAD_DIM))
+    store_tile(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+               dq.to(DQ.dtype.element_ty), offs_m, offs_d, q_len, HEAD_DIM, EVEN_M, even_d)
 
 
 @triton.jit
 def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, offs_d, offs_dv,
                  stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, q_len, qk_scale,
-                 HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, IEEE: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_M: tl.constexpr, IEEE: tl.constexpr,
                  MASKED: tl.constexpr, MASK: tl.constexpr):
     offs_m = start_m + offs_m0
-    row_ok = offs_m[:, None] < q_len
-    q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_ok & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    do = tl.load(DO + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-                 mask=row_ok & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
-    lse = tl.load(LSE + offs_m * stride_lm, mask=offs_m < q_len, other=float("inf"))
+    q = load_tile(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, offs_m, offs_d, q_len, HEAD_DIM,
+                  EVEN_M, HEAD_DIM == offs_d.shape[0])
+    do = load_tile(DO + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod, offs_m, offs_dv, q_len,
+                   HEAD_DIM_V, EVEN_M, HEAD_DIM_V == offs_dv.shape[0])
+    if EVEN_M:
+        lse = tl.load(LSE + offs_m * stride_lm)
+        delta = tl.load(DELTA + offs_m * stride_lm)
+    else:
+        lse = tl.load(LSE + offs_m * stride_lm, mask=offs_m < q_len, other=float("inf"))
+        delta = tl.load(DELTA + offs_m * stride_lm, mask=offs_m < q_len, other=0.0)
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(DELTA + offs_m * stride_lm, mask=offs_m < q_len, other=0.0)
     # Transposed tiles [keys, queries]: dk and dv rows are this program's keys.
     if IEEE:
         qk_t = tl.dot(k, tl.trans(q), input_precision="ieee")
@@ -170,16 +171,16 @@ def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, offs
     if MASKED:
         p_t = tl.where(allowed_t(offs_m, offs_n, MASK), p_t, 0.0)
     if IEEE:
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision="ieee")
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision="ieee")
         dp_t = tl.dot(v, tl.trans(do), input_precision="ieee")
     else:
-        dv += tl.dot(p_t.to(do.dtype), do)
+        dv = tl.dot(p_t.to(do.dtype), do, dv)
         dp_t = tl.dot(v, tl.trans(do))
     ds_t = p_t * (dp_t - delta[None, :])
     if IEEE:
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision="ieee")
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision="ieee")
     else:
-        dk += tl.dot(ds_t.to(q.dtype), q)
+        dk = tl.dot(ds_t.to(q.dtype), q, dk)
     return dk, dv
 
 
@@ -198,7 +199,7 @@ def _dkdv_kernel(
     H_KV, GROUP, q_len, kv_len, qk_scale, scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IEEE: tl.constexpr, MASK: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -209,13 +210,14 @@ def _dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_m0 = tl.arange(0, BLOCK_M)
-    key_ok = offs_n[:, None] < kv_len
+    even_d: tl.constexpr = HEAD_DIM == BLOCK_D
+    even_dv: tl.constexpr = HEAD_DIM_V == BLOCK_DV
 
     # Keys past kv_len load as 0; their dk/dv rows are never stored and feed nothing else.
-    k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=key_ok & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                mask=key_ok & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    k = load_tile(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                  offs_n, offs_d, kv_len, HEAD_DIM, EVEN_N, even_d)
+    v = load_tile(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                  offs_n, offs_dv, kv_len, HEAD_DIM_V, EVEN_N, even_dv)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
 
@@ -234,18 +236,18 @@ def _dkdv_kernel(
             for sub in tl.static_range(LAYOUT_BLOCK_Q // BLOCK_M):
                 dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n, offs_m0,
                                       offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-                                      q_len, qk_scale, HEAD_DIM, HEAD_DIM_V, IEEE, False, MASK)
+                                      q_len, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, False, MASK)
         for i in range(0, n_part):
             q_start = tl.load(part_row + i) * LAYOUT_BLOCK_Q
             for sub in tl.static_range(LAYOUT_BLOCK_Q // BLOCK_M):
                 dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n, offs_m0,
                                       offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-                                      q_len, qk_scale, HEAD_DIM, HEAD_DIM_V, IEEE, True, MASK)
+                                      q_len, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, True, MASK)
     dk = dk * scale
-    tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
-             dk.to(DK.dtype.element_ty), mask=key_ok & (offs_d[None, :] < HEAD_DIM))
-    tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
-             dv.to(DV.dtype.element_ty), mask=key_ok & (offs_dv[None, :] < HEAD_DIM_V))
+    store_tile(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+               dk.to(DK.dtype.element_ty), offs_n, offs_d, kv_len, HEAD_DIM, EVEN_N, even_d)
+    store_tile(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
+               dv.to(DV.dtype.element_ty), offs_n, offs_dv, kv_len, HEAD_DIM_V, EVEN_N, even_dv)
 
 
 def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, scale: float):
@@ -281,13 +283,13 @@ def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sc
            (q, k, v, dout, dq, lse, delta, *kv_lists,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *lse.stride(), *kv_strides,
             heads, group, q_len, kv_len, qk_scale, scale),
-           dict(common, EVEN_N=kv_len % layout.block_kv == 0), inner="n")
+           dict(common, EVEN_M=q_len % layout.block_q == 0, EVEN_N=kv_len % layout.block_kv == 0), inner="n")
     launch(_dkdv_kernel, cfg.dkdv, lambda c: (triton.cdiv(kv_len, c.block_n), batch * heads_kv),
            (q, k, v, dout, dk, dv, lse, delta, *q_lists,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *lse.stride(),
             *q_strides,
             heads_kv, group, q_len, kv_len, qk_scale, scale),
-           common, inner="m")
+           dict(common, EVEN_M=q_len % layout.block_q == 0, EVEN_N=kv_len % layout.block_kv == 0), inner="m")
     return dq, dk, dv
 
 

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from .masks import MaskSpec, allowed
+from .tiles import load_tile, store_tile
 from .tuning import KernelConfig, forward_config, launch
 
 LOG2E = 1.4426950408889634
@@ -29,34 +30,39 @@ def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, offs_d, offs
     """Online-softmax update with the ``BLOCK_N`` keys from ``start_n``; ``MASKED``: they
     belong to a partial block."""
     offs_n = start_n + offs_n0
-    if EVEN_N:
-        k = tl.load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                    mask=offs_d[:, None] < HEAD_DIM, other=0.0)
-        v = tl.load(V + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                    mask=offs_dv[None, :] < HEAD_DIM_V, other=0.0)
-    else:
-        k = tl.load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                    mask=(offs_n[None, :] < kv_len) & (offs_d[:, None] < HEAD_DIM), other=0.0)
-        v = tl.load(V + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                    mask=(offs_n[:, None] < kv_len) & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    # k as (D, BLOCK_N), v as (BLOCK_N, Dv)
+    k = load_tile(K + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn, offs_d, offs_n, HEAD_DIM, kv_len,
+                  HEAD_DIM == offs_d.shape[0], EVEN_N)
+    v = load_tile(V + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd, offs_n, offs_dv, kv_len,
+                  HEAD_DIM_V, EVEN_N, HEAD_DIM_V == offs_dv.shape[0])
     if IEEE:
-        qk = tl.dot(q, k, input_precision="ieee") * qk_scale
+        qk = tl.dot(q, k, input_precision="ieee")
     else:
-        qk = tl.dot(q, k) * qk_scale
-    if MASKED:
-        qk = tl.where(allowed(offs_m, offs_n, MASK), qk, float("-inf"))
-    if not EVEN_N:
-        qk = tl.where(offs_n[None, :] < kv_len, qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    # A row with no allowed key so far keeps m = -inf: use 0 so that exp2 gives 0, not NaN.
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk - m_safe[:, None])
-    alpha = tl.math.exp2(m_i - m_safe)
+        qk = tl.dot(q, k)
+    if MASKED or not EVEN_N:
+        # Masked keys get -inf; a row with no allowed key so far keeps m = -inf, and uses 0
+        # as its reference so that exp2 gives 0, not NaN.
+        qk = qk * qk_scale
+        if MASKED:
+            qk = tl.where(allowed(offs_m, offs_n, MASK), qk, float("-inf"))
+        if not EVEN_N:
+            qk = tl.where(offs_n[None, :] < kv_len, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_ref[:, None])
+    else:
+        # Every key counts: the row maximum is finite, and the scale folds into one FMA per
+        # element (qk * scale - m).
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_ref = m_new
+        p = tl.math.exp2(qk * qk_scale - m_ref[:, None])
+    alpha = tl.math.exp2(m_i - m_ref)
     l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
     if IEEE:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
     else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = tl.dot(p.to(v.dtype), v, acc)
     return acc, m_new, l_i
 
 
@@ -73,7 +79,7 @@ def _fwd_kernel(
     H, GROUP, q_len, kv_len, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN_N: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
     IEEE: tl.constexpr, MASK: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -88,7 +94,7 @@ def _fwd_kernel(
     offs_n0 = tl.arange(0, BLOCK_N)
 
     q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=(offs_m[:, None] < q_len) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    q = load_tile(q_ptrs, offs_m, offs_d, q_len, HEAD_DIM, EVEN_M, HEAD_DIM == BLOCK_D)
     K += b * stride_kb + hk * stride_kh
     V += b * stride_vb + hk * stride_vh
 
@@ -118,9 +124,12 @@ def _fwd_kernel(
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < q_len) & (offs_dv[None, :] < HEAD_DIM_V))
+    store_tile(o_ptrs, out.to(O.dtype.element_ty), offs_m, offs_dv, q_len, HEAD_DIM_V, EVEN_M, HEAD_DIM_V == BLOCK_DV)
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
-    tl.store(LSE + b * stride_lb + h * stride_lh + offs_m * stride_lm, lse, mask=offs_m < q_len)
+    if EVEN_M:
+        tl.store(LSE + b * stride_lb + h * stride_lh + offs_m * stride_lm, lse)
+    else:
+        tl.store(LSE + b * stride_lb + h * stride_lh + offs_m * stride_lm, lse, mask=offs_m < q_len)
 
 
 def layout_strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -154,7 +163,8 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
     kv_len, head_dim_v = k.shape[2], v.shape[3]
     out = torch.empty(batch, heads, q_len, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
-    cfg = forward_config(q.device, head_dim, head_dim_v, layout.block_q, layout.block_kv, q.dtype)
+    cfg = forward_config(q.device, head_dim, head_dim_v, layout.block_q, layout.block_kv, q.dtype,
+                         mask_axes=spec.canvas_axes)
     bm, bn = block_m or cfg.block_m, block_n or cfg.block_n
     num_warps, num_stages = num_warps or cfg.num_warps, num_stages or cfg.num_stages
     if layout.block_q % bm or layout.block_kv % bn:
@@ -168,7 +178,7 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
             heads, heads // k.shape[1], q_len, kv_len, scale * LOG2E),
            dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=head_block(head_dim),
                 BLOCK_DV=head_block(head_dim_v), LAYOUT_BLOCK_Q=layout.block_q, LAYOUT_BLOCK_KV=layout.block_kv,
-                EVEN_N=kv_len % layout.block_kv == 0, IEEE=q.dtype == torch.float32, MASK=spec.constexpr))
+                EVEN_M=q_len % bm == 0, EVEN_N=kv_len % layout.block_kv == 0, IEEE=q.dtype == torch.float32, MASK=spec.constexpr))
     return out, lse
 
 

@@ -53,6 +53,12 @@ class MaskSpec:
     canvas: tuple = _NEUTRAL_CANVAS
 
     @property
+    def canvas_axes(self) -> int:
+        """Canvas axes the mask evaluates per element (0 for a band): a measure of its
+        integer work, which decides the forward's tiles (:func:`tuning.forward_config`)."""
+        return self.canvas[0] if self.kind == CANVAS else 0
+
+    @property
     def constexpr(self) -> tuple[int, ...]:
         """The kernels' ``MASK`` argument: the flat tuple of :meth:`to_ints`."""
         return tuple(self.to_ints())

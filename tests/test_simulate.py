@@ -445,3 +445,26 @@ def test_fast_block_grid_is_brute_block_grid():
 def test_simulate_bad_arguments(pattern, kwargs, match):
     with pytest.raises(ValueError, match=match):
         simulate(pattern, **kwargs)
+
+
+def test_simulate_sums_every_head_of_a_selection():
+    """A layout with several (batch, head) slots counts all of them, the dense total
+    included: the bound and the density are those of the whole selection."""
+    from foveate.patterns import SelectedBlocks
+
+    gen = torch.Generator().manual_seed(3)
+    selected = torch.rand(2, 3, 4, 6, generator=gen) < 0.4
+    selected[..., 0] = True  # every query block sees a key
+    q_len, kv_len = 4 * 32 - 5, 6 * 32
+    whole = SelectedBlocks(selected, q_len=q_len, kv_len=kv_len, query_block=32, block=32, causal=False)
+    record = simulate(whole, q_len=q_len, kv_len=kv_len, block_q=32, block_kv=32)
+    parts = [simulate(SelectedBlocks(selected[b:b + 1, h:h + 1], q_len=q_len, kv_len=kv_len, query_block=32,
+                                     block=32, causal=False), q_len=q_len, kv_len=kv_len, block_q=32, block_kv=32)
+             for b in range(2) for h in range(3)]
+    assert record.heads == 6 and all(p.heads == 1 for p in parts)
+    for name in ("blocks_total", "blocks_full", "blocks_partial", "pairs_useful", "pairs_computed"):
+        assert getattr(record, name) == sum(getattr(p, name) for p in parts), name
+    assert record.blocks_total == 6 * 4 * 6
+    assert record.blocks_visited == int(selected.sum())
+    assert record.speedup_bound == pytest.approx(6 * 4 * 6 / int(selected.sum()))
+    assert record.density == pytest.approx(sum(p.pairs_useful for p in parts) / (6 * q_len * kv_len))

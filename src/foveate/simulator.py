@@ -23,7 +23,9 @@ class SimulationRecord:
     included); ``pairs_useful`` the allowed (query, key) pairs of the pattern;
     ``pairs_computed`` the pairs inside visited blocks (clipped at the sequence ends);
     ``speedup_bound = blocks_total / (blocks_full + blocks_partial)``: the speed of light of a
-    kernel that runs every visited block at dense speed.
+    kernel that runs every visited block at dense speed. For a layout with several (batch,
+    head) slots (a content selection: ``heads`` > 1), every count is summed over the slots,
+    the dense one included.
     """
 
     pattern: str
@@ -38,6 +40,7 @@ class SimulationRecord:
     pairs_useful: int
     pairs_computed: int
     speedup_bound: float
+    heads: int = 1
 
     @property
     def blocks_visited(self) -> int:
@@ -46,7 +49,7 @@ class SimulationRecord:
     @property
     def density(self) -> float:
         """Fraction of all pairs that the pattern allows."""
-        return self.pairs_useful / (self.q_len * self.kv_len)
+        return self.pairs_useful / (self.q_len * self.kv_len * self.heads)
 
     @property
     def block_efficiency(self) -> float:
@@ -101,12 +104,13 @@ def simulate(
     n_full = int(full.sum())
     useful = layout.allowed_pairs() if tile is None else pattern.build(
         q_len, kv_len, block_q=block_q, block_kv=block_kv).allowed_pairs()
-    total = -(-q_len // block_q) * -(-kv_len // block_kv)
+    heads = layout.kv_num_blocks.shape[0] * layout.kv_num_blocks.shape[1]  # (B|1, H|1) slots
+    total = -(-q_len // block_q) * -(-kv_len // block_kv) * heads
     return SimulationRecord(
         pattern=repr(pattern), q_len=q_len, kv_len=kv_len, block_q=block_q, block_kv=block_kv,
         tile=tuple(tile) if tile is not None else None, blocks_total=total, blocks_full=n_full,
         blocks_partial=visited - n_full, pairs_useful=useful, pairs_computed=computed,
-        speedup_bound=total / visited if visited else float("inf"),
+        speedup_bound=total / visited if visited else float("inf"), heads=heads,
     )
 
 

@@ -178,3 +178,18 @@ def test_triton_forward_matches_reference(pattern, q_len, kv_len, hq, hkv, dim, 
     lse_base = (low_ref_lse[rows] - ref_lse[rows]).abs().max().item()
     lse_err = (lse[rows] - ref_lse[rows]).abs().max().item()
     assert lse_err <= 2 * lse_base + 1e-3, f"lse: error {lse_err:.3g} vs {lse_base:.3g}"
+
+
+@pytest.mark.parametrize("pattern", [P.Causal(), P.SlidingWindow(255, 0), P.Neighborhood((32, 32), 7),
+                                     P.Blocks(torch.eye(8, dtype=torch.bool)[None, None])], ids=repr)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_auto_picks_triton_on_cuda(pattern, requires_grad):
+    """On CUDA, `auto` runs the Triton kernels for every pattern they can mask, inference and
+    training alike."""
+    from foveate.backends import Problem, select
+
+    n = 1024
+    problem = Problem(batch=1, heads_q=2, heads_kv=2, q_len=n, kv_len=n, head_dim=64, head_dim_v=64,
+                      dtype=torch.bfloat16, device=torch.device("cuda"), requires_grad=requires_grad,
+                      return_lse=False, pattern=pattern)
+    assert select(problem).name == "triton"

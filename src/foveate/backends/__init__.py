@@ -83,10 +83,12 @@ from .flex import FlexBackend  # noqa: E402
 from .reference import ReferenceBackend  # noqa: E402
 from .triton import TritonBackend  # noqa: E402
 
-# The Triton forward kernel comes after flex until its GPU test suite has passed in full on
-# every dtype and head dim (it is used when named: backend="triton").
-register(FlexBackend())
+# The Triton kernels first (forward and backward; their GPU test suite passes in full on every
+# dtype and head dim): on CUDA, `auto` runs them for inference and training. Patterns without a
+# kernel mask (compositions, custom masks) go to flex; CPU runs go to flex (forward) or the
+# reference.
 register(TritonBackend())
+register(FlexBackend())
 register(ReferenceBackend())
 
 __all__ = [

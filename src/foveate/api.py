@@ -10,7 +10,7 @@ import torch
 
 from . import backends
 from .backends import Problem
-from .patterns import Dense, Pattern
+from .patterns import Dense, Pattern, SelectedBlocks
 from .simulator import choose_tile
 from .tiling import Tiled
 
@@ -39,7 +39,8 @@ def attention(
             see :func:`foveate.backends.available`.
         tile: token tiling of multi-dimensional canvases: ``"auto"`` (chosen by the
             simulator), ``None`` (raster order) or a tile shape. Inputs and outputs are
-            always in the caller's order.
+            always in the caller's order. Content-selected patterns on a canvas take their
+            token order from their ``partition`` instead (a tile shape is refused).
         return_lse: also return the log-sum-exp of the scaled scores.
 
     Returns:
@@ -63,9 +64,16 @@ def attention(
         raise TypeError(f"backend must be a str, got {type(backend).__name__} {backend!r}")
     scale = _resolve_scale(scale, qf.shape[-1])
     _check_tile_argument(tile, pattern)
+    order = None
     if pattern.content_dependent:
+        # A canvas partition: select and attend in its tiled order (padded), back at the end.
+        order = getattr(pattern, "order", None)
+        if order is not None:
+            qf, kf, vf = (order.tile_tokens(t) for t in (qf, kf, vf))
         # Selected from these inputs, without autograd; the result is an ordinary pattern.
-        pattern = pattern.select(qf, kf, scale=scale)
+        pattern = pattern.select(qf, kf, scale=scale, ordered=True)
+    if isinstance(pattern, SelectedBlocks):
+        pattern = pattern.runnable
 
     batch, heads_q, q_len, head_dim = qf.shape
     problem = Problem(
@@ -80,6 +88,8 @@ def attention(
         out, lse = chosen.forward(qf, kf, vf, problem, scale)
     else:
         out, lse = _forward_tiled(chosen, qf, kf, vf, problem, scale, tile)
+    if order is not None:
+        out, lse = order.untile_tokens(out), (order.untile_tokens(lse) if lse is not None else None)
     out = out.reshape(*q.shape[:-1], vf.shape[-1])
     if return_lse:
         return out, lse.reshape(q.shape[:-1])

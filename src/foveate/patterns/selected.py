@@ -7,6 +7,12 @@ keep the best. ``pattern.select(q, k)`` runs that selection and returns a
 block grid and its dense mask can be inspected); :func:`foveate.attention` does this on every
 call. The selection is not differentiated (as in MoBA): gradients flow through the attention on
 the selected blocks.
+
+On a video or image canvas (``canvas=(T, H, W)`` or ``(H, W)``), ``partition`` makes each key
+block one piece of the canvas (VMoBA's 1-D, 2-D and 3-D partitions; :mod:`foveate.selection.partition`):
+the tokens are put in the tiled order of that piece (:class:`foveate.tiling.TiledOrder`), the
+selection and the attention run in that order, and :func:`foveate.attention` returns the output
+in the caller's order.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..layout import FULL, BlockLayout
+from ..layout import EMPTY, FULL, PARTIAL, BlockLayout
 from ..selection import (
     SelectionGeometry,
     antidiagonal_mass,
@@ -26,10 +32,13 @@ from ..selection import (
     select_topk,
     select_topp,
 )
+from ..selection.partition import PARTITIONS, partition_tile
 from ..selection.scores import check_stride
+from ..tiling import Tiled, TiledOrder
 from .band import band_mask_mod
 from .base import Pattern, as_int
 from .causal import Causal
+from .neighborhood import Neighborhood
 
 _SCORES = ("mean", "antidiagonal")
 
@@ -42,22 +51,52 @@ class SelectedBlocks(Pattern):
     also applies inside the selected blocks. Layouts are built with block sizes that divide
     ``query_block`` and ``block``. Equality is identity (the object stands for one selection) and
     its layouts are not cached across calls.
+
+    ``order``: the token order the blocks index. ``None``: the caller's order (a sequence, or a
+    canvas in raster order). A :class:`~foveate.tiling.TiledOrder`: a canvas partition's tiled
+    order, padding included; then ``q_len == kv_len == order.num_tokens``, ``mask_mod`` and
+    ``build`` are in that order and never allow a padded key, and :meth:`dense_mask` gives the
+    mask in the caller's raster order (or, with ``raster=False``, in the blocks' order). Given to
+    :func:`foveate.attention` directly, such a selection takes ``q``, ``k``, ``v`` already in its
+    order (``order.tile_tokens``), as :class:`~foveate.tiling.Tiled` patterns do; a
+    content-selected pattern with a canvas permutes them itself.
     """
 
     cacheable = False
 
     def __init__(self, selected: torch.Tensor, *, q_len: int, kv_len: int, query_block: int, block: int,
-                 causal: bool, source: Pattern | None = None):
+                 causal: bool, source: Pattern | None = None, order: TiledOrder | None = None):
+        if order is not None:
+            if not isinstance(order, TiledOrder):
+                raise TypeError(f"order must be a foveate.tiling.TiledOrder or None, got {type(order).__name__}")
+            if (q_len, kv_len) != (order.num_tokens, order.num_tokens):
+                raise ValueError(f"order={order!r} holds {order.num_tokens} tokens (padding included): q_len and "
+                                 f"kv_len must both be that, got q_len={q_len}, kv_len={kv_len}")
+            if causal:
+                raise ValueError(f"causal=True: a selection in the tiled order {order!r} has no causal order")
         self.selected = selected
         self.q_len, self.kv_len = q_len, kv_len
         self.query_block, self.block = query_block, block
         self.causal = causal
         self.source = source
+        self.order = order
         self._layouts: dict = {}
 
     def __repr__(self) -> str:
+        where = "" if self.order is None else f", order={self.order!r}"
         return (f"SelectedBlocks(shape={tuple(self.selected.shape)}, block=({self.query_block}, {self.block}), "
-                f"causal={self.causal}, from={self.source!r})")
+                f"causal={self.causal}{where}, from={self.source!r})")
+
+    @property
+    def runnable(self) -> Pattern:
+        """The pattern the backends run for this selection: the selection itself, or, when its
+        order pads the canvas, the same selection in the form of a tiled canvas pattern (same
+        ``mask_mod`` and layouts; the Triton kernels then mask the padded keys of partial blocks
+        with the canvas mask of :class:`~foveate.tiling.Tiled`). :func:`foveate.attention` hands
+        the backends this."""
+        if self.order is None or not self.order.has_padding:
+            return self
+        return _PaddedSelection(self)
 
     # -- the definition ------------------------------------------------------------------
     def check_lengths(self, q_len: int, kv_len: int) -> None:
@@ -74,16 +113,25 @@ class SelectedBlocks(Pattern):
     def block_size_reason(self, block_q: int, block_kv: int) -> str | None:
         return _divisor_reason(self.query_block, self.block, block_q, block_kv)
 
+    def _real_keys(self, device) -> torch.Tensor | None:
+        """``(kv_len,)`` bool: the positions that are canvas tokens; ``None`` without padding."""
+        if self.order is None or not self.order.has_padding:
+            return None
+        return self.order.permutation(device)[0] >= 0
+
     def mask_mod(self, q_len: int, kv_len: int):
         self.check_lengths(q_len, kv_len)
         sel = self.selected
         per_batch, per_head = sel.shape[0] > 1, sel.shape[1] > 1
         qb, kb = self.query_block, self.block
         causal = band_mask_mod(q_len, kv_len, None, 0) if self.causal else None
+        real = self._real_keys(sel.device)
 
         def mask_mod(b, h, q_idx, kv_idx):
             s = sel.to(q_idx.device)
             out = s[b if per_batch else 0, h if per_head else 0, q_idx // qb, kv_idx // kb]
+            if real is not None:  # a padded key is no token
+                out = out & real.to(kv_idx.device)[kv_idx]
             return out & causal(b, h, q_idx, kv_idx) if causal is not None else out
 
         return mask_mod
@@ -100,6 +148,11 @@ class SelectedBlocks(Pattern):
             grid = grid.repeat_interleave(self.query_block // block_q, dim=2)[:, :, :nq]
         if self.block != block_kv:
             grid = grid.repeat_interleave(self.block // block_kv, dim=3)[:, :, :, :nkv]
+        real = self._real_keys(grid.device)
+        if real is not None:  # key blocks with padding are partial, of padding alone empty
+            count = torch.nn.functional.pad(real.int(), (0, nkv * block_kv - self.kv_len)).view(nkv, block_kv).sum(-1)
+            states = torch.where(count == block_kv, FULL, torch.where(count > 0, PARTIAL, EMPTY))
+            return torch.where(grid, states.to(torch.int8), 0).to(torch.int8)
         if not self.causal:
             return grid.to(torch.int8) * FULL
         states = _causal_block_states(self.q_len, self.kv_len, block_q, block_kv, str(grid.device))
@@ -116,21 +169,67 @@ class SelectedBlocks(Pattern):
             )
         return self._layouts[key]
 
-    def dense_mask(self) -> torch.Tensor:
-        """bool ``(B, H, q_len, kv_len)``: the pairs this selection allows (small inputs)."""
+    def dense_mask(self, *, raster: bool = True) -> torch.Tensor:
+        """bool ``(B, H, Nq, Nkv)``: the pairs this selection allows (small inputs).
+
+        ``raster=True``: in the caller's token order, ``Nq = Nkv = prod(canvas)`` for a tiled
+        selection (canvas raster order). ``raster=False``: in the order of the blocks
+        (``order``, padding included: ``q_len x kv_len``). The same without an ``order``."""
         b, h = self.selected.shape[:2]
         mm = self.mask_mod(self.q_len, self.kv_len)
         dev = self.selected.device
+        q_idx, kv_idx = torch.arange(self.q_len, device=dev), torch.arange(self.kv_len, device=dev)
+        if raster and self.order is not None:  # the tiled position of each raster token
+            q_idx = kv_idx = self.order.permutation(dev)[1]
         mask = mm(torch.arange(b, device=dev)[:, None, None, None], torch.arange(h, device=dev)[None, :, None, None],
-                  torch.arange(self.q_len, device=dev)[:, None], torch.arange(self.kv_len, device=dev)[None, :])
-        return torch.broadcast_to(mask, (b, h, self.q_len, self.kv_len))
+                  q_idx[:, None], kv_idx[None, :])
+        return torch.broadcast_to(mask, (b, h, q_idx.numel(), kv_idx.numel()))
 
     def block_density(self) -> float:
         """Selected blocks over the blocks of the dense counterpart (the causal blocks when
-        ``causal``), at the selection's own block sizes."""
-        geometry = SelectionGeometry(self.q_len, self.kv_len, self.query_block, self.block, self.causal, 0, 0)
+        ``causal``; on a padded canvas, the blocks holding tokens), at the selection's own
+        block sizes."""
+        tiling = None if self.order is None else (self.order.canvas, self.order.tile)
+        geometry = SelectionGeometry(self.q_len, self.kv_len, self.query_block, self.block, self.causal, 0, 0,
+                                     tiling)
         total = geometry.candidates(self.selected.device).sum() * self.selected.shape[0] * self.selected.shape[1]
         return float(self.selected.sum() / total.clamp_min(1))
+
+
+class _PaddedSelection(Tiled):
+    """A :class:`SelectedBlocks` in a padded tiled order, as the backends run it: a
+    :class:`~foveate.tiling.Tiled` dense canvas pattern (every real key, no padded one) restricted
+    to the selected blocks. Its ``mask_mod`` and layouts are the selection's; being a tiled
+    canvas pattern gives the Triton kernels the mask that leaves the padded keys of a partial
+    block out (a plain selection's in-block mask allows every pair)."""
+
+    cacheable = False
+
+    def __init__(self, selection: SelectedBlocks):
+        canvas = selection.order.canvas
+        super().__init__(Neighborhood(canvas, kernel=canvas), selection.order.tile)
+        object.__setattr__(self, "selection", selection)
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return repr(self.selection)
+
+    def check_lengths(self, q_len: int, kv_len: int) -> None:
+        self.selection.check_lengths(q_len, kv_len)
+
+    def check_batch_heads(self, batch: int, heads: int) -> None:
+        self.selection.check_batch_heads(batch, heads)
+
+    def block_size_reason(self, block_q: int, block_kv: int) -> str | None:
+        return self.selection.block_size_reason(block_q, block_kv)
+
+    def mask_mod(self, q_len: int, kv_len: int):
+        return self.selection.mask_mod(q_len, kv_len)
+
+    def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
+        return self.selection._build(q_len, kv_len, block_q, block_kv, device, tile)
 
 
 def _divisor_reason(query_block: int, block: int, block_q: int, block_kv: int) -> str | None:
@@ -150,7 +249,8 @@ def _causal_block_states(q_len: int, kv_len: int, block_q: int, block_kv: int, d
 
 @dataclass(frozen=True, kw_only=True, repr=False)
 class _ContentSelected(Pattern):
-    """What :class:`BlockTopK` and :class:`BlockTopP` share: block sizes, score, forced blocks."""
+    """What :class:`BlockTopK` and :class:`BlockTopP` share: block sizes, score, forced blocks,
+    the canvas and its partition."""
 
     block: int = 128
     score: str = "mean"
@@ -159,6 +259,8 @@ class _ContentSelected(Pattern):
     local_blocks: int = 1
     causal: bool = False
     query_block: int | None = None
+    canvas: tuple[int, ...] | None = None
+    partition: str | None = None
 
     content_dependent = True
 
@@ -175,6 +277,30 @@ class _ContentSelected(Pattern):
             raise ValueError(f"score={self.score!r}: expected one of {_SCORES}")
         if self.score == "antidiagonal":
             check_stride(self.stride, self.q_block, self.block)
+        self._check_canvas()
+
+    def _check_canvas(self) -> None:
+        canvas, partition = self.canvas, self.partition
+        if canvas is None:
+            if partition is not None:
+                raise ValueError(f"partition={partition!r} needs a canvas: give canvas=(T, H, W) or (H, W)")
+            return
+        if (not isinstance(canvas, (tuple, list)) or not 2 <= len(canvas) <= 3
+                or not all(isinstance(n, int) and not isinstance(n, bool) for n in canvas)):
+            raise TypeError(f"canvas must be a tuple of 2 or 3 ints, (H, W) or (T, H, W), got {canvas!r}")
+        if min(canvas) < 1:
+            raise ValueError(f"canvas={tuple(canvas)}: every side must be >= 1")
+        canvas = tuple(canvas)
+        if partition is None:
+            partition = f"{len(canvas)}d"
+        if not isinstance(partition, str) or partition not in PARTITIONS:
+            raise ValueError(f"partition={partition!r}: expected one of {PARTITIONS}")
+        if self.causal and partition != "1d":
+            raise ValueError(f"causal=True needs partition='1d' (raster order); partition={partition!r} permutes "
+                             f"the canvas tokens, which then have no causal order")
+        partition_tile(canvas, partition, self.block)  # raises if the partition cannot be made
+        object.__setattr__(self, "canvas", canvas)
+        object.__setattr__(self, "partition", partition)
 
     def __repr__(self) -> str:
         # The budget first, then only the settings that differ from the defaults.
@@ -190,6 +316,22 @@ class _ContentSelected(Pattern):
         """Query block size of the selection (``query_block``, defaulting to ``block``)."""
         return self.query_block if self.query_block is not None else self.block
 
+    @property
+    def tile(self) -> tuple[int, ...] | None:
+        """The canvas tile of a key block under ``partition`` (``None``: raster order, i.e. no
+        canvas or ``"1d"``)."""
+        return None if self.canvas is None else partition_tile(self.canvas, self.partition, self.block)
+
+    @property
+    def order(self) -> TiledOrder | None:
+        """The token order the blocks are taken in: ``TiledOrder(canvas, tile)``, or ``None``
+        for the caller's own (raster) order."""
+        tile = self.tile
+        return None if tile is None else TiledOrder(self.canvas, tile)
+
+    def _check_tile(self, tile) -> None:
+        raise ValueError(f"tile={tile!r}: {self!r} orders the tokens by its partition; use tile='auto' or None")
+
     def mask_mod(self, q_len: int, kv_len: int):
         raise ValueError(f"{self!r} depends on the inputs: use pattern.select(q, k).mask_mod(q_len, kv_len)")
 
@@ -197,29 +339,54 @@ class _ContentSelected(Pattern):
         return _divisor_reason(self.q_block, self.block, block_q, block_kv)
 
     def build(self, q_len, kv_len, *, block_q=128, block_kv=128, device="cpu", tile=None, q=None, k=None):
+        """The layout of ``self.select(q, k)``; with a canvas partition it is in the selection's
+        tiled order (``order.num_tokens`` per side, padding included)."""
         if q is None or k is None:
             raise ValueError(f"{self!r} depends on the inputs: build it with q= and k=")
-        return self.select(q, k).build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
+        selection = self.select(q, k)
+        if selection.order is not None:
+            self.check_lengths(q_len, kv_len)
+            q_len, kv_len = selection.q_len, selection.kv_len
+        return selection.build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
 
     def geometry(self, q_len: int, kv_len: int) -> SelectionGeometry:
+        """The selection's geometry for these lengths (in the blocks' order: with a tiled
+        ``order``, its ``num_tokens``)."""
+        order = self.order
         return SelectionGeometry(q_len, kv_len, self.q_block, self.block, self.causal,
-                                 self.sink_blocks, self.local_blocks)
+                                 self.sink_blocks, self.local_blocks,
+                                 None if order is None else (order.canvas, order.tile))
 
-    def select(self, q: torch.Tensor, k: torch.Tensor, *, scale: float | None = None) -> SelectedBlocks:
+    def select(self, q: torch.Tensor, k: torch.Tensor, *, scale: float | None = None,
+               ordered: bool = False) -> SelectedBlocks:
         """Score and select the blocks for ``q`` ``(B, Hq, Nq, D)`` and ``k`` ``(B, Hkv, Nkv, D)``.
 
         ``scale`` is the attention's (default ``D ** -0.5``). Runs without autograd on the
         inputs' device; returns the per-(batch, query head) selection.
+
+        With a canvas, ``q`` and ``k`` are the canvas tokens in raster order (``N = prod(canvas)``)
+        and the selection's blocks are in :attr:`order` (see :class:`SelectedBlocks`);
+        ``ordered=True`` says they are already in that order, padding included, as
+        ``order.tile_tokens`` gives them (zeros at padding): what :func:`foveate.attention` does.
         """
         _check_inputs(q, k)
-        q_len, kv_len = q.shape[2], k.shape[2]
-        self.check_lengths(q_len, kv_len)
+        order = self.order
+        if ordered and order is not None:
+            for name, t in (("q", q), ("k", k)):
+                if t.shape[2] != order.num_tokens:
+                    raise ValueError(f"{name} has {t.shape[2]} tokens; in {order!r} (ordered=True) {self!r} "
+                                     f"needs {order.num_tokens}")
+        else:
+            self.check_lengths(q.shape[2], k.shape[2])
         scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-        geometry = self.geometry(q_len, kv_len)
         with torch.no_grad():
-            selected = self._choose(q.detach(), k.detach(), geometry, scale)
+            q, k = q.detach(), k.detach()
+            if order is not None and not ordered:
+                q, k = order.tile_tokens(q), order.tile_tokens(k)
+            q_len, kv_len = q.shape[2], k.shape[2]
+            selected = self._choose(q, k, self.geometry(q_len, kv_len), scale)
         return SelectedBlocks(selected, q_len=q_len, kv_len=kv_len, query_block=self.q_block, block=self.block,
-                              causal=self.causal, source=self)
+                              causal=self.causal, source=self, order=order)
 
     def _mass(self, q, k, geometry, scale):
         if self.score == "mean":
@@ -246,6 +413,18 @@ class BlockTopK(_ContentSelected):
             the selection (bottom-right aligned).
         query_block: query block size of the selection, if not ``block`` (e.g. MoBA scores
             each 128-query block against 4096-key blocks).
+        canvas: ``(T, H, W)`` (video) or ``(H, W)`` (image) when the tokens are a canvas, in
+            raster order (``q_len == kv_len == prod(canvas)``); :func:`foveate.attention` then
+            also takes ``q``, ``k``, ``v`` shaped ``(B, H, *canvas, D)``.
+        partition: which piece of the canvas a key block is (VMoBA's partitions, which it
+            alternates across layers; :mod:`foveate.selection.partition`): ``"1d"`` runs of
+            ``block`` raster tokens (whole frames when ``block`` is a multiple of ``H * W``),
+            ``"2d"`` a spatial tile through all frames (``(T, h, w)``; ``block`` a multiple of
+            ``T``), ``"3d"`` a spatio-temporal ``(t, h, w)`` cube; each of ``block`` tokens (see
+            :attr:`tile`). Defaults to ``"2d"`` on an image and ``"3d"`` on a video. Under
+            ``"2d"`` and ``"3d"`` the selection runs in the tiled order of that tile (the canvas
+            padded up to whole tiles; padding is never attended to), queries included, so the
+            local block of a query block is its own tile; ``causal`` needs ``"1d"``.
     """
 
     k: int
@@ -284,25 +463,29 @@ class BlockTopP(_ContentSelected):
                            geometry.forced(q.device))
 
 
-def MoBA(block: int = 4096, topk: int = 12, causal: bool = True, *, query_block: int = 128) -> BlockTopK:
+def MoBA(block: int = 4096, topk: int = 12, causal: bool = True, *, query_block: int = 128,
+         canvas: tuple[int, ...] | None = None, partition: str | None = None) -> BlockTopK:
     """Mixture of Block Attention (Lu et al., 2025): each query attends to the ``topk`` key blocks
     whose mean key best matches it, the current block always among them, no sink.
 
     Defaults are those of MoonshotAI's released implementation (``moba_chunk_size=4096``,
     ``moba_topk=12``); the paper's scaling experiments used ``block=512, topk=3``. MoBA gates
     every query token; here each ``query_block`` of queries shares one choice, made from their
-    mean (the granularity of a block-sparse kernel).
+    mean (the granularity of a block-sparse kernel). ``canvas`` and ``partition`` as for
+    :class:`BlockTopK` (VMoBA's setting on video: ``causal=False``).
     """
     return BlockTopK(topk, block=block, score="mean", sink_blocks=0, local_blocks=1, causal=causal,
-                     query_block=query_block)
+                     query_block=query_block, canvas=canvas, partition=partition)
 
 
-def XAttention(block: int = 128, stride: int = 8, threshold: float = 0.9, causal: bool = True) -> BlockTopP:
+def XAttention(block: int = 128, stride: int = 8, threshold: float = 0.9, causal: bool = True, *,
+               canvas: tuple[int, ...] | None = None, partition: str | None = None) -> BlockTopP:
     """XAttention (Xu et al., 2025): antidiagonal scoring at ``stride``, then per query block
     the fewest key blocks whose estimated mass reaches ``threshold``; the first and diagonal
-    blocks always kept. Defaults are the paper's (block 128, stride 8, threshold 0.9)."""
+    blocks always kept. Defaults are the paper's (block 128, stride 8, threshold 0.9).
+    ``canvas`` and ``partition`` as for :class:`BlockTopK`."""
     return BlockTopP(threshold, block=block, score="antidiagonal", stride=stride, sink_blocks=1,
-                     local_blocks=1, causal=causal)
+                     local_blocks=1, causal=causal, canvas=canvas, partition=partition)
 
 
 def _check_inputs(q, k) -> None:

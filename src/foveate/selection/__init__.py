@@ -6,13 +6,16 @@ the best, hand the result to the block-sparse kernels as a per-(batch, head) lay
 - :mod:`.scores`: the fast block scores, ``"mean"`` (MoBA / SpargeAttn: pooled queries against
   pooled keys) and ``"antidiagonal"`` (XAttention: strided antidiagonal sums, softmax, pooled);
 - :mod:`.select`: top-k and top-p (mass) selection over those scores;
+- :mod:`.partition`: canvas partitions (VMoBA's 1-D, 2-D, 3-D key blocks) and their tiles;
 - :mod:`.naive`: brute-force definitions of the scores, the oracle of the tests.
 
 The patterns built on these are in :mod:`foveate.patterns.selected`.
 """
 
 from .geometry import SelectionGeometry
+from .partition import PARTITIONS, partition_tile
 from .scores import antidiagonal_mass, mean_logits, mean_mass
 from .select import select_topk, select_topp
 
-__all__ = ["SelectionGeometry", "antidiagonal_mass", "mean_logits", "mean_mass", "select_topk", "select_topp"]
+__all__ = ["PARTITIONS", "SelectionGeometry", "antidiagonal_mass", "mean_logits", "mean_mass", "partition_tile",
+           "select_topk", "select_topp"]

@@ -41,10 +41,10 @@ def _scores(q_base, k_base, rows, cols, s_qn, s_kn, q_len, kv_len,
 
 @triton.jit
 def _antidiagonal_kernel(
-    Q, K, OUT, SUMS, MAXES,
+    Q, K, OUT, SUMS, MAXES, ROW_LIVE, COL_LIVE,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_ob, s_oh, s_om,
     bh_start, H, GROUP, q_len, kv_len, offset, n_cols, n_groups, n_tiles, qk_scale,
-    S: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr,
+    S: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, PADDED: tl.constexpr,
     GM: tl.constexpr, GN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -74,6 +74,8 @@ def _antidiagonal_kernel(
         cols = start + tl.arange(0, BLOCK_N)
         x = _scores(q_base, k_base, rows, cols, s_qn, s_kn, q_len, kv_len, S, D, BLOCK_M, BLOCK_N) * qk_scale
         ok = (cols * S < kv_len)[None, :]
+        if PADDED:  # canvas padding: groups of padding alone are no reduced keys
+            ok = ok & (tl.load(COL_LIVE + cols, mask=cols * S < kv_len, other=0) != 0)[None, :]
         if CAUSAL:
             ok = ok & (cols[None, :] * S <= last_pos[:, None])
         x = tl.where(ok, x, float("-inf"))
@@ -89,6 +91,8 @@ def _antidiagonal_kernel(
 
     # Rows that see nothing, or hold only padding, contribute no mass.
     live = (l > 0) & (rows * S < q_len)
+    if PADDED:
+        live = live & (tl.load(ROW_LIVE + rows, mask=rows * S < q_len, other=0) != 0)
     inv_l = tl.where(live, 1.0 / tl.where(live, l, 1.0), 0.0)
     m = tl.where(live, m, 0.0)
     out_rows = tile * (BLOCK_M // GM) + tl.arange(0, BLOCK_M // GM)
@@ -124,20 +128,24 @@ def antidiagonal_mass_triton(q: torch.Tensor, k: torch.Tensor, geometry: Selecti
     chunk = max(1, min(batch * heads_q, (256 << 20) // per_head))
     sums = torch.empty(chunk * n_row_tiles * block_m * n_groups, dtype=torch.float32, device=q.device)
     maxes = torch.empty(chunk * n_row_tiles * block_m * n_col_tiles, dtype=torch.float32, device=q.device)
+    row_live = col_live = fine  # (unread unless the canvas is padded)
+    if g.padded:
+        row_live = g.live_groups(g.q_len, s, q.device).to(torch.int8)
+        col_live = g.live_groups(g.kv_len, s, q.device).to(torch.int8)
     for bh_start in range(0, batch * heads_q, chunk):
         count = min(chunk, batch * heads_q - bh_start)
         _antidiagonal_kernel[(n_row_tiles, count)](
-            q, k, fine, sums, maxes, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            q, k, fine, sums, maxes, row_live, col_live, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             fine.stride(0), fine.stride(1), fine.stride(2),
             bh_start, heads_q, heads_q // k.shape[1], g.q_len, g.kv_len, g.kv_len - g.q_len, n_cols, n_groups,
             n_col_tiles, scale / s * _LOG2E,
-            S=s, D=dim, CAUSAL=g.causal, GM=gm, GN=gn, BLOCK_M=block_m, BLOCK_N=block_n,
+            S=s, D=dim, CAUSAL=g.causal, PADDED=g.padded, GM=gm, GN=gn, BLOCK_M=block_m, BLOCK_N=block_n,
             num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],
         )
     fine = fine[:, :, : n_rows // gm]
     coarse = fine.view(batch, heads_q, g.num_q_blocks, rows_per_q // gm, g.num_kv_blocks, cols_per_kv // gn)
     coarse = coarse.sum((3, 5))
-    return coarse / g.reduced_rows(s, q.device)[:, None]
+    return coarse / g.reduced_rows(s, q.device).clamp_min(1)[:, None]  # blocks of padding alone: 0
 
 
 def supported(q: torch.Tensor, geometry: SelectionGeometry, stride: int) -> bool:

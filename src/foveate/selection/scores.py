@@ -23,18 +23,24 @@ from .geometry import SelectionGeometry
 _CHUNK_ELEMS = 1 << 27
 
 
-def block_means(x: torch.Tensor, block: int) -> torch.Tensor:
+def block_means(x: torch.Tensor, block: int, counts: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, H, N, D)`` -> ``(B, H, ceil(N / block), D)`` float32: the mean token of each block
-    (the last block averages only the tokens it has)."""
+    (the last block averages only the tokens it has). ``counts`` ``(ceil(N / block),)``: the
+    tokens of each block when some positions are padding (zeros), which the mean leaves out; a
+    block of padding alone gets 0."""
     n = x.shape[2]
     whole = n // block
     parts = []
     if whole:
-        head = x[:, :, : whole * block].unflatten(2, (whole, block))
-        parts.append(head.sum(3, dtype=torch.float32) / block)
+        parts.append(x[:, :, : whole * block].unflatten(2, (whole, block)).sum(3, dtype=torch.float32))
     if n % block:
-        parts.append(x[:, :, whole * block:].sum(2, keepdim=True, dtype=torch.float32) / (n % block))
-    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+        parts.append(x[:, :, whole * block:].sum(2, keepdim=True, dtype=torch.float32))
+    sums = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+    if counts is None:
+        counts = torch.full((sums.shape[2],), float(block), device=x.device)
+        if n % block:
+            counts[-1] = n % block
+    return sums / counts.clamp_min(1)[:, None]
 
 
 def _per_query_head(x: torch.Tensor, heads_q: int) -> torch.Tensor:
@@ -45,8 +51,8 @@ def _per_query_head(x: torch.Tensor, heads_q: int) -> torch.Tensor:
 
 def mean_logits(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float) -> torch.Tensor:
     """``scale * mean(q block) . mean(k block)`` per block pair."""
-    qm = block_means(q, geometry.query_block)
-    km = _per_query_head(block_means(k, geometry.block), q.shape[1])
+    qm = block_means(q, geometry.query_block, geometry.q_counts(q.device))
+    km = _per_query_head(block_means(k, geometry.block, geometry.kv_counts(q.device)), q.shape[1])
     return torch.matmul(qm, km.transpose(-1, -2)) * scale
 
 
@@ -75,6 +81,8 @@ def antidiagonal_mass(
     are summed per block pair and divided by the block's number of reduced rows, so that each
     query block's masses sum to 1 (to the share of its reduced rows that see a key, when causal
     attention leaves some rows without keys). ``query_block`` and ``block`` must be multiples of ``S``.
+    Tokens past the ends, or canvas padding (``geometry.tiling``), score 0 inside a group; a
+    group holding no token at all is no reduced key (nor row).
 
     ``method``: ``"triton"`` (the fused kernel of :mod:`.antidiagonal_triton`), ``"torch"``
     (reduced scores materialised a chunk of query blocks at a time: bounded memory, but
@@ -101,10 +109,11 @@ def antidiagonal_mass(
     kr = kr.view(batch, heads_kv, 1, num_cols, s * dim)
 
     col = torch.arange(num_cols, device=q.device)
-    col_ok = (col * s < g.kv_len)[None, :]
+    col_ok = _pad_to_len(g.live_groups(g.kv_len, s, q.device), num_cols)[None, :]
+    row_live = _pad_to_len(g.live_groups(g.q_len, s, q.device), num_rows)
     offset = g.kv_len - g.q_len
     out = torch.empty(batch, heads_q, g.num_q_blocks, g.num_kv_blocks, dtype=torch.float32, device=q.device)
-    real_rows = g.reduced_rows(s, q.device)
+    real_rows = g.reduced_rows(s, q.device).clamp_min(1)  # blocks of padding alone: mass 0
     chunk = max(1, _CHUNK_ELEMS // max(1, batch * heads_q * rows_per_q * num_cols))
     for start in range(0, g.num_q_blocks, chunk):
         stop = min(start + chunk, g.num_q_blocks)
@@ -118,10 +127,15 @@ def antidiagonal_mass(
             allowed = allowed & (col[None, :] * s <= last_query[:, None])
         logits.masked_fill_(~allowed, float("-inf"))
         probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # rows that see nothing: 0
-        probs.masked_fill_((rows * s >= g.q_len)[:, None], 0.0)  # rows made of padding only
+        probs.masked_fill_(~row_live[r0:r1, None], 0.0)  # rows made of padding only
         probs = probs.view(batch, heads_q, stop - start, rows_per_q, g.num_kv_blocks, cols_per_kv)
         out[:, :, start:stop] = probs.sum((3, 5)) / real_rows[start:stop, None]
     return out
+
+
+def _pad_to_len(live: torch.Tensor, length: int) -> torch.Tensor:
+    """A bool vector extended with False up to ``length``."""
+    return torch.cat([live, live.new_zeros(length - live.shape[0])]) if live.shape[0] < length else live
 
 
 def check_stride(stride: int, query_block: int, block: int) -> None:

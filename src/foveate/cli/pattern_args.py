@@ -6,6 +6,17 @@
     neighborhood --canvas 64 64 --kernel 13 13 [--dilation 1 1] [--stride 1 1]
                  [--causal 0 0] [--extra-kv E]
 
+and the content-selected patterns, whose blocks are chosen from queries and keys (``--inputs
+FILE.pt``, or synthetic inputs with planted blocks: :mod:`.selection_inputs`):
+
+    topk         --k K [SELECTION OPTIONS]
+    topp         --mass P [SELECTION OPTIONS]          (score antidiagonal by default)
+    moba         [--block 4096] [--topk 12] [--query-block 128] [--causal 1]
+    xattention   [--block 128] [--stride 8] [--threshold 0.9] [--causal 1]
+
+    SELECTION OPTIONS: [--block 128] [--query-block B] [--score mean|antidiagonal] [--stride 8]
+                       [--sink-blocks 1] [--local-blocks 1] [--causal 0|1]
+
 Values are validated by the pattern classes themselves, so messages match the Python API.
 """
 
@@ -15,15 +26,27 @@ import argparse
 from typing import Callable
 
 from .. import patterns as P
+from .selection_inputs import SYNTHETIC_HELP, add_input_options
 
 KINDS = ("dense", "causal", "sliding", "neighborhood")
+#: Content-selected kinds: their blocks depend on the inputs.
+SELECTED_KINDS = ("topk", "topp", "moba", "xattention")
+
+_SELECTED_HELP = {
+    "topk": "content selection: the k best key blocks per query block (BlockTopK)",
+    "topp": "content selection: the fewest key blocks reaching a softmax mass (BlockTopP)",
+    "moba": "MoBA preset: top-k of mean-pooled 4096-key blocks per 128-query block (causal)",
+    "xattention": "XAttention preset: top-p (0.9) of the antidiagonal score, 128-token blocks (causal)",
+}
 
 
 def add_pattern_subparsers(
-    parser: argparse.ArgumentParser, add_options: Callable[[argparse.ArgumentParser], None]
+    parser: argparse.ArgumentParser, add_options: Callable[[argparse.ArgumentParser], None],
+    add_selection_options: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> None:
     """Give ``parser`` one sub-subcommand per pattern kind; ``add_options`` adds the
-    command's own options to each."""
+    command's own options to each static kind, ``add_selection_options`` to each
+    content-selected kind (which are offered only when it is given)."""
     kinds = parser.add_subparsers(dest="pattern", metavar="PATTERN", required=True)
     for kind in KINDS:
         p = kinds.add_parser(kind, help=f"{kind} pattern")
@@ -42,6 +65,69 @@ def add_pattern_subparsers(
             p.add_argument("--len", type=int, required=True, help="query length")
             p.add_argument("--kv-len", type=int, default=None, help="key length (default: --len)")
         add_options(p)
+    if add_selection_options is None:
+        return
+    for kind in SELECTED_KINDS:
+        # No abbreviations: --query would silently mean --query-block, --head(s) and --k(v-*) are near.
+        p = kinds.add_parser(kind, help=_SELECTED_HELP[kind], description=_SELECTED_HELP[kind] + ".\n\n"
+                             + SYNTHETIC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                             allow_abbrev=False)
+        _selection_pattern_options(p, kind)
+        add_input_options(p)
+        add_selection_options(p)
+
+
+def _selection_pattern_options(p: argparse.ArgumentParser, kind: str) -> None:
+    g = p.add_argument_group("pattern")
+    if kind == "moba":
+        g.add_argument("--block", type=int, default=4096, help="key block size (default: 4096)")
+        g.add_argument("--topk", type=int, default=12, help="key blocks kept per query block, the "
+                       "query block's own block included (default: 12)")
+        g.add_argument("--query-block", type=int, default=128, help="query block size (default: 128)")
+        g.add_argument("--causal", type=int, default=1, choices=[0, 1], help="1 = causal (the default)")
+        return
+    if kind == "xattention":
+        g.add_argument("--block", type=int, default=128, help="block size (default: 128)")
+        g.add_argument("--stride", type=int, default=8, help="antidiagonal stride (default: 8)")
+        g.add_argument("--threshold", type=float, default=0.9,
+                       help="estimated softmax mass to keep per query block, in (0, 1] (default: 0.9)")
+        g.add_argument("--causal", type=int, default=1, choices=[0, 1], help="1 = causal (the default)")
+        return
+    if kind == "topk":
+        g.add_argument("--k", type=int, required=True,
+                       help="key blocks kept per query block, counting the sink and local blocks")
+    else:
+        g.add_argument("--mass", type=float, required=True,
+                       help="estimated softmax mass to keep per query block, in (0, 1]")
+    score = "mean" if kind == "topk" else "antidiagonal"
+    g.add_argument("--block", type=int, default=128, help="key block size (default: 128)")
+    g.add_argument("--query-block", type=int, default=None, help="query block size (default: --block)")
+    g.add_argument("--score", choices=["mean", "antidiagonal"], default=score,
+                   help=f"block score: mean-pooled dot products or strided antidiagonal sums (default: {score})")
+    g.add_argument("--stride", type=int, default=8, help="antidiagonal stride (default: 8)")
+    g.add_argument("--sink-blocks", type=int, default=1, help="first key blocks always kept (default: 1)")
+    g.add_argument("--local-blocks", type=int, default=1,
+                   help="diagonal band of key blocks always kept (default: 1; 0 = none)")
+    g.add_argument("--causal", type=int, default=0, choices=[0, 1], help="1 = causal (default: 0)")
+
+
+def selection_pattern_from_args(args: argparse.Namespace):
+    """The content-selected pattern (a ``BlockTopK`` or ``BlockTopP``) that ``args`` describe;
+    ValueError/TypeError on bad values."""
+    causal = bool(args.causal)
+    if args.pattern == "moba":
+        if args.topk < 1:  # MoBA's own check would name BlockTopK's `k`
+            raise ValueError(f"--topk must be >= 1, got {args.topk}")
+        return P.MoBA(block=args.block, topk=args.topk, causal=causal, query_block=args.query_block)
+    if args.pattern == "xattention":
+        if not 0 < args.threshold <= 1:  # XAttention's own check would name BlockTopP's `mass`
+            raise ValueError(f"--threshold must be in (0, 1], got {args.threshold!r}")
+        return P.XAttention(block=args.block, stride=args.stride, threshold=args.threshold, causal=causal)
+    common = {"block": args.block, "score": args.score, "stride": args.stride, "sink_blocks": args.sink_blocks,
+              "local_blocks": args.local_blocks, "causal": causal, "query_block": args.query_block}
+    if args.pattern == "topk":
+        return P.BlockTopK(args.k, **common)
+    return P.BlockTopP(args.mass, **common)
 
 
 def _axes(values: list[int]):
@@ -49,7 +135,10 @@ def _axes(values: list[int]):
 
 
 def pattern_from_args(args: argparse.Namespace) -> tuple[P.Pattern, int, int]:
-    """``(pattern, q_len, kv_len)`` from parsed arguments; ValueError/TypeError on bad values."""
+    """``(pattern, q_len, kv_len)`` from parsed arguments for the static kinds;
+    ValueError/TypeError on bad values."""
+    if args.pattern in SELECTED_KINDS:
+        raise ValueError(f"{args.pattern} depends on the inputs: use selection_pattern_from_args")
     if args.pattern == "neighborhood":
         pattern = P.Neighborhood(
             tuple(args.canvas), _axes(args.kernel), _axes(args.dilation), _axes(args.stride),

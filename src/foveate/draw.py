@@ -229,17 +229,23 @@ def layout_summary(layout: BlockLayout) -> str:
     )
 
 
+def _cell_lines(ax, cells, nq: int, nkv: int) -> None:
+    """Thin white lines between the cells of a block grid drawn over ``(0, nkv) x (0, nq)``,
+    when there are few enough cells (they keep neighbouring blocks apart)."""
+    if max(cells.shape) <= 64:
+        ax.set_xticks(range(nkv + 1), minor=True)
+        ax.set_yticks(range(nq + 1), minor=True)
+        ax.grid(which="minor", color="white", lw=0.5)
+        ax.tick_params(which="minor", length=0)
+
+
 def draw_layout(layout: BlockLayout, ax, *, title: str | None = None, max_cells: int = 512) -> None:
     """Draw the layout's blocks (q blocks down, kv blocks across) into ``ax``. ``title``
     heads the block counts (:func:`layout_summary`)."""
     cells, (fq, fk) = layout_cells(layout, max_cells)
     nq, nkv = layout.num_q_blocks, layout.num_kv_blocks
     _imshow(ax, cells, BLOCK_COLORS, extent=(0, nkv, nq, 0), aspect="auto")
-    if max(cells.shape) <= 64:  # thin lines between cells keep neighbouring blocks apart
-        ax.set_xticks(range(nkv + 1), minor=True)
-        ax.set_yticks(range(nq + 1), minor=True)
-        ax.grid(which="minor", color="white", lw=0.5)
-        ax.tick_params(which="minor", length=0)
+    _cell_lines(ax, cells, nq, nkv)
     text = (title + "\n" if title else "") + layout_summary(layout)
     if (fq, fk) != (1, 1):
         text += f"\ndownsampled: {fq}x{fk} blocks per cell (partial > full > empty)"
@@ -340,13 +346,19 @@ def _pick(grid: torch.Tensor, batch: int, head: int) -> torch.Tensor:
     return grid[b : b + 1, h : h + 1]
 
 
+def selection_of_heads(selection: SelectedBlocks, batches, heads) -> SelectedBlocks:
+    """The selection of the (batch, query head) pairs of ``batches x heads`` as a selection of
+    its own (leading axes ``len(batches), len(heads)``; same lengths, blocks, source and token
+    order)."""
+    picked = torch.cat([torch.cat([_pick(selection.selected, b, h) for h in heads], 1) for b in batches], 0)
+    return SelectedBlocks(picked, q_len=selection.q_len, kv_len=selection.kv_len, query_block=selection.query_block,
+                          block=selection.block, causal=selection.causal, source=selection.source,
+                          order=selection.order)
+
+
 def selection_of_head(selection: SelectedBlocks, batch: int, head: int) -> SelectedBlocks:
-    """The selection of one (batch, query head) as a selection of its own (leading axes 1, 1;
-    same lengths, blocks, source and token order)."""
-    order = getattr(selection, "order", None)  # the token order of canvas partitions
-    return SelectedBlocks(_pick(selection.selected, batch, head), q_len=selection.q_len, kv_len=selection.kv_len,
-                          query_block=selection.query_block, block=selection.block, causal=selection.causal,
-                          source=selection.source, **({} if order is None else {"order": order}))
+    """The selection of one (batch, query head) (leading axes 1, 1): :func:`selection_of_heads`."""
+    return selection_of_heads(selection, [batch], [head])
 
 
 def _fine_layout(one: SelectedBlocks) -> BlockLayout:
@@ -400,11 +412,7 @@ def draw_selection(selection: SelectedBlocks, ax, *, batch: int = 0, head: int =
     candidates, forced = selection_rules(selection)
     nq, nkv = selected.shape
     _imshow(ax, cells, SELECTION_COLORS, extent=(0, nkv, nq, 0), aspect="auto")
-    if max(cells.shape) <= 64:  # thin lines between cells keep neighbouring blocks apart
-        ax.set_xticks(range(nkv + 1), minor=True)
-        ax.set_yticks(range(nq + 1), minor=True)
-        ax.grid(which="minor", color="white", lw=0.5)
-        ax.tick_params(which="minor", length=0)
+    _cell_lines(ax, cells, nq, nkv)
     of = "the causal" if selection.causal else "all"
     n, total = int(selected.sum()), int(candidates.sum())
     title = f"head {head}: {n / max(total, 1):.1%} of {of} blocks\n{n} of {total} blocks"
@@ -683,6 +691,6 @@ def _draw_tiled(pattern, layout, tile, ax, *, max_cells) -> None:
 
 __all__ = [
     "figure_for", "figure_for_selection", "draw_selection", "draw_selection_mask", "selection_cells",
-    "selection_rules", "selection_of_head", "counterpart_pairs", "draw_mask", "draw_layout", "draw_neighborhood", "mask_pixels", "layout_cells",
+    "selection_rules", "selection_of_head", "selection_of_heads", "counterpart_pairs", "draw_mask", "draw_layout", "draw_neighborhood", "mask_pixels", "layout_cells",
     "neighborhood_keys", "planes_to_draw", "resolve_query", "default_block", "legend_handles",
 ]

@@ -73,6 +73,19 @@ def _out_path(text: str) -> Path:
     return out
 
 
+def _save(make_figure, out: Path) -> int:
+    """Write the figure ``make_figure()`` draws to ``out`` and print its path; exit status 1
+    when matplotlib (an optional extra) is missing."""
+    try:
+        fig = make_figure()
+    except ImportError as err:
+        print(f"foveate show: error: {err}", file=sys.stderr)
+        return 1
+    fig.savefig(out)
+    print(out)
+    return 0
+
+
 def _run_selection(args: argparse.Namespace) -> int:
     pattern = selection_pattern_from_args(args)
     out = _out_path(args.out)
@@ -85,15 +98,8 @@ def _run_selection(args: argparse.Namespace) -> int:
     inputs = inputs_from_args(args, pattern)
     selection = select(pattern, inputs, args.inputs)
     check_batch_heads(args, selection)
-    try:
-        fig = figure_for_selection(selection, batch=args.batch, heads=args.head, planted=inputs.planted,
-                                   note="\n".join(inputs.about), dpi=args.dpi)
-    except ImportError as err:  # matplotlib is an optional extra
-        print(f"foveate show: error: {err}", file=sys.stderr)
-        return 1
-    fig.savefig(out)
-    print(out)
-    return 0
+    return _save(lambda: figure_for_selection(selection, batch=args.batch, heads=args.head, planted=inputs.planted,
+                                              note="\n".join(inputs.about), dpi=args.dpi), out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,14 +110,7 @@ def run(args: argparse.Namespace) -> int:
     query = args.query
     if query is not None:
         query = query[0] if len(query) == 1 else tuple(query)
-    try:
-        from ..draw import figure_for
+    from ..draw import figure_for
 
-        fig = figure_for(pattern, q_len=q_len, kv_len=kv_len, query=query, block_q=args.block_q,
-                         block_kv=args.block_kv, tile=args.tile, dpi=args.dpi)
-    except ImportError as err:  # matplotlib is an optional extra
-        print(f"foveate show: error: {err}", file=sys.stderr)
-        return 1
-    fig.savefig(out)
-    print(out)
-    return 0
+    return _save(lambda: figure_for(pattern, q_len=q_len, kv_len=kv_len, query=query, block_q=args.block_q,
+                                    block_kv=args.block_kv, tile=args.tile, dpi=args.dpi), out)

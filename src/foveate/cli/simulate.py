@@ -17,7 +17,7 @@ import json
 import math
 
 from .. import patterns as P
-from ..draw import selection_of_head
+from ..draw import selection_of_heads
 from ..simulator import simulate
 from .pattern_args import (
     SELECTED_KINDS,
@@ -98,33 +98,27 @@ def _selection_fields(args: argparse.Namespace) -> dict:
 def selection_record(selection: P.SelectedBlocks, *, block_q: int, block_kv: int, batches, heads,
                      inputs: str = "") -> dict:
     """The simulator's counts for a selection, summed over the (batch, query head) pairs of
-    ``batches x heads`` (each one simulated as a layout of its own), with the derived fields
-    recomputed for the sum and the comparison with the dense (or causal) counterpart."""
+    ``batches x heads``, with the comparison with the dense (or causal) counterpart."""
     q_len, kv_len = selection.q_len, selection.kv_len
-    summed = dict.fromkeys(("blocks_total", "blocks_full", "blocks_partial", "pairs_useful", "pairs_computed"), 0)
-    n = 0
-    for b in batches:
-        for h in heads:
-            record = simulate(selection_of_head(selection, b, h), q_len=q_len, kv_len=kv_len, block_q=block_q,
-                              block_kv=block_kv)
-            for name in summed:
-                summed[name] += getattr(record, name)
-            n += 1
+    record = simulate(selection_of_heads(selection, batches, heads), q_len=q_len, kv_len=kv_len, block_q=block_q,
+                      block_kv=block_kv)
+    n = record.heads
     counterpart = simulate(P.Causal() if selection.causal else P.Dense(), q_len=q_len, kv_len=kv_len,
                            block_q=block_q, block_kv=block_kv)
-    visited = summed["blocks_full"] + summed["blocks_partial"]
+    visited = record.blocks_visited
     c_blocks, c_pairs = n * counterpart.blocks_visited, n * counterpart.pairs_useful
+    counts = ("blocks_total", "blocks_full", "blocks_partial", "pairs_useful", "pairs_computed")
     return {
         "pattern": repr(selection.source if selection.source is not None else selection),
         "inputs": inputs, "q_len": q_len, "kv_len": kv_len, "block_q": block_q, "block_kv": block_kv, "tile": None,
-        "heads_counted": n, **summed,
-        "speedup_bound": summed["blocks_total"] / visited if visited else float("inf"),
+        "heads_counted": n, **{name: getattr(record, name) for name in counts},
+        "speedup_bound": record.speedup_bound,
         "blocks_visited": visited,
-        "density": summed["pairs_useful"] / (n * q_len * kv_len),
-        "block_efficiency": summed["pairs_useful"] / summed["pairs_computed"] if summed["pairs_computed"] else 1.0,
+        "density": record.density,
+        "block_efficiency": record.block_efficiency,
         "counterpart": "causal" if selection.causal else "dense",
         "counterpart_blocks": c_blocks, "counterpart_pairs": c_pairs,
         "block_density_vs_counterpart": visited / c_blocks,
-        "density_vs_counterpart": summed["pairs_useful"] / c_pairs,
+        "density_vs_counterpart": record.pairs_useful / c_pairs,
         "speedup_bound_vs_counterpart": c_blocks / visited if visited else float("inf"),
     }

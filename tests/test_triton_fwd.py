@@ -271,6 +271,11 @@ def test_forward_matches_naive(rng, spy, case, dtype):
     kw, layout = call["spec"].fields(), call["layout"]
     assert kw["TILE_SIZE"] == (BLOCK if case.tiled else 1)
     assert kw["PADDED"] == case.padded
+    # Tiled canvases run on the caller's raster-order tensors: the kernel gets them unpermuted.
+    assert kw["RASTER_IO"] == case.tiled
+    if case.tiled:
+        assert call["q"].shape[2] == math.prod(case.pattern.canvas)
+        assert call["q"].data_ptr() == q.data_ptr() and call["k"].data_ptr() == k.data_ptr()
     assert (int(layout.kv_num_blocks.sum()) > 0) == case.partial
 
 
@@ -439,6 +444,66 @@ def test_attention_forward_with_a_block_grid(rng, spy, name, lead, values, spec_
     mask = full | partial
     _check(out, lse, q, k, v, mask, scale=scale)
     assert len(spy.kernel.launches) == 1
+
+
+# -- tiled canvases on raster-order tensors (the permutation inside the kernel) ----------------------
+
+# (id, pattern, tile): padding on every axis, extra keys, 2-D and 3-D, tiles of 128 tokens.
+RASTER_IO = [
+    ("2d-padded-extra", NB2_PAD_EXTRA, (8, 16)),
+    ("2d-padded-tall-tile", NB2_TALL, (4, 32)),
+    ("3d-padded", NB3_PAD, (2, 8, 8)),
+    ("3d-auto-tile", NB3_AUTO, (4, 8, 4)),
+]
+
+
+# Kernel tiles of 128 everywhere, and of 64 (blocks that start halfway through a canvas tile,
+# on its first axis) where that is worth the interpreter's time.
+RASTER_IO_RUNS = [pytest.param(*case, 128, 128, id=f"{case[0]}-tiles128") for case in RASTER_IO] + [
+    pytest.param(*case, 64, 64, id=f"{case[0]}-tiles64") for case in RASTER_IO
+    if case[0] in ("2d-padded-extra", "3d-padded")]
+
+
+@needs_triton
+@pytest.mark.parametrize("name,pattern,tile,block_m,block_n", RASTER_IO_RUNS)
+def test_raster_io_equals_the_permuted_run(rng, name, pattern, tile, block_m, block_n):
+    """The kernel on raster-order tensors (``raster_io``) gives exactly what it gives on the
+    same tokens permuted by ``TiledOrder``, permuted back: for kernel tiles smaller than a
+    canvas tile too (blocks that start inside a tile)."""
+    from foveate.tiling import Tiled
+
+    tiled = Tiled(pattern, tile)
+    order = tiled.order
+    q_len, kv_len = tiled.default_lengths()
+    n_canvas = order.num_canvas
+    q, k, v = make_qkv(rng, batch=1, heads_q=2, heads_kv=1, q_shape=(n_canvas,),
+                       kv_shape=(n_canvas + pattern.extra_kv,), head_dim=16, dtype=F32)
+    q, k, v = q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
+    layout = tiled.build(q_len, kv_len, block_q=BLOCK, block_kv=BLOCK, device=DEVICE)
+    kw = dict(block_m=block_m, block_n=block_n)
+    out, lse = fwd_module.attention_forward(
+        q, k, v, layout, masks.mask_spec(tiled, q_len, kv_len, raster_io=True), 0.3, **kw)
+
+    def kv_tiles(x):
+        return torch.cat([order.tile_tokens(x[:, :, :n_canvas]), x[:, :, n_canvas:]], dim=2)
+
+    out_t, lse_t = fwd_module.attention_forward(order.tile_tokens(q), kv_tiles(k), kv_tiles(v), layout,
+                                                masks.mask_spec(tiled, q_len, kv_len), 0.3, **kw)
+    assert out.shape == q.shape and lse.shape == q.shape[:-1]
+    torch.testing.assert_close(out, order.untile_tokens(out_t), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(lse, order.untile_tokens(lse_t), rtol=1e-6, atol=1e-6)
+
+
+def test_raster_io_needs_a_tiled_pattern_with_power_of_two_sides():
+    from foveate.tiling import Tiled
+
+    with pytest.raises(ValueError, match="raster_io needs a Tiled pattern"):
+        masks.mask_spec(NB2, 320, 320, raster_io=True)
+    odd = Tiled(_nbhd(canvas=(12, 12), kernel=(3, 3)), (3, 4))
+    with pytest.raises(ValueError, match="powers of two"):
+        masks.mask_spec(odd, *odd.default_lengths(), raster_io=True)
+    spec = masks.mask_spec(Tiled(NB2_PAD_EXTRA, (8, 16)), 256, 261, raster_io=True)
+    assert spec.raster_io and spec.padded_io and spec.positions(144, 149) == (256, 261)
 
 
 # -- refusals and backend selection ------------------------------------------------------------------

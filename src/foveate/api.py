@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 
@@ -12,7 +11,6 @@ from . import backends
 from .backends import Problem
 from .patterns import Dense, Pattern, SelectedBlocks
 from .simulator import choose_tile
-from .tiling import Tiled
 
 
 def attention(
@@ -87,7 +85,7 @@ def attention(
     if tile is None:
         out, lse = chosen.forward(qf, kf, vf, problem, scale)
     else:
-        out, lse = _forward_tiled(chosen, qf, kf, vf, problem, scale, tile)
+        out, lse = chosen.forward_tiled(qf, kf, vf, problem, scale, tile)
     if order is not None:
         out, lse = order.untile_tokens(out), (order.untile_tokens(lse) if lse is not None else None)
     out = out.reshape(*q.shape[:-1], vf.shape[-1])
@@ -195,19 +193,3 @@ def _resolve_tile(tile, pattern: Pattern, backend) -> tuple[int, ...] | None:
             f"{backend.block_size} tokens, so a tile must hold exactly that many"
         )
     return tile
-
-
-def _forward_tiled(backend, q, k, v, problem: Problem, scale: float, tile):
-    """Run ``backend`` on the tokens permuted into tiled order, and permute back."""
-    tiled = Tiled(problem.pattern, tile)
-    order = tiled.order
-    n = order.num_canvas
-
-    def kv_tiles(x):
-        canvas_part = order.tile_tokens(x[:, :, :n])
-        return torch.cat([canvas_part, x[:, :, n:]], dim=2) if x.shape[2] > n else canvas_part
-
-    q_len, kv_len = tiled.default_lengths()
-    tiled_problem = dataclasses.replace(problem, pattern=tiled, q_len=q_len, kv_len=kv_len)
-    out, lse = backend.forward(order.tile_tokens(q), kv_tiles(k), kv_tiles(v), tiled_problem, scale)
-    return order.untile_tokens(out), (order.untile_tokens(lse) if lse is not None else None)

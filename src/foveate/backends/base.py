@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -72,8 +73,36 @@ class Backend:
         ``problem.return_lse``, ``lse`` ``(B, Hq, Nq)`` float32 (else ``None``)."""
         raise NotImplementedError
 
+    def forward_tiled(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, problem: Problem, scale: float,
+        tile: tuple[int, ...],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward` of ``problem`` (a canvas pattern, tensors in raster order) run in
+        the tiled order of ``tile``; results in raster order. By default the tokens are
+        permuted into tiled order, run, and permuted back; a backend that can address raster
+        rows from tiled positions itself overrides this."""
+        tiled_problem, order = tiled(problem, tile)
+        n = order.num_canvas
+
+        def kv_tiles(x):
+            canvas_part = order.tile_tokens(x[:, :, :n])
+            return torch.cat([canvas_part, x[:, :, n:]], dim=2) if x.shape[2] > n else canvas_part
+
+        out, lse = self.forward(order.tile_tokens(q), kv_tiles(k), kv_tiles(v), tiled_problem, scale)
+        return order.untile_tokens(out), (order.untile_tokens(lse) if lse is not None else None)
+
     def __repr__(self) -> str:
         return f"<foveate backend {self.name!r}>"
+
+
+def tiled(problem: Problem, tile: tuple[int, ...]):
+    """``(problem in the tiled order of tile, that TiledOrder)``: the pattern becomes
+    :class:`~foveate.tiling.Tiled` and the lengths those of the padded, tiled canvas."""
+    from ..tiling import Tiled
+
+    pattern = Tiled(problem.pattern, tile)
+    q_len, kv_len = pattern.default_lengths()
+    return dataclasses.replace(problem, pattern=pattern, q_len=q_len, kv_len=kv_len), pattern.order
 
 
 _LAYOUT_CACHE: "OrderedDict[tuple, BlockLayout]" = OrderedDict()

@@ -2,9 +2,10 @@
 
 On CUDA it compiles the kernels with Triton; on CPU it runs them in Triton's interpreter when
 ``TRITON_INTERPRET=1`` is set before Triton is imported (tests; slow), and only when named.
-Layout: ``masks`` (the pattern's mask inside the kernels), ``fwd`` and ``bwd`` (kernels and
-launchers), ``tuning`` (tiles and warps per GPU and head dim), ``ops`` (custom operators with
-autograd, what the backend calls).
+Layout: ``masks`` (the pattern's mask inside the kernels, and the memory row of each
+position: tiled canvases run on raster-order tensors, the permutation fused into the kernels),
+``fwd`` and ``bwd`` (kernels and launchers), ``tuning`` (tiles and warps per GPU and head
+dim), ``ops`` (custom operators with autograd, what the backend calls).
 """
 
 from __future__ import annotations
@@ -63,5 +64,18 @@ class TritonBackend(Backend):
 
         layout = self.layout(problem, q.device)
         spec = mask_spec(problem.pattern, problem.q_len, problem.kv_len)
+        out, lse = run_sparse_attention(q, k, v, layout, spec, scale)
+        return out, (lse if problem.return_lse else None)
+
+    def forward_tiled(self, q, k, v, problem, scale, tile):
+        """The tiled layout on raster-order tensors: the kernels address the raster row of
+        each tiled position themselves, so no token is moved before or after them."""
+        from ..base import tiled
+        from .masks import mask_spec
+        from .ops import run_sparse_attention
+
+        tiled_problem, _ = tiled(problem, tile)
+        layout = self.layout(tiled_problem, q.device)
+        spec = mask_spec(tiled_problem.pattern, tiled_problem.q_len, tiled_problem.kv_len, raster_io=True)
         out, lse = run_sparse_attention(q, k, v, layout, spec, scale)
         return out, (lse if problem.return_lse else None)

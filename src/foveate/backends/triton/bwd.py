@@ -12,7 +12,9 @@ Three launches, as in FlashAttention-2, over the same layout as the forward:
 
 Probabilities are recomputed from the forward's ``lse`` (``p = exp(s - lse)``; rows with no
 allowed key have ``lse = -inf`` and get ``p = 0``). Full blocks skip the mask; partial blocks
-apply :func:`masks.allowed` (or its transpose) as coordinate arithmetic.
+apply :func:`masks.allowed` (or its transpose) as coordinate arithmetic. Positions and
+memory rows as in the forward (:func:`masks.token_rows`); ``lse`` and ``delta`` are per memory
+row.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .fwd import LOG2E, block_lists, head_block
-from .masks import MaskSpec, allowed, allowed_t
+from .fwd import LOG2E, block_lists, bounds_flags, head_block
+from .masks import MaskSpec, allowed, allowed_t, tile_rows, token_rows
 from .tiles import load_tile, store_tile
 from .tuning import backward_config, launch
 
@@ -32,7 +34,7 @@ def _delta_kernel(O, DO, DLSE, DELTA,
                   stride_ob, stride_oh, stride_om, stride_od,
                   stride_dob, stride_doh, stride_dom, stride_dod,
                   stride_lb, stride_lh, stride_lm,
-                  H, q_len,
+                  H, n_rows,
                   HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
                   HAS_DLSE: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -41,7 +43,7 @@ def _delta_kernel(O, DO, DLSE, DELTA,
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
-    mask = (offs_m[:, None] < q_len) & (offs_dv[None, :] < HEAD_DIM_V)
+    mask = (offs_m[:, None] < n_rows) & (offs_dv[None, :] < HEAD_DIM_V)
     o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
                 mask=mask, other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
@@ -50,20 +52,23 @@ def _delta_kernel(O, DO, DLSE, DELTA,
     # DELTA has the strides of lse (contiguous (B, H, Nq)); DLSE too (made so by the caller).
     lse_off = b * stride_lb + h * stride_lh + offs_m * stride_lm
     if HAS_DLSE:
-        delta -= tl.load(DLSE + lse_off, mask=offs_m < q_len, other=0.0)
-    tl.store(DELTA + lse_off, delta, mask=offs_m < q_len)
+        delta -= tl.load(DLSE + lse_off, mask=offs_m < n_rows, other=0.0)
+    tl.store(DELTA + lse_off, delta, mask=offs_m < n_rows)
 
 
 @triton.jit
-def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, offs_d, offs_dv,
-               stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-               HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_N: tl.constexpr,
+def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
+               stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
+               HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_N: tl.constexpr, PAD_KEYS: tl.constexpr,
                IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr):
     offs_n = start_n + offs_n0
-    k = load_tile(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, offs_n, offs_d, kv_len, HEAD_DIM,
-                  EVEN_N, HEAD_DIM == offs_d.shape[0])
-    v = load_tile(V + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd, offs_n, offs_dv, kv_len,
-                  HEAD_DIM_V, EVEN_N, HEAD_DIM_V == offs_dv.shape[0])
+    pad: tl.constexpr = MASKED and PAD_KEYS
+    rows_n = token_rows(start_n, offs_n0, rows_n0, kv_rows, MASK, pad)
+    even_rows: tl.constexpr = EVEN_N and not pad
+    k = load_tile(K + rows_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, rows_n, offs_d, kv_rows, HEAD_DIM,
+                  even_rows, HEAD_DIM == offs_d.shape[0])
+    v = load_tile(V + rows_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd, rows_n, offs_dv, kv_rows,
+                  HEAD_DIM_V, even_rows, HEAD_DIM_V == offs_dv.shape[0])
     if IEEE:
         qk = tl.dot(q, tl.trans(k), input_precision="ieee")
         dp = tl.dot(do, tl.trans(v), input_precision="ieee")
@@ -94,10 +99,10 @@ def _dq_kernel(
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_lb, stride_lh, stride_lm,
     num_sb, num_sh, num_sm, idx_sb, idx_sh, idx_sm, fnum_sb, fnum_sh, fnum_sm, fidx_sb, fidx_sh, fidx_sm,
-    H, GROUP, q_len, kv_len, qk_scale, scale,
+    H, GROUP, q_len, kv_len, q_rows, kv_rows, qk_scale, scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, PAD_KEYS: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -105,21 +110,24 @@ def _dq_kernel(
     h = pid_bh % H
     hk = h // GROUP
     qb = pid_m * BLOCK_M // LAYOUT_BLOCK_Q
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_m = pid_m * BLOCK_M + offs_m0
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_n0 = tl.arange(0, BLOCK_N)
+    rows_n0 = tile_rows(offs_n0, MASK)
     even_d: tl.constexpr = HEAD_DIM == BLOCK_D
 
-    q = load_tile(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                  offs_m, offs_d, q_len, HEAD_DIM, EVEN_M, even_d)
-    do = load_tile(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-                   offs_m, offs_dv, q_len, HEAD_DIM_V, EVEN_M, HEAD_DIM_V == BLOCK_DV)
-    lse_off = b * stride_lb + h * stride_lh + offs_m * stride_lm
-    lse = tl.load(LSE + lse_off, mask=offs_m < q_len, other=float("inf"))
+    rows_m = token_rows(pid_m * BLOCK_M, offs_m0, tile_rows(offs_m0, MASK), q_rows, MASK, True)
+    q = load_tile(Q + b * stride_qb + h * stride_qh + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                  rows_m, offs_d, q_rows, HEAD_DIM, EVEN_M, even_d)
+    do = load_tile(DO + b * stride_dob + h * stride_doh + rows_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                   rows_m, offs_dv, q_rows, HEAD_DIM_V, EVEN_M, HEAD_DIM_V == BLOCK_DV)
+    lse_off = b * stride_lb + h * stride_lh + rows_m * stride_lm
+    lse = tl.load(LSE + lse_off, mask=rows_m < q_rows, other=float("inf"))
     # A row with no allowed key (lse = -inf) gets p = exp2(qk - inf) = 0.
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(DELTA + lse_off, mask=offs_m < q_len, other=0.0)
+    delta = tl.load(DELTA + lse_off, mask=rows_m < q_rows, other=0.0)
     K += b * stride_kb + hk * stride_kh
     V += b * stride_vb + hk * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -131,36 +139,37 @@ def _dq_kernel(
     for j in range(0, n_full):
         kv_start = tl.load(full_row + j) * LAYOUT_BLOCK_KV
         for sub in tl.static_range(LAYOUT_BLOCK_KV // BLOCK_N):
-            dq = _dq_update(dq, q, do, lse2, delta, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, offs_d, offs_dv,
-                            stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                            HEAD_DIM, HEAD_DIM_V, EVEN_N, IEEE, False, MASK)
+            dq = _dq_update(dq, q, do, lse2, delta, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0,
+                            offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
+                            HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, IEEE, False, MASK)
     for j in range(0, n_part):
         kv_start = tl.load(part_row + j) * LAYOUT_BLOCK_KV
         for sub in tl.static_range(LAYOUT_BLOCK_KV // BLOCK_N):
-            dq = _dq_update(dq, q, do, lse2, delta, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, offs_d, offs_dv,
-                            stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                            HEAD_DIM, HEAD_DIM_V, EVEN_N, IEEE, True, MASK)
+            dq = _dq_update(dq, q, do, lse2, delta, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0,
+                            offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
+                            HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, IEEE, True, MASK)
     dq = dq * scale
-    store_tile(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
-               dq.to(DQ.dtype.element_ty), offs_m, offs_d, q_len, HEAD_DIM, EVEN_M, even_d)
+    store_tile(DQ + b * stride_dqb + h * stride_dqh + rows_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+               dq.to(DQ.dtype.element_ty), rows_m, offs_d, q_rows, HEAD_DIM, EVEN_M, even_d)
 
 
 @triton.jit
-def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, offs_d, offs_dv,
-                 stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, q_len, qk_scale,
+def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, rows_m0, offs_d, offs_dv,
+                 stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, q_rows, qk_scale,
                  HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_M: tl.constexpr, IEEE: tl.constexpr,
                  MASKED: tl.constexpr, MASK: tl.constexpr):
     offs_m = start_m + offs_m0
-    q = load_tile(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, offs_m, offs_d, q_len, HEAD_DIM,
+    rows_m = token_rows(start_m, offs_m0, rows_m0, q_rows, MASK, True)
+    q = load_tile(Q + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, rows_m, offs_d, q_rows, HEAD_DIM,
                   EVEN_M, HEAD_DIM == offs_d.shape[0])
-    do = load_tile(DO + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod, offs_m, offs_dv, q_len,
+    do = load_tile(DO + rows_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod, rows_m, offs_dv, q_rows,
                    HEAD_DIM_V, EVEN_M, HEAD_DIM_V == offs_dv.shape[0])
     if EVEN_M:
-        lse = tl.load(LSE + offs_m * stride_lm)
-        delta = tl.load(DELTA + offs_m * stride_lm)
-    else:
-        lse = tl.load(LSE + offs_m * stride_lm, mask=offs_m < q_len, other=float("inf"))
-        delta = tl.load(DELTA + offs_m * stride_lm, mask=offs_m < q_len, other=0.0)
+        lse = tl.load(LSE + rows_m * stride_lm)
+        delta = tl.load(DELTA + rows_m * stride_lm)
+    else:  # rows without a token: q = dO = 0 and p = 0, so they add nothing
+        lse = tl.load(LSE + rows_m * stride_lm, mask=rows_m < q_rows, other=float("inf"))
+        delta = tl.load(DELTA + rows_m * stride_lm, mask=rows_m < q_rows, other=0.0)
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
     # Transposed tiles [keys, queries]: dk and dv rows are this program's keys.
     if IEEE:
@@ -196,28 +205,33 @@ def _dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_lb, stride_lh, stride_lm,
     num_sb, num_sh, num_sn, idx_sb, idx_sh, idx_sn, fnum_sb, fnum_sh, fnum_sn, fidx_sb, fidx_sh, fidx_sn,
-    H_KV, GROUP, q_len, kv_len, qk_scale, scale,
+    H_KV, GROUP, q_len, kv_len, q_rows, kv_rows, qk_scale, scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, PAD_KEYS: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H_KV
     hk = pid_bh % H_KV
     kvb = pid_n * BLOCK_N // LAYOUT_BLOCK_KV
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_n = pid_n * BLOCK_N + offs_n0
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_m0 = tl.arange(0, BLOCK_M)
+    rows_m0 = tile_rows(offs_m0, MASK)
     even_d: tl.constexpr = HEAD_DIM == BLOCK_D
     even_dv: tl.constexpr = HEAD_DIM_V == BLOCK_DV
 
-    # Keys past kv_len load as 0; their dk/dv rows are never stored and feed nothing else.
-    k = load_tile(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                  offs_n, offs_d, kv_len, HEAD_DIM, EVEN_N, even_d)
-    v = load_tile(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                  offs_n, offs_dv, kv_len, HEAD_DIM_V, EVEN_N, even_dv)
+    # Keys past kv_len (or canvas padding) load as 0; their dk/dv rows are never stored and
+    # feed nothing else.
+    rows_n = token_rows(pid_n * BLOCK_N, offs_n0, tile_rows(offs_n0, MASK), kv_rows, MASK, PAD_KEYS)
+    even_n: tl.constexpr = EVEN_N and not PAD_KEYS
+    k = load_tile(K + b * stride_kb + hk * stride_kh + rows_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                  rows_n, offs_d, kv_rows, HEAD_DIM, even_n, even_d)
+    v = load_tile(V + b * stride_vb + hk * stride_vh + rows_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                  rows_n, offs_dv, kv_rows, HEAD_DIM_V, even_n, even_dv)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
 
@@ -234,28 +248,29 @@ def _dkdv_kernel(
         for i in range(0, n_full):
             q_start = tl.load(full_row + i) * LAYOUT_BLOCK_Q
             for sub in tl.static_range(LAYOUT_BLOCK_Q // BLOCK_M):
-                dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n, offs_m0,
-                                      offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-                                      q_len, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, False, MASK)
+                dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n,
+                                      offs_m0, rows_m0, offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod,
+                                      stride_lm, q_rows, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, False, MASK)
         for i in range(0, n_part):
             q_start = tl.load(part_row + i) * LAYOUT_BLOCK_Q
             for sub in tl.static_range(LAYOUT_BLOCK_Q // BLOCK_M):
-                dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n, offs_m0,
-                                      offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-                                      q_len, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, True, MASK)
+                dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n,
+                                      offs_m0, rows_m0, offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod,
+                                      stride_lm, q_rows, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, True, MASK)
     dk = dk * scale
-    store_tile(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
-               dk.to(DK.dtype.element_ty), offs_n, offs_d, kv_len, HEAD_DIM, EVEN_N, even_d)
-    store_tile(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
-               dv.to(DV.dtype.element_ty), offs_n, offs_dv, kv_len, HEAD_DIM_V, EVEN_N, even_dv)
+    store_tile(DK + b * stride_dkb + hk * stride_dkh + rows_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+               dk.to(DK.dtype.element_ty), rows_n, offs_d, kv_rows, HEAD_DIM, even_n, even_d)
+    store_tile(DV + b * stride_dvb + hk * stride_dvh + rows_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
+               dv.to(DV.dtype.element_ty), rows_n, offs_dv, kv_rows, HEAD_DIM_V, even_n, even_dv)
 
 
 def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, scale: float):
     """Gradients of the forward's ``(out, lse)``: returns ``dq, dk, dv`` with the shapes and
     dtypes of ``q, k, v``. ``dlse`` may be ``None`` (no gradient reaches ``lse``). ``layout``
     is the forward's, with its transposed (``q_*``) lists."""
-    batch, heads, q_len, head_dim = q.shape
-    heads_kv, kv_len, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
+    batch, heads, q_rows, head_dim = q.shape
+    heads_kv, kv_rows, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
+    q_len, kv_len = spec.positions(q_rows, kv_rows)
     group = heads // heads_kv
     cfg = backward_config(q.device, head_dim, head_dim_v, layout.block_q, layout.block_kv, q.dtype)
     ieee = q.dtype == torch.float32
@@ -266,9 +281,9 @@ def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sc
     if dlse is not None:
         dlse = dlse.to(torch.float32).contiguous()
     delta_block = 64
-    _delta_kernel[(triton.cdiv(q_len, delta_block), batch * heads)](
+    _delta_kernel[(triton.cdiv(q_rows, delta_block), batch * heads)](
         out, dout, dlse if dlse is not None else delta, delta,
-        *out.stride(), *dout.stride(), *lse.stride(), heads, q_len,
+        *out.stride(), *dout.stride(), *lse.stride(), heads, q_rows,
         HEAD_DIM_V=head_dim_v, BLOCK_DV=bdv, BLOCK_M=delta_block, HAS_DLSE=dlse is not None)
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -279,17 +294,18 @@ def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sc
     qk_scale = scale * LOG2E
     kv_lists, kv_strides = block_lists(layout)
     q_lists, q_strides = block_lists(layout, transposed=True)
+    flags = bounds_flags(spec, q_len, kv_len, layout.block_q, layout.block_kv)
     launch(_dq_kernel, cfg.dq, lambda c: (triton.cdiv(q_len, c.block_m), batch * heads),
            (q, k, v, dout, dq, lse, delta, *kv_lists,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *lse.stride(), *kv_strides,
-            heads, group, q_len, kv_len, qk_scale, scale),
-           dict(common, EVEN_M=q_len % layout.block_q == 0, EVEN_N=kv_len % layout.block_kv == 0), inner="n")
+            heads, group, q_len, kv_len, q_rows, kv_rows, qk_scale, scale),
+           dict(common, **flags), inner="n")
     launch(_dkdv_kernel, cfg.dkdv, lambda c: (triton.cdiv(kv_len, c.block_n), batch * heads_kv),
            (q, k, v, dout, dk, dv, lse, delta, *q_lists,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *lse.stride(),
             *q_strides,
-            heads_kv, group, q_len, kv_len, qk_scale, scale),
-           dict(common, EVEN_M=q_len % layout.block_q == 0, EVEN_N=kv_len % layout.block_kv == 0), inner="m")
+            heads_kv, group, q_len, kv_len, q_rows, kv_rows, qk_scale, scale),
+           dict(common, **flags), inner="m")
     return dq, dk, dv
 
 

@@ -7,6 +7,10 @@ all (only the sequence-end bound when ``kv_len`` is not a multiple of the block)
 (:func:`masks.allowed`); online softmax in base 2, float32 accumulation; writes ``out`` and
 the natural-log ``lse`` (``-inf`` and output 0 where a query sees no key). Grouped-query
 attention maps query head ``h`` to kv head ``h // group``.
+
+The kernel walks *positions* (the layout's token order); every load and store goes through
+:func:`masks.token_rows` to the memory row of a position, which is the position itself except
+for a tiled canvas run on raster-order tensors (``MaskSpec.raster_io``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .masks import MaskSpec, allowed
+from .masks import MaskSpec, allowed, tile_rows, token_rows
 from .tiles import load_tile, store_tile
 from .tuning import KernelConfig, forward_config, launch
 
@@ -23,18 +27,22 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, offs_d, offs_dv,
-                  stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                  HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_N: tl.constexpr,
+def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
+                  stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
+                  HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_N: tl.constexpr, PAD_KEYS: tl.constexpr,
                   BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr):
-    """Online-softmax update with the ``BLOCK_N`` keys from ``start_n``; ``MASKED``: they
-    belong to a partial block."""
+    """Online-softmax update with the ``BLOCK_N`` keys from position ``start_n``; ``MASKED``:
+    they belong to a partial block. ``PAD_KEYS``: partial blocks may hold canvas padding, which
+    has no memory row (full blocks never do). ``rows_n0 = tile_rows(offs_n0)``."""
     offs_n = start_n + offs_n0
+    pad: tl.constexpr = MASKED and PAD_KEYS
+    rows_n = token_rows(start_n, offs_n0, rows_n0, kv_rows, MASK, pad)
+    even_rows: tl.constexpr = EVEN_N and not pad
     # k as (D, BLOCK_N), v as (BLOCK_N, Dv)
-    k = load_tile(K + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn, offs_d, offs_n, HEAD_DIM, kv_len,
-                  HEAD_DIM == offs_d.shape[0], EVEN_N)
-    v = load_tile(V + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd, offs_n, offs_dv, kv_len,
-                  HEAD_DIM_V, EVEN_N, HEAD_DIM_V == offs_dv.shape[0])
+    k = load_tile(K + offs_d[:, None] * stride_kd + rows_n[None, :] * stride_kn, offs_d, rows_n, HEAD_DIM, kv_rows,
+                  HEAD_DIM == offs_d.shape[0], even_rows)
+    v = load_tile(V + rows_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd, rows_n, offs_dv, kv_rows,
+                  HEAD_DIM_V, even_rows, HEAD_DIM_V == offs_dv.shape[0])
     if IEEE:
         qk = tl.dot(q, k, input_precision="ieee")
     else:
@@ -76,10 +84,10 @@ def _fwd_kernel(
     stride_ob, stride_oh, stride_om, stride_od,
     stride_lb, stride_lh, stride_lm,
     num_sb, num_sh, num_sm, idx_sb, idx_sh, idx_sm, fnum_sb, fnum_sh, fnum_sm, fidx_sb, fidx_sh, fidx_sm,
-    H, GROUP, q_len, kv_len, qk_scale,
+    H, GROUP, q_len, kv_len, q_rows, kv_rows, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, PAD_KEYS: tl.constexpr,
     IEEE: tl.constexpr, MASK: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -88,13 +96,16 @@ def _fwd_kernel(
     h = pid_bh % H
     hk = h // GROUP
     qb = pid_m * BLOCK_M // LAYOUT_BLOCK_Q  # the layout's query block of these rows
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_m = pid_m * BLOCK_M + offs_m0
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_n0 = tl.arange(0, BLOCK_N)
+    rows_n0 = tile_rows(offs_n0, MASK)
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    q = load_tile(q_ptrs, offs_m, offs_d, q_len, HEAD_DIM, EVEN_M, HEAD_DIM == BLOCK_D)
+    rows_m = token_rows(pid_m * BLOCK_M, offs_m0, tile_rows(offs_m0, MASK), q_rows, MASK, True)
+    q_ptrs = Q + b * stride_qb + h * stride_qh + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q = load_tile(q_ptrs, rows_m, offs_d, q_rows, HEAD_DIM, EVEN_M, HEAD_DIM == BLOCK_D)
     K += b * stride_kb + hk * stride_kh
     V += b * stride_vb + hk * stride_vh
 
@@ -110,31 +121,32 @@ def _fwd_kernel(
         kv_start = tl.load(full_row + j) * LAYOUT_BLOCK_KV
         for sub in tl.static_range(LAYOUT_BLOCK_KV // BLOCK_N):
             acc, m_i, l_i = _block_update(
-                acc, m_i, l_i, q, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, offs_d, offs_dv,
-                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                HEAD_DIM, HEAD_DIM_V, EVEN_N, BLOCK_N, IEEE, False, MASK)
+                acc, m_i, l_i, q, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
+                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
+                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK)
     for j in range(0, n_part):  # partial blocks: the pattern's mask
         kv_start = tl.load(part_row + j) * LAYOUT_BLOCK_KV
         for sub in tl.static_range(LAYOUT_BLOCK_KV // BLOCK_N):
             acc, m_i, l_i = _block_update(
-                acc, m_i, l_i, q, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, offs_d, offs_dv,
-                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                HEAD_DIM, HEAD_DIM_V, EVEN_N, BLOCK_N, IEEE, True, MASK)
+                acc, m_i, l_i, q, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
+                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
+                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, True, MASK)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
-    store_tile(o_ptrs, out.to(O.dtype.element_ty), offs_m, offs_dv, q_len, HEAD_DIM_V, EVEN_M, HEAD_DIM_V == BLOCK_DV)
+    o_ptrs = O + b * stride_ob + h * stride_oh + rows_m[:, None] * stride_om + offs_dv[None, :] * stride_od
+    store_tile(o_ptrs, out.to(O.dtype.element_ty), rows_m, offs_dv, q_rows, HEAD_DIM_V, EVEN_M, HEAD_DIM_V == BLOCK_DV)
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     if EVEN_M:
-        tl.store(LSE + b * stride_lb + h * stride_lh + offs_m * stride_lm, lse)
+        tl.store(LSE + b * stride_lb + h * stride_lh + rows_m * stride_lm, lse)
     else:
-        tl.store(LSE + b * stride_lb + h * stride_lh + offs_m * stride_lm, lse, mask=offs_m < q_len)
+        tl.store(LSE + b * stride_lb + h * stride_lh + rows_m * stride_lm, lse, mask=rows_m < q_rows)
 
 
 def layout_strides(t: torch.Tensor) -> tuple[int, int, int]:
     """Strides of the (B|1, H|1, nq, ...) leading axes, 0 on broadcast axes."""
-    return tuple(0 if t.shape[i] == 1 else t.stride(i) for i in range(3))
+    shape, stride = t.shape, t.stride()
+    return (0 if shape[0] == 1 else stride[0], 0 if shape[1] == 1 else stride[1], 0 if shape[2] == 1 else stride[2])
 
 
 def block_lists(layout, *, transposed: bool = False) -> tuple[tuple, tuple]:
@@ -150,7 +162,16 @@ def block_lists(layout, *, transposed: bool = False) -> tuple[tuple, tuple]:
 
 def head_block(dim: int) -> int:
     """The power-of-two register width that holds a head dim (at least 16, for tl.dot)."""
-    return max(16, triton.next_power_of_2(dim))
+    return max(16, 1 << (dim - 1).bit_length())  # plain Python: this runs on every call
+
+
+def bounds_flags(spec: MaskSpec, q_len: int, kv_len: int, block_q: int, block_kv: int) -> dict:
+    """The kernels' bounds constexprs for ``q_len`` x ``kv_len`` positions: ``EVEN_M`` /
+    ``EVEN_N``, every position of a ``block_q`` / ``block_kv`` block is before the end and has
+    a memory row (full key blocks always have rows); ``PAD_KEYS``, partial key blocks may hold
+    positions without one (canvas padding under ``raster_io``), so their loads are checked."""
+    return dict(EVEN_M=q_len % block_q == 0 and not spec.padded_io, EVEN_N=kv_len % block_kv == 0,
+                PAD_KEYS=spec.padded_io)
 
 
 def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m: int | None = None,
@@ -158,11 +179,13 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
     """Launch the forward kernel. ``q`` ``(B, Hq, Nq, D)``, ``k`` ``(B, Hkv, Nkv, D)``, ``v``
     ``(B, Hkv, Nkv, Dv)``; ``layout``'s blocks are multiples of the kernel's tiles: ``block_m``
     query rows per program, ``block_n`` keys per step (defaults: :func:`tuning.forward_config`).
-    Returns ``out`` ``(B, Hq, Nq, Dv)`` (q's dtype) and ``lse`` ``(B, Hq, Nq)`` float32."""
-    batch, heads, q_len, head_dim = q.shape
-    kv_len, head_dim_v = k.shape[2], v.shape[3]
-    out = torch.empty(batch, heads, q_len, head_dim_v, dtype=q.dtype, device=q.device)
-    lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
+    Returns ``out`` ``(B, Hq, Nq, Dv)`` (q's dtype) and ``lse`` ``(B, Hq, Nq)`` float32, in the
+    order of ``q`` (raster order under ``spec.raster_io``, the layout being in tiled order)."""
+    batch, heads, q_rows, head_dim = q.shape
+    kv_rows, head_dim_v = k.shape[2], v.shape[3]
+    q_len, kv_len = spec.positions(q_rows, kv_rows)
+    out = torch.empty(batch, heads, q_rows, head_dim_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, heads, q_rows, dtype=torch.float32, device=q.device)
     cfg = forward_config(q.device, head_dim, head_dim_v, layout.block_q, layout.block_kv, q.dtype,
                          mask_axes=spec.canvas_axes)
     bm, bn = block_m or cfg.block_m, block_n or cfg.block_n
@@ -175,11 +198,12 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
            lambda c: (triton.cdiv(q_len, c.block_m), batch * heads),
            (q, k, v, out, lse, *lists,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *list_strides,
-            heads, heads // k.shape[1], q_len, kv_len, scale * LOG2E),
+            heads, heads // k.shape[1], q_len, kv_len, q_rows, kv_rows, scale * LOG2E),
            dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=head_block(head_dim),
                 BLOCK_DV=head_block(head_dim_v), LAYOUT_BLOCK_Q=layout.block_q, LAYOUT_BLOCK_KV=layout.block_kv,
-                EVEN_M=q_len % bm == 0, EVEN_N=kv_len % layout.block_kv == 0, IEEE=q.dtype == torch.float32, MASK=spec.constexpr))
+                **bounds_flags(spec, q_len, kv_len, bm, layout.block_kv), IEEE=q.dtype == torch.float32,
+                MASK=spec.constexpr))
     return out, lse
 
 
-__all__ = ["attention_forward", "block_lists", "head_block", "layout_strides"]
+__all__ = ["attention_forward", "block_lists", "bounds_flags", "head_block", "layout_strides"]

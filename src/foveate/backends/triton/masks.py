@@ -11,10 +11,15 @@ tensor. Kinds:
   the tiled order of 1x...x1 tiles), with per-axis kernel, dilation, stride and causal, the
   padding of tiled canvases and the extra keys.
 
+A tiled canvas spec may also say ``RASTER_IO``: the tensors stay in the caller's raster order
+and the kernels, which still walk tiled positions, address the raster row of each position
+themselves (:func:`token_rows`). The token permutation is then part of the kernels' loads and
+stores instead of four gathers around them.
+
 Patterns without a spec (compositions, custom masks) are not run by the Triton backend.
 
 The ``MASK`` tuple is flat: ``(kind, OFFSET, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT, NDIM,
-TILE_SIZE, N_TOKENS, EXTRA, PADDED, *axis0, *axis1, *axis2)`` with ``axis = (L, W, DIL, S, C,
+TILE_SIZE, N_TOKENS, EXTRA, PADDED, RASTER_IO, *axis0, *axis1, *axis2)`` with ``axis = (L, W, DIL, S, C,
 T, G, GS, TS)``: canvas length, kernel, dilation, stride, causal, tile length, tiles along the
 axis, tiles per step of the axis, tokens per step inside a tile. Flat because Triton 3.6 hands
 a tuple given for a ``tl.constexpr`` argument to the kernel as a plain Python tuple: one level
@@ -35,11 +40,11 @@ BAND, CANVAS = 0, 1
 MAX_AXES = 3
 
 BAND_FIELDS = ("OFFSET", "LEFT", "RIGHT", "HAS_LEFT", "HAS_RIGHT")
-CANVAS_FIELDS = ("NDIM", "TILE_SIZE", "N_TOKENS", "EXTRA", "PADDED")
+CANVAS_FIELDS = ("NDIM", "TILE_SIZE", "N_TOKENS", "EXTRA", "PADDED", "RASTER_IO")
 AXIS_FIELDS = ("L", "W", "DIL", "S", "C", "T", "G", "GS", "TS")
 _NEUTRAL_AXIS = (1, 1, 1, 1, 0, 1, 1, 1, 1)
 _NEUTRAL_BAND = (0, 0, 0, 0, 0)
-_NEUTRAL_CANVAS = (1, 1, 0, 0, 0, _NEUTRAL_AXIS, _NEUTRAL_AXIS, _NEUTRAL_AXIS)
+_NEUTRAL_CANVAS = (1, 1, 0, 0, 0, 0, _NEUTRAL_AXIS, _NEUTRAL_AXIS, _NEUTRAL_AXIS)
 #: Number of integers of a spec in its flat form (:meth:`MaskSpec.to_ints`).
 FLAT_SIZE = 1 + len(BAND_FIELDS) + len(CANVAS_FIELDS) + MAX_AXES * len(AXIS_FIELDS)
 
@@ -57,6 +62,26 @@ class MaskSpec:
         """Canvas axes the mask evaluates per element (0 for a band): a measure of its
         integer work, which decides the forward's tiles (:func:`tuning.forward_config`)."""
         return self.canvas[0] if self.kind == CANVAS else 0
+
+    @property
+    def raster_io(self) -> bool:
+        """Whether the kernels read and write raster-order tensors while walking tiled
+        positions (the token permutation fused into their loads and stores)."""
+        return self.kind == CANVAS and bool(self.canvas[5])
+
+    @property
+    def padded_io(self) -> bool:
+        """Whether some positions have no memory row: canvas padding under ``raster_io``."""
+        return self.raster_io and bool(self.canvas[4])
+
+    def positions(self, q_rows: int, kv_rows: int) -> tuple[int, int]:
+        """The kernels' query and key lengths (tiled positions, padding included) for
+        tensors of ``q_rows`` and ``kv_rows`` tokens; the same lengths unless ``raster_io``."""
+        if not self.raster_io:
+            return q_rows, kv_rows
+        n_tokens = self.canvas[2]
+        n_canvas = math.prod(axis[0] for axis in self.canvas[len(CANVAS_FIELDS):])
+        return n_tokens, n_tokens + kv_rows - n_canvas
 
     @property
     def constexpr(self) -> tuple[int, ...]:
@@ -96,9 +121,18 @@ def _band(offset: int, left: int | None, right: int | None) -> MaskSpec:
                                 int(left is not None), int(right is not None)))
 
 
-def mask_spec(pattern: Pattern, q_len: int, kv_len: int) -> MaskSpec | None:
-    """The spec of ``pattern`` at these lengths, or ``None`` when the kernels cannot mask it."""
+def mask_spec(pattern: Pattern, q_len: int, kv_len: int, *, raster_io: bool = False) -> MaskSpec | None:
+    """The spec of ``pattern`` at these lengths, or ``None`` when the kernels cannot mask it.
+
+    ``raster_io``: ``pattern`` is :class:`~foveate.tiling.Tiled` and the kernels are to take
+    the tensors in raster order (``q_len``, ``kv_len`` are still the tiled lengths)."""
     from ...tiling import Tiled
+
+    if raster_io and not isinstance(pattern, Tiled):
+        raise ValueError(f"raster_io needs a Tiled pattern, got {pattern!r}")
+    if raster_io and any(t & (t - 1) for t in pattern.tile):
+        # token_rows splits a block's positions into bit fields, one per tile side.
+        raise ValueError(f"raster_io needs tile sides that are powers of two, got {pattern.tile}")
 
     offset = kv_len - q_len
     if isinstance(pattern, (Dense, Blocks)):  # Blocks: every listed block is full, never masked
@@ -118,7 +152,7 @@ def mask_spec(pattern: Pattern, q_len: int, kv_len: int) -> MaskSpec | None:
     tile = tile or (1,) * ndim
     grid = [-(-n // t) for n, t in zip(pattern.canvas, tile)]
     head = (ndim, math.prod(tile), math.prod(g * t for g, t in zip(grid, tile)), int(pattern.extra_kv > 0),
-            int(any(g * t != n for g, t, n in zip(grid, tile, pattern.canvas))))
+            int(any(g * t != n for g, t, n in zip(grid, tile, pattern.canvas))), int(raster_io))
     axes = []
     for a in range(MAX_AXES):
         if a >= ndim:
@@ -135,8 +169,8 @@ def mask_spec(pattern: Pattern, q_len: int, kv_len: int) -> MaskSpec | None:
 
 # Positions in the flat ``MASK`` tuple (``MaskSpec.to_ints``).
 _OFFSET, _LEFT, _RIGHT, _HAS_LEFT, _HAS_RIGHT = (tl.constexpr(1 + i) for i in range(5))
-_NDIM, _TILE_SIZE, _N_TOKENS, _EXTRA, _PADDED = (tl.constexpr(6 + i) for i in range(5))
-_AXES = tl.constexpr(11)
+_NDIM, _TILE_SIZE, _N_TOKENS, _EXTRA, _PADDED, _RASTER_IO = (tl.constexpr(6 + i) for i in range(6))
+_AXES = tl.constexpr(12)
 _AXIS_LEN = tl.constexpr(len(AXIS_FIELDS))
 
 
@@ -249,3 +283,95 @@ def allowed_t(rows, cols, MASK: tl.constexpr):
     if MASK[0] == 0:
         return _band_allowed(rows[None, :], cols[:, None], MASK)
     return _canvas_allowed(rows[None, :], cols[:, None], MASK)
+
+
+@triton.jit
+def _raster_stride(MASK: tl.constexpr, A: tl.constexpr):
+    """Raster-order stride of canvas axis ``A`` (neutral axes have length 1)."""
+    if A == 0:
+        return MASK[_AXES + _AXIS_LEN] * MASK[_AXES + 2 * _AXIS_LEN]
+    elif A == 1:
+        return MASK[_AXES + 2 * _AXIS_LEN]
+    else:
+        return 1
+
+
+@triton.jit
+def _in_tile(offs, MASK: tl.constexpr, A: tl.constexpr):
+    """Coordinate along axis ``A``, inside its tile, of in-tile positions ``offs``."""
+    T: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 5]
+    TS: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 8]
+    return (offs // TS) % T
+
+
+@triton.jit
+def _tile_coord(tile, MASK: tl.constexpr, A: tl.constexpr):
+    """First canvas coordinate along axis ``A`` of tile number ``tile``."""
+    T: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 5]
+    G: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 6]
+    GS: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 7]
+    return (tile // GS) % G * T
+
+
+@triton.jit
+def tile_rows(offs, MASK: tl.constexpr):
+    """Raster rows, relative to the tile's first token, of the in-tile positions ``offs``
+    (``RASTER_IO``; else ``offs``). Depends on ``offs`` alone, so kernels compute it once
+    for ``arange(BLOCK)`` and hand it to :func:`token_rows` in their loops."""
+    if not MASK[_RASTER_IO]:
+        return offs
+    NDIM: tl.constexpr = MASK[_NDIM]
+    rows = _in_tile(offs, MASK, 0) * _raster_stride(MASK, 0)
+    if NDIM >= 2:
+        rows += _in_tile(offs, MASK, 1) * _raster_stride(MASK, 1)
+    if NDIM >= 3:
+        rows += _in_tile(offs, MASK, 2)
+    return rows
+
+
+@triton.jit
+def _axis_real(tile, offs, MASK: tl.constexpr, A: tl.constexpr):
+    L: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 0]
+    return _tile_coord(tile, MASK, A) + _in_tile(offs, MASK, A) < L
+
+
+@triton.jit
+def token_rows(start, offs, offs_rows, n_rows, MASK: tl.constexpr, CHECK_PAD: tl.constexpr):
+    """Memory rows of the kernel positions ``start + offs`` in tensors of ``n_rows`` tokens.
+
+    ``offs`` is ``arange(BLOCK)`` and ``start`` a multiple of ``BLOCK``, a power of two that
+    divides the tile size; ``offs_rows = tile_rows(offs)``. Without ``RASTER_IO``: the
+    positions themselves. With it (a tiled canvas whose tensors are in raster order): the
+    raster row of each tiled position, the extra keys after the canvas, and with
+    ``CHECK_PAD`` ``n_rows`` (one past the end, dropped by every bounds check) for canvas
+    padding; callers pass ``CHECK_PAD=False`` where no padding can be (full key blocks).
+    Positions past the kernel's length land at or past ``n_rows`` too.
+
+    A block lies inside one tile, whose sides are powers of two, so the in-tile part splits
+    into disjoint bits: rows = (scalar: the tile's first row + the in-tile row of ``start``)
+    + ``offs_rows``. That keeps the per-element work of the loops to one add."""
+    if not MASK[_RASTER_IO]:
+        return start + offs
+    NDIM: tl.constexpr = MASK[_NDIM]
+    TILE_SIZE: tl.constexpr = MASK[_TILE_SIZE]
+    N_TOKENS: tl.constexpr = MASK[_N_TOKENS]
+    tile = start // TILE_SIZE
+    first = start % TILE_SIZE
+    origin = (_tile_coord(tile, MASK, 0) + _in_tile(first, MASK, 0)) * _raster_stride(MASK, 0)
+    if NDIM >= 2:
+        origin += (_tile_coord(tile, MASK, 1) + _in_tile(first, MASK, 1)) * _raster_stride(MASK, 1)
+    if NDIM >= 3:
+        origin += _tile_coord(tile, MASK, 2) + _in_tile(first, MASK, 2)
+    rows = origin + offs_rows
+    if MASK[_PADDED] and CHECK_PAD:
+        inner = first + offs
+        real = _axis_real(tile, inner, MASK, 0)
+        if NDIM >= 2:
+            real = real & _axis_real(tile, inner, MASK, 1)
+        if NDIM >= 3:
+            real = real & _axis_real(tile, inner, MASK, 2)
+        rows = tl.where(real, rows, n_rows)
+    if MASK[_EXTRA]:
+        n_canvas: tl.constexpr = MASK[_AXES] * MASK[_AXES + _AXIS_LEN] * MASK[_AXES + 2 * _AXIS_LEN]
+        rows = tl.where(start >= N_TOKENS, start - N_TOKENS + n_canvas + offs, rows)
+    return rows

@@ -4,7 +4,9 @@
 ``torch.ops.foveate.sparse_attention_backward`` (``dq, dk, dv``) take the layout as its index
 tensors and the mask spec as a flat list of ints, so that ``torch.compile`` sees one opaque
 operator (with a fake implementation for shapes) instead of tracing into Triton launches.
-They run wherever the kernels run: CUDA, or the CPU under ``TRITON_INTERPRET=1``.
+They run wherever the kernels run: CUDA, or the CPU under ``TRITON_INTERPRET=1``. Eager
+calls (:func:`run_sparse_attention` outside ``torch.compile``) skip the operator dispatch and
+call the same launchers through an ``autograd.Function``.
 """
 
 from __future__ import annotations
@@ -86,8 +88,37 @@ def _backward(ctx, dout, dlse):
 torch.library.register_autograd("foveate::sparse_attention", _backward, setup_context=_setup_context)
 
 
+class _EagerSparseAttention(torch.autograd.Function):
+    """The same forward and backward as the operators, called directly: outside
+    ``torch.compile`` the dispatch of a Python custom operator (and of its backward) costs
+    about as much host time as a small problem's kernels, twice per step."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, layout, spec: MaskSpec, scale: float):
+        from .fwd import attention_forward
+
+        out, lse = attention_forward(q, k, v, layout, spec, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.layout, ctx.spec, ctx.scale = layout, spec, scale
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        from .bwd import attention_backward
+
+        q, k, v, out, lse = ctx.saved_tensors
+        if dout is None:  # only lse was used
+            dout = torch.zeros_like(out)
+        dq, dk, dv = attention_backward(dout, dlse, q, k, v, out, lse, ctx.layout, ctx.spec, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
 def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float):
-    """``(out, lse)`` through the custom operator (differentiable) for a BlockLayout."""
+    """``(out, lse)`` for a BlockLayout, differentiable: through the custom operator under
+    ``torch.compile``, else through the same launchers without the operator dispatch."""
+    if not torch.compiler.is_compiling():
+        return _EagerSparseAttention.apply(q, k, v, layout, spec, float(scale))
     return torch.ops.foveate.sparse_attention(
         q, k, v, layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,
         layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks, layout.full_q_indices,

@@ -96,10 +96,23 @@ class TiledOrder:
         return tiled_to_raster, raster_to_tiled
 
     # -- moving tensors ------------------------------------------------------------------
-    def tile_tokens(self, x: torch.Tensor) -> torch.Tensor:
+    def tile_tokens(self, x: torch.Tensor, *, method: str = "auto") -> torch.Tensor:
         """``(B, H, N, D)`` canvas tokens in raster order (``N = prod(canvas)``) ->
-        ``(B, H, num_tokens, D)`` in tiled order, zeros at padding. Differentiable."""
-        b, h, n, d = x.shape
+        ``(B, H, num_tokens, D)`` in tiled order, zeros at padding. A trailing feature axis is
+        optional. Differentiable.
+
+        ``method``: ``"triton"`` (a gathering copy kernel, :mod:`foveate.tiling_triton`; CUDA,
+        or CPU under ``TRITON_INTERPRET=1``), ``"torch"`` (reshape/permute copies, any device:
+        the reference) or ``"auto"`` (triton for CUDA tensors it supports, outside
+        ``torch.compile``, which fuses the torch path itself)."""
+        if _use_triton(self, x, method):
+            from .tiling_triton import tile_tokens
+
+            return tile_tokens(self, x)
+        squeeze = x.dim() == 3
+        if squeeze:
+            x = x[..., None]
+        b, h, _, d = x.shape
         x = x.reshape(b, h, *self.canvas, d)
         pad = []
         for n_a, p_a in zip(reversed(self.canvas), reversed(self.padded)):
@@ -112,11 +125,17 @@ class TiledOrder:
         x = x.reshape(*split, d)
         nd = self.ndim
         perm = [0, 1] + [2 + 2 * a for a in range(nd)] + [3 + 2 * a for a in range(nd)] + [2 + 2 * nd]
-        return x.permute(perm).reshape(b, h, self.num_tokens, d)
+        x = x.permute(perm).reshape(b, h, self.num_tokens, d)
+        return x[..., 0] if squeeze else x
 
-    def untile_tokens(self, x: torch.Tensor) -> torch.Tensor:
+    def untile_tokens(self, x: torch.Tensor, *, method: str = "auto") -> torch.Tensor:
         """Inverse of :meth:`tile_tokens`: ``(B, H, num_tokens, ...)`` -> ``(B, H, N, ...)``,
-        padding dropped. A trailing feature axis is optional (lse has none)."""
+        padding dropped. A trailing feature axis is optional (lse has none). ``method`` as
+        for :meth:`tile_tokens`."""
+        if _use_triton(self, x, method):
+            from .tiling_triton import untile_tokens
+
+            return untile_tokens(self, x)
         squeeze = x.dim() == 3
         if squeeze:
             x = x[..., None]
@@ -131,6 +150,21 @@ class TiledOrder:
             x = x[(slice(None), slice(None)) + tuple(slice(0, n) for n in self.canvas)]
         x = x.reshape(b, h, self.num_canvas, d)
         return x[..., 0] if squeeze else x
+
+
+def _use_triton(order: TiledOrder, x: torch.Tensor, method: str) -> bool:
+    """Whether ``tile_tokens`` / ``untile_tokens`` run the Triton kernel (see there)."""
+    if method not in ("auto", "torch", "triton"):
+        raise ValueError(f"method={method!r}: expected 'auto', 'torch' or 'triton'")
+    if method != "auto":
+        return method == "triton"
+    if not x.is_cuda or torch.compiler.is_compiling():
+        return False
+    try:
+        from .tiling_triton import supports
+    except ImportError:  # no Triton
+        return False
+    return supports(order, x) is None
 
 
 @dataclass(frozen=True, repr=False)

@@ -1,10 +1,12 @@
 """Choose the Triton kernels' tiles, warps and stages on this GPU (feeds ``tuning.py``).
 
 For each candidate config of the forward, dq and dk/dv kernels, times the call on a few
-representative problems (bf16, D=128: causal 8192 x 16 heads; 2-D 128x128 neighborhood
-k13, auto-tiled, 16 heads; 3-D 16x64x64 k7x15x15, auto-tiled, 16 heads) and prints a table;
+representative problems (bf16, D=128, 16 heads: dense 8192; causal 8192; 2-D 128x128
+neighborhood k13, auto-tiled; 3-D 16x64x64 k7x15x15, auto-tiled) and prints a table;
 the best config per kernel is the one with the lowest summed time. Backward configs are
-searched one kernel at a time (dq with dk/dv fixed, then dk/dv with the best dq).
+searched one kernel at a time (dq with dk/dv fixed, then dk/dv with the best dq). A config
+that needs more shared memory than the GPU has is reported as not fitting (``launch`` would
+otherwise run a smaller one in its place).
 
     python benchmarks/tune_triton.py [--head-dim 128] [--compile-jobs 12] [--json out.json]
 
@@ -31,14 +33,23 @@ from foveate.tiling import Tiled
 from common import bench_ms
 
 FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 128, 4, 3), (64, 64, 4, 3)]
-DQ = [(128, 16, 8, 2), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)]
-DKDV = [(16, 128, 8, 2), (32, 128, 8, 2), (32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2)]
+# Backward candidates include FlexAttention's Hopper default (64 queries x 128 keys for both
+# kernels, 8 warps, 3 stages), which does not fit: the kernels unroll the sub-tiles of a layout
+# block inside their loop, and each sub-tile's loads get pipeline buffers of their own (dk/dv
+# 64x128 at 3 stages asks for 264 KB; offline compile for sm_90). A flat loop over (block,
+# sub-tile) pairs fits 3-5 stages, but made dense and causal backward ~7 % slower on the H200
+# (2026-12-01; 2-D/3-D canvases 5-6 % faster), so the kernels keep the unrolled form.
+# dq: (query rows per program, keys per step, warps, stages); dk/dv: (queries per step, key
+# rows per program, warps, stages).
+DQ = [(128, 32, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3), (64, 128, 8, 3), (64, 128, 8, 2), (64, 64, 4, 3)]
+DKDV = [(32, 128, 8, 2), (64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 3), (16, 128, 4, 2)]
 
 
 def problems(head_dim: int):
     nb2 = P.Neighborhood((128, 128), 13)
     nb3 = P.Neighborhood((16, 64, 64), (7, 15, 15))
     return {
+        "dense-8k": (P.Dense(), 8192),
         "causal-8k": (P.Causal(), 8192),
         "2d-k13": (Tiled(nb2, choose_tile(nb2, block_q=128, block_kv=128)), 128 * 128),
         "3d-k7x15x15": (Tiled(nb3, choose_tile(nb3, block_q=128, block_kv=128)), 16 * 64 * 64),
@@ -71,14 +82,23 @@ def _run(kind: str, cfg, name: str, head_dim: int, timed: bool):
         bc = tuning.BackwardConfig(kc, base.dkdv) if kind == "dq" else tuning.BackwardConfig(base.dq, kc)
         tuning.OVERRIDES[("bwd", bucket)] = bc
         fn = lambda: attention_backward(do, None, q, k, v, out, lse, layout, spec, scale)  # noqa: E731
+    tuning._FITTING.clear()
     fn()
+    shrunk = [ran for (_, _, asked), ran in tuning._FITTING.items() if ran != asked]
+    if shrunk:  # launch() fell back to a smaller config: this one does not fit
+        raise DoesNotFit(f"{kind} {cfg}: needs more shared memory than the GPU has (ran {shrunk[0]})")
     if not timed:
         return None
     return bench_ms(fn, rep=200)
 
 
+class DoesNotFit(RuntimeError):
+    """The config needs more shared memory than the GPU has."""
+
+
 def _compile(args):
     kind, cfg, name, head_dim = args
+    tuning.OVERRIDES.clear()  # pool workers run many jobs: no config left over from the last one
     try:
         _run(kind, cfg, name, head_dim, timed=False)
         return None

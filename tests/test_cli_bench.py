@@ -169,3 +169,25 @@ def test_flex_dense_second_baseline(tmp_path, capsys):
     assert flex["tflops"] == pytest.approx(4 * case.heads * dense_pairs(case) * case.head_dim / (flex["ms"] * 1e-3) / 1e12)
     assert by[("flex dense", "fwd+bwd")]["status"] == "unsupported"
     assert not by[("reference", "fwd")]["baseline"]
+
+
+def test_from_json_merges_runs_in_parts(tmp_path, capsys):
+    # A suite run in two parts (as on a machine with a per-command time limit), then one
+    # report of both: every record once, in order, and each part's command named.
+    parts = []
+    for name in ("tiny-causal", "tiny-2d"):
+        out = tmp_path / name
+        assert main(["bench", "--suite", "tiny", "--cases", name, "--backends", "reference", "--reps", "1",
+                     "--out", str(out)]) == 0
+        parts.append(out / "results.json")
+    capsys.readouterr()
+    merged = tmp_path / "merged"
+    assert main(["bench", "--from-json", *map(str, parts), "--out", str(merged)]) == 0
+    want = [r for p in parts for r in json.loads(p.read_text())]
+    assert json.loads((merged / "results.json").read_text()) == want
+    report = (merged / "report.md").read_text()
+    for rec in want:
+        assert rec["command"] in report
+    assert {r["case"] for r in want} == {"tiny-causal", "tiny-2d"}
+    assert "tiny-causal" in report and "tiny-2d" in report
+    assert (merged / "time.png").read_bytes()[:8] == PNG

@@ -46,8 +46,9 @@ def add_parser(sub) -> None:
                    help="also time FlexAttention on each case's dense (causal) problem, a second baseline")
     p.add_argument("--out", default="foveate-report", help="report folder (default: foveate-report/)")
     p.add_argument("--json", action="store_true", help="print the records as JSON on stdout (no table)")
-    p.add_argument("--from-json", metavar="FILE",
-                   help="run nothing: rebuild the table and report from a results.json of an earlier run")
+    p.add_argument("--from-json", metavar="FILE", nargs="+",
+                   help="run nothing: rebuild the table and report from the results.json of earlier runs "
+                        "(several files: one report of all their records, e.g. a suite run in parts)")
     p.set_defaults(func=run)
 
 
@@ -57,10 +58,14 @@ def run(args: argparse.Namespace) -> int:
     from ..benchmark.suites import select_cases
 
     if args.from_json:
-        with open(args.from_json) as f:
-            records = json.load(f)
-        original = records[0].get("command", "foveate bench") if records else "foveate bench"
-        return _report(records, args, f"{original} (report rebuilt from {args.from_json})")
+        records = []
+        for path in args.from_json:
+            with open(path) as f:
+                records += json.load(f)
+        # Each run's own command, in order, once: a suite run in parts names every part.
+        originals = list(dict.fromkeys(r.get("command", "foveate bench") for r in records)) or ["foveate bench"]
+        sources = " ".join(args.from_json)
+        return _report(records, args, f"{' ; '.join(originals)} (report rebuilt from {sources})")
     device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_name.split(":")[0] not in ("cuda", "cpu"):
         raise ValueError(f"--device {args.device!r}: expected cuda or cpu")

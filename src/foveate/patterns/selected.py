@@ -27,8 +27,8 @@ from ..layout import EMPTY, FULL, PARTIAL, BlockLayout
 from ..selection import (
     SelectionGeometry,
     antidiagonal_mass,
-    mean_logits,
     mean_mass,
+    mean_topk,
     select_topk,
     select_topp,
 )
@@ -41,6 +41,13 @@ from .causal import Causal
 from .neighborhood import Neighborhood
 
 _SCORES = ("mean", "antidiagonal")
+
+#: How ``BlockTopK(score="mean")`` selects: the ``method`` of
+#: :func:`foveate.selection.scores.mean_topk`. ``"auto"`` runs the fused Triton kernels on CUDA
+#: where they take the inputs and PyTorch elsewhere; ``"torch"`` or ``"triton"`` force one
+#: (``"triton"`` on CPU needs ``TRITON_INTERPRET=1``). A process-wide switch, for tests and
+#: benchmarks.
+MEAN_TOPK_METHOD = "auto"
 
 
 class SelectedBlocks(Pattern):
@@ -434,9 +441,10 @@ class BlockTopK(_ContentSelected):
         super().__post_init__()
 
     def _choose(self, q, k, geometry, scale):
-        candidates, forced = geometry.candidates(q.device), geometry.forced(q.device)
-        scores = mean_logits(q, k, geometry, scale) if self.score == "mean" else self._mass(q, k, geometry, scale)
-        return select_topk(scores, self.k, candidates, forced)
+        if self.score == "mean":  # fused on CUDA (MEAN_TOPK_METHOD)
+            return mean_topk(q, k, geometry, scale, self.k, method=MEAN_TOPK_METHOD)
+        return select_topk(self._mass(q, k, geometry, scale), self.k, geometry.candidates(q.device),
+                           geometry.forced(q.device))
 
 
 @dataclass(frozen=True, repr=False)

@@ -5,6 +5,8 @@ the best, hand the result to the block-sparse kernels as a per-(batch, head) lay
   (sink and local blocks), from the lengths alone;
 - :mod:`.scores`: the fast block scores, ``"mean"`` (MoBA / SpargeAttn: pooled queries against
   pooled keys) and ``"antidiagonal"`` (XAttention: strided antidiagonal sums, softmax, pooled);
+- :mod:`.mean_topk_triton`, :mod:`.antidiagonal_triton`: the same scores (and, for the mean,
+  its top-k) as fused Triton kernels, used on CUDA;
 - :mod:`.select`: top-k and top-p (mass) selection over those scores;
 - :mod:`.partition`: canvas partitions (VMoBA's 1-D, 2-D, 3-D key blocks) and their tiles;
 - :mod:`.naive`: brute-force definitions of the scores, the oracle of the tests.
@@ -14,8 +16,8 @@ The patterns built on these are in :mod:`foveate.patterns.selected`.
 
 from .geometry import SelectionGeometry
 from .partition import PARTITIONS, partition_tile
-from .scores import antidiagonal_mass, mean_logits, mean_mass
+from .scores import antidiagonal_mass, mean_logits, mean_mass, mean_topk
 from .select import select_topk, select_topp
 
-__all__ = ["PARTITIONS", "SelectionGeometry", "antidiagonal_mass", "mean_logits", "mean_mass", "partition_tile",
-           "select_topk", "select_topp"]
+__all__ = ["PARTITIONS", "SelectionGeometry", "antidiagonal_mass", "mean_logits", "mean_mass", "mean_topk",
+           "partition_tile", "select_topk", "select_topp"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .geometry import SelectionGeometry
+from .select import select_topk
 
 #: Elements of the float32 score slab one chunk of the antidiagonal estimate materialises.
 _CHUNK_ELEMS = 1 << 27
@@ -54,6 +55,28 @@ def mean_logits(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, s
     qm = block_means(q, geometry.query_block, geometry.q_counts(q.device))
     km = _per_query_head(block_means(k, geometry.block, geometry.kv_counts(q.device)), q.shape[1])
     return torch.matmul(qm, km.transpose(-1, -2)) * scale
+
+
+def mean_topk(
+    q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float, k_blocks: int, *,
+    method: str = "auto",
+) -> torch.Tensor:
+    """bool ``(B, Hq, nq, nkv)``: the ``k_blocks`` best key blocks per query block by the mean
+    score, ``select_topk(mean_logits(q, k, geometry, scale), k_blocks, candidates, forced)``.
+
+    ``method``: ``"triton"`` (the fused kernels of :mod:`.mean_topk_triton`: three launches
+    instead of some fifteen; a near-tie at the cut may fall the other way, as float32 sums in
+    another order), ``"torch"`` or ``"auto"`` (triton on CUDA where the kernels take the inputs).
+    """
+    if method not in ("auto", "torch", "triton"):
+        raise ValueError(f"method={method!r}: expected 'auto', 'torch' or 'triton'")
+    if method != "torch" and (method == "triton" or q.is_cuda):
+        from . import mean_topk_triton
+
+        if method == "triton" or mean_topk_triton.supported(q, geometry):
+            return mean_topk_triton.mean_topk_select(q, k, geometry, scale, k_blocks)
+    candidates, forced = geometry.candidates(q.device), geometry.forced(q.device)
+    return select_topk(mean_logits(q, k, geometry, scale), k_blocks, candidates, forced)
 
 
 def mean_mass(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float) -> torch.Tensor:
@@ -147,4 +170,4 @@ def check_stride(stride: int, query_block: int, block: int) -> None:
         )
 
 
-__all__ = ["antidiagonal_mass", "block_means", "check_stride", "mean_logits", "mean_mass"]
+__all__ = ["antidiagonal_mass", "block_means", "check_stride", "mean_logits", "mean_mass", "mean_topk"]

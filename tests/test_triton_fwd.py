@@ -33,6 +33,7 @@ from foveate.simulator import choose_tile
 
 import brute
 from conftest import make_qkv
+from kernel_spy import KernelSpy
 from naive import naive_attention
 
 F64, F32, F16 = torch.float64, torch.float32, torch.float16
@@ -51,26 +52,11 @@ DTYPES = pytest.mark.parametrize("dtype", [F32, F16], ids=["f32", "f16"])
 # -- spies: did the kernel run, with what --------------------------------------------------------
 
 
-class _KernelSpy:
-    """Stands in for ``fwd._fwd_kernel``: records each launch, then launches the real kernel."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.launches: list[dict] = []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append({"grid": grid, "args": args, "kwargs": kwargs})
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
 @pytest.fixture
 def spy(monkeypatch):
     """Records the calls of ``attention_forward`` (its q/k/v, layout, spec) and the kernel
     launches. ``spy.calls``, ``spy.kernel.launches``."""
-    kernel_spy = _KernelSpy(fwd_module._fwd_kernel)
+    kernel_spy = KernelSpy(fwd_module._fwd_kernel)
     monkeypatch.setattr(fwd_module, "_fwd_kernel", kernel_spy)
     real_forward = fwd_module.attention_forward
     calls: list[dict] = []

@@ -1,0 +1,82 @@
+"""Host (CPU) time per call of the triton backend, and where it goes (GPU).
+
+On problems whose GPU work is small (B=1, H=1 sequences), a call is bound by the host: the
+time to validate, resolve the pattern and backend, and launch the kernels. This times
+``foveate.attention`` forward and forward+backward on such a problem back to back (the GPU
+never waits for work, so the wall time per call is the host time), the forward launcher alone
+(``attention_forward`` with a ready layout and spec), and prints the functions that take the
+host time (cProfile, by own time).
+
+Usage: ``python benchmarks/host_overhead.py [--calls 300] [--top 15]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+import foveate
+from foveate import patterns as P
+from foveate.backends.base import cached_layout
+from foveate.backends.triton.fwd import attention_forward
+from foveate.backends.triton.masks import mask_spec
+
+from common import run_header
+
+
+def per_call_us(fn, calls: int) -> float:
+    """Wall microseconds per call of ``fn`` over ``calls`` calls, after a warm-up."""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/host_overhead.py needs a CUDA GPU")
+    pattern, n = P.Neighborhood((1024,), 255), 1024
+    q, k, v, grad = (torch.randn(1, 1, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+    layout = cached_layout(pattern, n, n, block_q=128, block_kv=128, device=q.device)
+    spec = mask_spec(pattern, n, n)
+
+    def forward():
+        foveate.attention(q, k, v, pattern, backend="triton")
+
+    def forward_backward():
+        out = foveate.attention(qg, kg, vg, pattern, backend="triton")
+        torch.autograd.grad(out, (qg, kg, vg), grad)
+
+    def launcher():
+        attention_forward(q, k, v, layout, spec, 128 ** -0.5)
+
+    print(f"{run_header()}, bf16, B=1, H=1, N={n}, D=128, {pattern!r}, triton backend")
+    for name, fn in (("attention() forward", forward), ("attention() forward+backward", forward_backward),
+                     ("attention_forward launcher alone", launcher)):
+        print(f"{name:34s} {per_call_us(fn, args.calls):8.1f} us per call", flush=True)
+    for name, fn in (("forward", forward), ("forward+backward", forward_backward)):
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(args.calls):
+            fn()
+        profile.disable()
+        torch.cuda.synchronize()
+        print(f"\n{name}: top {args.top} by own time ({args.calls} calls)")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()

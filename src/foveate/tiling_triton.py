@@ -186,24 +186,24 @@ class _UntileTokens(torch.autograd.Function):
         return _TileTokens.apply(grad, ctx.order), None
 
 
+def _move(order: TiledOrder, x: torch.Tensor, tile: bool, config) -> torch.Tensor:
+    """Either direction, through autograd when ``x`` needs a gradient (not with ``config``)."""
+    if config is not None:
+        return _permute(order, x, tile=tile, config=config)
+    if x.requires_grad and torch.is_grad_enabled():
+        return (_TileTokens if tile else _UntileTokens).apply(x, order)
+    return _permute(order, x, tile=tile)
+
+
 def tile_tokens(order: TiledOrder, x: torch.Tensor, *, config=None) -> torch.Tensor:
     """``(B, H, N, D)`` (or ``(B, H, N)``) canvas tokens in raster order, any strides ->
     contiguous ``(B, H, order.num_tokens, D)`` in tiled order, zeros at padding.
     Differentiable. ``config``: ``(BLOCK_N, BLOCK_D, num_warps)`` instead of
     :func:`launch_config` (benchmarks), without autograd."""
-    if config is not None:
-        return _permute(order, x, tile=True, config=config)
-    if x.requires_grad and torch.is_grad_enabled():
-        return _TileTokens.apply(x, order)
-    return _permute(order, x, tile=True)
+    return _move(order, x, True, config)
 
 
 def untile_tokens(order: TiledOrder, x: torch.Tensor, *, config=None) -> torch.Tensor:
     """Inverse of :func:`tile_tokens`: ``(B, H, order.num_tokens, D)`` (or ``(B, H,
     num_tokens)``) -> contiguous ``(B, H, N, D)`` in raster order, padding dropped."""
-    if config is not None:
-        return _permute(order, x, tile=False, config=config)
-    if x.requires_grad and torch.is_grad_enabled():
-        return _UntileTokens.apply(x, order)
-    return _permute(order, x, tile=False)
-
+    return _move(order, x, False, config)

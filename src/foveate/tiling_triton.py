@@ -26,8 +26,8 @@ moved as ``D = 1``.
 
 Autograd: the permutation is linear, and the gradient of each direction is the other
 direction applied to the gradient (``tile`` zero-fills padding, ``untile`` drops it, which is
-exactly the adjoint), so :class:`_TileTokens` and :class:`_UntileTokens` call each other in
-their backward (double backward works too).
+exactly the adjoint), so :class:`_Permute`'s backward is itself in the other direction
+(double backward works too).
 """
 
 from __future__ import annotations
@@ -164,26 +164,17 @@ def _on_device(device: torch.device):
     return contextlib.nullcontext()
 
 
-class _TileTokens(torch.autograd.Function):
+class _Permute(torch.autograd.Function):
+    """One direction of the permutation (``tile``); its gradient is the other direction."""
+
     @staticmethod
-    def forward(ctx, x, order):
-        ctx.order = order
-        return _permute(order, x, tile=True)
+    def forward(ctx, x, order, tile):
+        ctx.order, ctx.tile = order, tile
+        return _permute(order, x, tile=tile)
 
     @staticmethod
     def backward(ctx, grad):
-        return _UntileTokens.apply(grad, ctx.order), None
-
-
-class _UntileTokens(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, order):
-        ctx.order = order
-        return _permute(order, x, tile=False)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _TileTokens.apply(grad, ctx.order), None
+        return _Permute.apply(grad, ctx.order, not ctx.tile), None, None
 
 
 def _move(order: TiledOrder, x: torch.Tensor, tile: bool, config) -> torch.Tensor:
@@ -191,7 +182,7 @@ def _move(order: TiledOrder, x: torch.Tensor, tile: bool, config) -> torch.Tenso
     if config is not None:
         return _permute(order, x, tile=tile, config=config)
     if x.requires_grad and torch.is_grad_enabled():
-        return (_TileTokens if tile else _UntileTokens).apply(x, order)
+        return _Permute.apply(x, order, tile)
     return _permute(order, x, tile=tile)
 
 

@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from .kernel_choice import triton_importable, use_triton
+
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Elements of the boolean scratch tensor evaluated at once by the generic builder.
@@ -143,8 +145,6 @@ class BlockLayout:
         (a Triton kernel, lists as wide as the grid, no host sync) or ``"auto"`` (triton for
         CUDA grids).
         """
-        if method not in ("auto", "torch", "triton"):
-            raise ValueError(f"method={method!r}: expected 'auto', 'torch' or 'triton'")
         if grid.dim() != 4:
             raise ValueError(f"grid must have 4 dims (B|1, H|1, nq, nkv), got shape {tuple(grid.shape)}")
         b, h, nq, nkv = grid.shape
@@ -153,7 +153,7 @@ class BlockLayout:
                 f"grid of shape {tuple(grid.shape)} does not match q_len={q_len}, kv_len={kv_len} "
                 f"with blocks ({block_q}, {block_kv})"
             )
-        if _use_triton(grid, method):
+        if use_triton(method, grid, triton_importable):
             # Lists as wide as the grid, no host sync: the path of per-call (selected) layouts.
             from .layout_triton import grid_to_lists
 
@@ -271,17 +271,6 @@ def _pad_width(indices: torch.Tensor, width: int) -> torch.Tensor:
     pad = width - indices.shape[-1]
     return torch.nn.functional.pad(indices, (0, pad)).contiguous() if pad > 0 else indices.contiguous()
 
-
-def _use_triton(grid: torch.Tensor, method: str) -> bool:
-    if method != "auto":
-        return method == "triton"
-    if not grid.is_cuda:
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _lists_from_grid(grid: torch.Tensor) -> list[torch.Tensor]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .kernel_choice import use_triton
 from .patterns.base import Pattern
 
 
@@ -105,7 +106,7 @@ class TiledOrder:
         or CPU under ``TRITON_INTERPRET=1``), ``"torch"`` (reshape/permute copies, any device:
         the reference) or ``"auto"`` (triton for CUDA tensors it supports, outside
         ``torch.compile``, which fuses the torch path itself)."""
-        if _use_triton(self, x, method):
+        if use_triton(method, x, lambda: _triton_takes(self, x)):
             from .tiling_triton import tile_tokens
 
             return tile_tokens(self, x)
@@ -132,7 +133,7 @@ class TiledOrder:
         """Inverse of :meth:`tile_tokens`: ``(B, H, num_tokens, ...)`` -> ``(B, H, N, ...)``,
         padding dropped. A trailing feature axis is optional (lse has none). ``method`` as
         for :meth:`tile_tokens`."""
-        if _use_triton(self, x, method):
+        if use_triton(method, x, lambda: _triton_takes(self, x)):
             from .tiling_triton import untile_tokens
 
             return untile_tokens(self, x)
@@ -152,13 +153,10 @@ class TiledOrder:
         return x[..., 0] if squeeze else x
 
 
-def _use_triton(order: TiledOrder, x: torch.Tensor, method: str) -> bool:
-    """Whether ``tile_tokens`` / ``untile_tokens`` run the Triton kernel (see there)."""
-    if method not in ("auto", "torch", "triton"):
-        raise ValueError(f"method={method!r}: expected 'auto', 'torch' or 'triton'")
-    if method != "auto":
-        return method == "triton"
-    if not x.is_cuda or torch.compiler.is_compiling():
+def _triton_takes(order: TiledOrder, x: torch.Tensor) -> bool:
+    """Whether ``method="auto"`` moves ``x`` with the Triton kernel: outside ``torch.compile``
+    (which fuses the torch path itself), with Triton installed, for inputs it supports."""
+    if torch.compiler.is_compiling():
         return False
     try:
         from .tiling_triton import supports

@@ -15,10 +15,18 @@ Their brute-force definitions are in :mod:`.naive`.
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
+from ..kernel_choice import use_triton
 from .geometry import SelectionGeometry
 from .select import select_topk
+
+def _kernels(name: str):
+    """The Triton module ``name`` of this package, imported on first use (Triton is optional)."""
+    return importlib.import_module(f".{name}", __package__)
+
 
 #: Elements of the float32 score slab one chunk of the antidiagonal estimate materialises.
 _CHUNK_ELEMS = 1 << 27
@@ -68,13 +76,8 @@ def mean_topk(
     instead of some fifteen; a near-tie at the cut may fall the other way, as float32 sums in
     another order), ``"torch"`` or ``"auto"`` (triton on CUDA where the kernels take the inputs).
     """
-    if method not in ("auto", "torch", "triton"):
-        raise ValueError(f"method={method!r}: expected 'auto', 'torch' or 'triton'")
-    if method != "torch" and (method == "triton" or q.is_cuda):
-        from . import mean_topk_triton
-
-        if method == "triton" or mean_topk_triton.supported(q, geometry):
-            return mean_topk_triton.mean_topk_select(q, k, geometry, scale, k_blocks)
+    if use_triton(method, q, lambda: _kernels("mean_topk_triton").supported(q, geometry)):
+        return _kernels("mean_topk_triton").mean_topk_select(q, k, geometry, scale, k_blocks)
     candidates, forced = geometry.candidates(q.device), geometry.forced(q.device)
     return select_topk(mean_logits(q, k, geometry, scale), k_blocks, candidates, forced)
 
@@ -111,13 +114,8 @@ def antidiagonal_mass(
     (reduced scores materialised a chunk of query blocks at a time: bounded memory, but
     memory-bound) or ``"auto"`` (triton on CUDA where the kernel takes the shapes).
     """
-    if method not in ("auto", "torch", "triton"):
-        raise ValueError(f"method={method!r}: expected 'auto', 'torch' or 'triton'")
-    if method != "torch" and (method == "triton" or q.is_cuda):
-        from . import antidiagonal_triton
-
-        if method == "triton" or antidiagonal_triton.supported(q, geometry, stride):
-            return antidiagonal_triton.antidiagonal_mass_triton(q, k, geometry, scale, stride)
+    if use_triton(method, q, lambda: _kernels("antidiagonal_triton").supported(q, geometry, stride)):
+        return _kernels("antidiagonal_triton").antidiagonal_mass_triton(q, k, geometry, scale, stride)
     g, s = geometry, stride
     batch, heads_q, _, dim = q.shape
     heads_kv = k.shape[1]

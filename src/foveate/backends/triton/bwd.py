@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .fwd import LOG2E, block_lists, bounds_flags, head_block
-from .masks import MaskSpec, allowed, allowed_t, tile_rows, token_rows
+from .masks import MaskSpec, allowed_block, allowed_block_t, tile_rows, token_rows
 from .tiles import load_tile, store_tile
 from .tuning import backward_config, launch
 
@@ -77,7 +77,7 @@ def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, rows_n0, 
         dp = tl.dot(do, tl.trans(v))
     p = tl.math.exp2(qk * qk_scale - lse2[:, None])
     if MASKED:
-        p = tl.where(allowed(offs_m, offs_n, MASK), p, 0.0)
+        p = tl.where(allowed_block(offs_m, start_n, offs_n0, MASK), p, 0.0)
     if not EVEN_N:
         p = tl.where(offs_n[None, :] < kv_len, p, 0.0)
     ds = p * (dp - delta[:, None])
@@ -158,7 +158,6 @@ def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, rows
                  stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, q_rows, qk_scale,
                  HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_M: tl.constexpr, IEEE: tl.constexpr,
                  MASKED: tl.constexpr, MASK: tl.constexpr):
-    offs_m = start_m + offs_m0
     rows_m = token_rows(start_m, offs_m0, rows_m0, q_rows, MASK, True)
     q = load_tile(Q + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, rows_m, offs_d, q_rows, HEAD_DIM,
                   EVEN_M, HEAD_DIM == offs_d.shape[0])
@@ -178,7 +177,7 @@ def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, rows
         qk_t = tl.dot(k, tl.trans(q))
     p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
     if MASKED:
-        p_t = tl.where(allowed_t(offs_m, offs_n, MASK), p_t, 0.0)
+        p_t = tl.where(allowed_block_t(start_m, offs_m0, offs_n, MASK), p_t, 0.0)
     if IEEE:
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision="ieee")
         dp_t = tl.dot(v, tl.trans(do), input_precision="ieee")

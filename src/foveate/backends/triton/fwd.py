@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .masks import MaskSpec, allowed, tile_rows, token_rows
+from .masks import MaskSpec, allowed_block, tile_rows, token_rows
 from .tiles import load_tile, store_tile
 from .tuning import KernelConfig, forward_config, launch
 
@@ -52,7 +52,7 @@ def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, rows_n0, off
         # as its reference so that exp2 gives 0, not NaN.
         qk = qk * qk_scale
         if MASKED:
-            qk = tl.where(allowed(offs_m, offs_n, MASK), qk, float("-inf"))
+            qk = tl.where(allowed_block(offs_m, start_n, offs_n0, MASK), qk, float("-inf"))
         if not EVEN_N:
             qk = tl.where(offs_n[None, :] < kv_len, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -186,8 +186,7 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
     q_len, kv_len = spec.positions(q_rows, kv_rows)
     out = torch.empty(batch, heads, q_rows, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(batch, heads, q_rows, dtype=torch.float32, device=q.device)
-    cfg = forward_config(q.device, head_dim, head_dim_v, layout.block_q, layout.block_kv, q.dtype,
-                         mask_axes=spec.canvas_axes)
+    cfg = forward_config(q.device, head_dim, head_dim_v, layout.block_q, layout.block_kv, q.dtype)
     bm, bn = block_m or cfg.block_m, block_n or cfg.block_n
     num_warps, num_stages = num_warps or cfg.num_warps, num_stages or cfg.num_stages
     if layout.block_q % bm or layout.block_kv % bn:

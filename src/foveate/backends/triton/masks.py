@@ -19,7 +19,7 @@ stores instead of four gathers around them.
 Patterns without a spec (compositions, custom masks) are not run by the Triton backend.
 
 The ``MASK`` tuple is flat: ``(kind, OFFSET, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT, NDIM,
-TILE_SIZE, N_TOKENS, EXTRA, PADDED, RASTER_IO, *axis0, *axis1, *axis2)`` with ``axis = (L, W, DIL, S, C,
+TILE_SIZE, N_TOKENS, EXTRA, PADDED, RASTER_IO, SPLIT, *axis0, *axis1, *axis2)`` with ``axis = (L, W, DIL, S, C,
 T, G, GS, TS)``: canvas length, kernel, dilation, stride, causal, tile length, tiles along the
 axis, tiles per step of the axis, tokens per step inside a tile. Flat because Triton 3.6 hands
 a tuple given for a ``tl.constexpr`` argument to the kernel as a plain Python tuple: one level
@@ -28,6 +28,7 @@ of constant indexing works, nested tuples and passing a part of it to a function
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -40,11 +41,11 @@ BAND, CANVAS = 0, 1
 MAX_AXES = 3
 
 BAND_FIELDS = ("OFFSET", "LEFT", "RIGHT", "HAS_LEFT", "HAS_RIGHT")
-CANVAS_FIELDS = ("NDIM", "TILE_SIZE", "N_TOKENS", "EXTRA", "PADDED", "RASTER_IO")
+CANVAS_FIELDS = ("NDIM", "TILE_SIZE", "N_TOKENS", "EXTRA", "PADDED", "RASTER_IO", "SPLIT")
 AXIS_FIELDS = ("L", "W", "DIL", "S", "C", "T", "G", "GS", "TS")
 _NEUTRAL_AXIS = (1, 1, 1, 1, 0, 1, 1, 1, 1)
 _NEUTRAL_BAND = (0, 0, 0, 0, 0)
-_NEUTRAL_CANVAS = (1, 1, 0, 0, 0, 0, _NEUTRAL_AXIS, _NEUTRAL_AXIS, _NEUTRAL_AXIS)
+_NEUTRAL_CANVAS = (1, 1, 0, 0, 0, 0, 0, _NEUTRAL_AXIS, _NEUTRAL_AXIS, _NEUTRAL_AXIS)
 #: Number of integers of a spec in its flat form (:meth:`MaskSpec.to_ints`).
 FLAT_SIZE = 1 + len(BAND_FIELDS) + len(CANVAS_FIELDS) + MAX_AXES * len(AXIS_FIELDS)
 
@@ -56,12 +57,6 @@ class MaskSpec:
     kind: int
     band: tuple[int, ...] = _NEUTRAL_BAND
     canvas: tuple = _NEUTRAL_CANVAS
-
-    @property
-    def canvas_axes(self) -> int:
-        """Canvas axes the mask evaluates per element (0 for a band): a measure of its
-        integer work, which decides the forward's tiles (:func:`tuning.forward_config`)."""
-        return self.canvas[0] if self.kind == CANVAS else 0
 
     @property
     def raster_io(self) -> bool:
@@ -125,7 +120,19 @@ def mask_spec(pattern: Pattern, q_len: int, kv_len: int, *, raster_io: bool = Fa
     """The spec of ``pattern`` at these lengths, or ``None`` when the kernels cannot mask it.
 
     ``raster_io``: ``pattern`` is :class:`~foveate.tiling.Tiled` and the kernels are to take
-    the tensors in raster order (``q_len``, ``kv_len`` are still the tiled lengths)."""
+    the tensors in raster order (``q_len``, ``kv_len`` are still the tiled lengths).
+    Memoised for cacheable (hashable, static) patterns: a call asks for it more than once."""
+    if pattern.cacheable:
+        return _cached_mask_spec(pattern, q_len, kv_len, raster_io)
+    return _mask_spec(pattern, q_len, kv_len, raster_io)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_mask_spec(pattern, q_len, kv_len, raster_io):
+    return _mask_spec(pattern, q_len, kv_len, raster_io)
+
+
+def _mask_spec(pattern: Pattern, q_len: int, kv_len: int, raster_io: bool) -> MaskSpec | None:
     from ...tiling import Tiled
 
     if raster_io and not isinstance(pattern, Tiled):
@@ -151,8 +158,13 @@ def mask_spec(pattern: Pattern, q_len: int, kv_len: int, *, raster_io: bool = Fa
     ndim = len(pattern.canvas)
     tile = tile or (1,) * ndim
     grid = [-(-n // t) for n, t in zip(pattern.canvas, tile)]
-    head = (ndim, math.prod(tile), math.prod(g * t for g, t in zip(grid, tile)), int(pattern.extra_kv > 0),
-            int(any(g * t != n for g, t, n in zip(grid, tile, pattern.canvas))), int(raster_io))
+    # SPLIT: the canvas coordinates of a kernel block's positions are (the block's origin) +
+    # (those of its offsets), as disjoint bit fields of tiles with power-of-two sides; in 1-D
+    # raster order the coordinate is the position itself.
+    tile_size = math.prod(tile)
+    split = all(t & (t - 1) == 0 for t in tile) and (tile_size > 1 or ndim == 1)
+    head = (ndim, tile_size, math.prod(g * t for g, t in zip(grid, tile)), int(pattern.extra_kv > 0),
+            int(any(g * t != n for g, t, n in zip(grid, tile, pattern.canvas))), int(raster_io), int(split))
     axes = []
     for a in range(MAX_AXES):
         if a >= ndim:
@@ -169,8 +181,8 @@ def mask_spec(pattern: Pattern, q_len: int, kv_len: int, *, raster_io: bool = Fa
 
 # Positions in the flat ``MASK`` tuple (``MaskSpec.to_ints``).
 _OFFSET, _LEFT, _RIGHT, _HAS_LEFT, _HAS_RIGHT = (tl.constexpr(1 + i) for i in range(5))
-_NDIM, _TILE_SIZE, _N_TOKENS, _EXTRA, _PADDED, _RASTER_IO = (tl.constexpr(6 + i) for i in range(6))
-_AXES = tl.constexpr(12)
+_NDIM, _TILE_SIZE, _N_TOKENS, _EXTRA, _PADDED, _RASTER_IO, _SPLIT = (tl.constexpr(6 + i) for i in range(7))
+_AXES = tl.constexpr(13)
 _AXIS_LEN = tl.constexpr(len(AXIS_FIELDS))
 
 
@@ -375,3 +387,182 @@ def token_rows(start, offs, offs_rows, n_rows, MASK: tl.constexpr, CHECK_PAD: tl
         n_canvas: tl.constexpr = MASK[_AXES] * MASK[_AXES + _AXIS_LEN] * MASK[_AXES + 2 * _AXIS_LEN]
         rows = tl.where(start >= N_TOKENS, start - N_TOKENS + n_canvas + offs, rows)
     return rows
+
+
+# -- the mask of one kernel block --------------------------------------------------------------------
+# The kernels' loops mask a block of keys ``start + offs`` (``offs = arange(BLOCK)``, ``start`` a
+# multiple of BLOCK) against their fixed queries (forward, dq), or a block of queries against
+# their fixed keys (dk/dv). The forms below give the same booleans as :func:`allowed` with one
+# subtraction and one unsigned comparison per element and bound (plus one ``&`` per further
+# axis): what depends on the fixed side only is loop-invariant and hoisted by the compiler, what
+# depends on the block is a scalar origin, and the coordinates of the offsets are computed
+# once. The partial blocks of canvases spend most of their non-matmul time here.
+
+
+@triton.jit
+def _below(d, width):
+    """``0 <= d < width`` (int32 tensors, ``width >= 0``) as one unsigned comparison."""
+    return d.to(tl.uint32, bitcast=True) < width.to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _band_block(rows, start, offs, MASK: tl.constexpr):
+    """:func:`_band_allowed` for queries ``rows`` and keys ``start + offs``: ``[M, N]``."""
+    OFFSET: tl.constexpr = MASK[_OFFSET]
+    LEFT: tl.constexpr = MASK[_LEFT]
+    RIGHT: tl.constexpr = MASK[_RIGHT]
+    p = rows + (OFFSET - start)  # the query's position, relative to the block's first key
+    if MASK[_HAS_LEFT] and MASK[_HAS_RIGHT]:
+        return _below(offs[None, :] - (p - LEFT)[:, None], tl.full([1, 1], LEFT + RIGHT + 1, tl.int32))
+    elif MASK[_HAS_RIGHT]:
+        return offs[None, :] <= (p + RIGHT)[:, None]
+    elif MASK[_HAS_LEFT]:
+        return offs[None, :] >= (p - LEFT)[:, None]
+    else:
+        return (offs[None, :] >= 0) & (rows[:, None] >= 0)
+
+
+@triton.jit
+def _band_block_t(start, offs, cols, MASK: tl.constexpr):
+    """:func:`_band_allowed` for queries ``start + offs`` and keys ``cols``, transposed: ``[N, M]``."""
+    OFFSET: tl.constexpr = MASK[_OFFSET]
+    LEFT: tl.constexpr = MASK[_LEFT]
+    RIGHT: tl.constexpr = MASK[_RIGHT]
+    rel = cols - (OFFSET + start)  # key - (first query's position): allowed iff -LEFT <= rel - offs <= RIGHT
+    if MASK[_HAS_LEFT] and MASK[_HAS_RIGHT]:
+        return _below((rel + LEFT)[:, None] - offs[None, :], tl.full([1, 1], LEFT + RIGHT + 1, tl.int32))
+    elif MASK[_HAS_RIGHT]:
+        return offs[None, :] >= (rel - RIGHT)[:, None]
+    elif MASK[_HAS_LEFT]:
+        return offs[None, :] <= (rel + LEFT)[:, None]
+    else:
+        return (offs[None, :] >= 0) & (cols[:, None] >= 0)
+
+
+@triton.jit
+def _axis_window(x, MASK: tl.constexpr, A: tl.constexpr):
+    """``(start, width)``: the keys ``[start, start + width)`` of query coordinates ``x`` along
+    axis ``A`` without dilation (the window of :func:`_axis_allowed`, inside ``[0, L)``)."""
+    L: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 0]
+    W: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 1]
+    S: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 3]
+    C: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 4]
+    if C:
+        if S == 1:
+            leader = x
+        else:
+            leader = tl.minimum((x // S) * S + (S - 1), L - 1)
+        start = tl.maximum(leader - (W - 1), 0)
+        width = x - start + 1
+    else:
+        if S == 1:
+            leader = x
+        else:
+            leader = tl.minimum((x // S) * S + S // 2, L - 1)
+        start = tl.minimum(tl.maximum(leader - W // 2, 0), L - W)
+        width = tl.zeros_like(start) + W
+    return start, width
+
+
+@triton.jit
+def _origin(start, MASK: tl.constexpr, A: tl.constexpr):
+    """Canvas coordinate along axis ``A`` of position ``start``, the first of a block that lies
+    inside one tile (``SPLIT``); in 1-D raster order, the position itself."""
+    TILE_SIZE: tl.constexpr = MASK[_TILE_SIZE]
+    if TILE_SIZE == 1:
+        return start
+    return _tile_coord(start // TILE_SIZE, MASK, A) + _in_tile(start % TILE_SIZE, MASK, A)
+
+
+@triton.jit
+def _inner(offs, MASK: tl.constexpr, A: tl.constexpr):
+    """Coordinates along axis ``A`` of the offsets ``offs`` inside a block (``SPLIT``)."""
+    if MASK[_TILE_SIZE] == 1:
+        return offs
+    return _in_tile(offs, MASK, A)
+
+
+@triton.jit
+def _query_coord(x, MASK: tl.constexpr, A: tl.constexpr):
+    """A query's canvas coordinate, clamped to the canvas (padded queries act as the nearest
+    canvas query). Padded keys need no such care: every window lies inside the canvas."""
+    if MASK[_PADDED]:
+        return tl.minimum(x, MASK[_AXES + A * _AXIS_LEN + 0] - 1)
+    return x
+
+
+@triton.jit
+def _canvas_axis_block(rows, start, offs, MASK: tl.constexpr, A: tl.constexpr):
+    """Axis ``A`` of the mask of queries ``rows`` and keys ``start + offs``: ``[M, N]``."""
+    qx = _query_coord(_coord(rows, MASK, A), MASK, A)
+    origin = _origin(start, MASK, A)
+    inner = _inner(offs, MASK, A)
+    if MASK[_AXES + A * _AXIS_LEN + 2] == 1:
+        lo, width = _axis_window(qx, MASK, A)
+        return _below(inner[None, :] - (lo - origin)[:, None], width[:, None])
+    else:
+        return _axis_allowed(qx[:, None], (origin + inner)[None, :], MASK, A)
+
+
+@triton.jit
+def _canvas_axis_block_t(start, offs, cols, MASK: tl.constexpr, A: tl.constexpr):
+    """Axis ``A`` of the mask of queries ``start + offs`` and keys ``cols``, transposed: ``[N, M]``."""
+    qx = _query_coord(_origin(start, MASK, A) + _inner(offs, MASK, A), MASK, A)
+    kx = _coord(cols, MASK, A)
+    if MASK[_AXES + A * _AXIS_LEN + 2] == 1:
+        lo, width = _axis_window(qx, MASK, A)
+        return _below(kx[:, None] - lo[None, :], width[None, :])
+    else:
+        return _axis_allowed(qx[None, :], kx[:, None], MASK, A)
+
+
+@triton.jit
+def _splits(offs, MASK: tl.constexpr):
+    """Whether the coordinates of a canvas block of positions ``start + offs`` split into its
+    origin plus those of its offsets (the block lies inside one power-of-two tile, or 1-D
+    raster order)."""
+    BLOCK: tl.constexpr = offs.shape[0]
+    TILE_SIZE: tl.constexpr = tl.constexpr(MASK[_TILE_SIZE])
+    return MASK[_SPLIT] and (TILE_SIZE == 1 or TILE_SIZE % BLOCK == 0)
+
+
+@triton.jit
+def allowed_block(rows, start, offs, MASK: tl.constexpr):
+    """``allowed(rows, start + offs)``: the mask of queries ``rows`` (``[M]``, any positions)
+    and the block of keys ``start + offs`` (``offs = arange(N)``, ``start`` a multiple of N),
+    ``[M, N]``, in the per-element work of a loop that walks key blocks."""
+    if MASK[0] == 0:
+        return _band_block(rows, start, offs, MASK)
+    elif _splits(offs, MASK):
+        NDIM: tl.constexpr = MASK[_NDIM]
+        ok = _canvas_axis_block(rows, start, offs, MASK, 0)
+        if NDIM >= 2:
+            ok = ok & _canvas_axis_block(rows, start, offs, MASK, 1)
+        if NDIM >= 3:
+            ok = ok & _canvas_axis_block(rows, start, offs, MASK, 2)
+        if MASK[_EXTRA]:  # extra keys past the canvas: seen by every query
+            ok = ok | (start + offs >= MASK[_N_TOKENS])[None, :]
+        return ok
+    else:
+        return allowed(rows, start + offs, MASK)
+
+
+@triton.jit
+def allowed_block_t(start, offs, cols, MASK: tl.constexpr):
+    """``allowed_t(start + offs, cols)``: the block of queries ``start + offs`` (``offs =
+    arange(M)``, ``start`` a multiple of M) and the keys ``cols`` (``[N]``), keys by queries
+    ``[N, M]``, in the per-element work of a loop that walks query blocks (dk/dv)."""
+    if MASK[0] == 0:
+        return _band_block_t(start, offs, cols, MASK)
+    elif _splits(offs, MASK):
+        NDIM: tl.constexpr = MASK[_NDIM]
+        ok = _canvas_axis_block_t(start, offs, cols, MASK, 0)
+        if NDIM >= 2:
+            ok = ok & _canvas_axis_block_t(start, offs, cols, MASK, 1)
+        if NDIM >= 3:
+            ok = ok & _canvas_axis_block_t(start, offs, cols, MASK, 2)
+        if MASK[_EXTRA]:
+            ok = ok | (cols >= MASK[_N_TOKENS])[:, None]
+        return ok
+    else:
+        return allowed_t(start + offs, cols, MASK)

@@ -32,23 +32,16 @@ def _head_bucket(head_dim: int, head_dim_v: int) -> int:
 
 
 # (compute capability major, head-dim bucket) -> forward config. Hopper, D=128: tuned on the
-# H100 (2026-11-23, docs/bench-triton/tune_h100_d128.json): 128x64, 8 warps, 3 stages for
-# masks on 3 canvas axes (3-D k7x15x15: 8.94 ms against 9.34 with 128x128 tiles, whose mask
-# arithmetic needs more registers); D=256: the largest tiles whose buffers fit in shared
-# memory (64x64 at 2 stages asks for 288 KiB).
+# H200 (2026-12-01, benchmarks/tune_triton.py --kinds fwd): 128x128 tiles, 8 warps, 3 stages on
+# dense 8K, causal 8K, 2-D k13 and 3-D k7x15x15 (1.19 / 0.68 / 0.38 / 5.20 ms against 1.25 /
+# 0.72 / 0.40 / 5.47 for 128x64). Before the masks' per-element work was cut (masks.allowed_block)
+# 3-axis canvas masks needed the smaller tiles' registers. D=256: the largest tiles whose
+# buffers fit in shared memory (64x64 at 2 stages asks for 288 KiB).
 _FORWARD = {
     (9, 64): KernelConfig(128, 64, 4, 3),
-    (9, 128): KernelConfig(128, 64, 8, 3),
+    (9, 128): KernelConfig(128, 128, 8, 3),
     (9, 256): KernelConfig(64, 32, 4, 2),
 }
-# Masks with little integer work per element (bands, canvases of at most 2 axes): Hopper,
-# D=128, 128x128 tiles (causal 8K 0.68 ms against 0.73, 2-D k13 0.56 against 0.59 in the tuning
-# run; dense 32K 19.6 ms against 20.6 in a side-by-side run the same day).
-_FORWARD_LIGHT_MASK = {
-    (9, 128): KernelConfig(128, 128, 8, 3),
-}
-#: Masks up to this many canvas axes count as light.
-LIGHT_MASK_AXES = 2
 _FORWARD_DEFAULT = {64: KernelConfig(64, 64, 4, 2), 128: KernelConfig(64, 64, 4, 2), 256: KernelConfig(64, 32, 4, 2)}
 
 
@@ -74,18 +67,13 @@ def _fit(cfg: KernelConfig, block_q: int, block_kv: int) -> KernelConfig:
 
 
 def forward_config(device: torch.device, head_dim: int, head_dim_v: int, block_q: int, block_kv: int,
-                   dtype: torch.dtype, *, mask_axes: int = 0) -> KernelConfig:
-    """The forward kernel's config for these inputs and layout blocks; ``mask_axes``: canvas
-    axes of the mask (:attr:`MaskSpec.canvas_axes`, 0 for bands)."""
+                   dtype: torch.dtype) -> KernelConfig:
+    """The forward kernel's config for these inputs and layout blocks."""
     bucket = _head_bucket(head_dim, head_dim_v)
     if device.type != "cuda":  # the interpreter: the layout's blocks, fewest programs
         return KernelConfig(block_q, block_kv, 4, 1)
     major = _capability(device)[0]
-    cfg = OVERRIDES.get(("fwd", bucket))
-    if cfg is None and mask_axes <= LIGHT_MASK_AXES:
-        cfg = _FORWARD_LIGHT_MASK.get((major, bucket))
-    if cfg is None:
-        cfg = _FORWARD.get((major, bucket), _FORWARD_DEFAULT[bucket])
+    cfg = OVERRIDES.get(("fwd", bucket)) or _FORWARD.get((major, bucket), _FORWARD_DEFAULT[bucket])
     if dtype == torch.float32:  # twice the bytes per element (and IEEE dots): small tiles, one stage
         cfg = KernelConfig(64, 32, 4, 1)
     return _fit(cfg, block_q, block_kv)

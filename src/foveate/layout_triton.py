@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_launch import launch
+
 _PARTIAL, _FULL = tl.constexpr(1), tl.constexpr(2)
 
 
@@ -54,5 +56,6 @@ def grid_to_lists(grid: torch.Tensor) -> list[torch.Tensor]:
            torch.empty(b, h, n, m, dtype=torch.int32, device=grid.device)]
     out += [torch.empty_like(out[0]), torch.empty_like(out[1])]
     chunk = min(1024, triton.next_power_of_2(max(m, 16)))
-    _grid_to_lists_kernel[(n, b * h)](grid, *grid.stride(), *out, h, n, m, CHUNK=chunk)
+    launch(_grid_to_lists_kernel, (n, b * h), (grid, *grid.stride(), *out, h, n, m), dict(CHUNK=chunk),
+           num_warps=4, num_stages=3)
     return out

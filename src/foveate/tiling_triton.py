@@ -39,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_launch import launch
+
 if TYPE_CHECKING:
     from .tiling import TiledOrder
 
@@ -147,12 +149,11 @@ def _permute(order: TiledOrder, x: torch.Tensor, tile: bool, config=None) -> tor
         canvas, tile_shape, grid = (1,) * pad + order.canvas, (1,) * pad + order.tile, (1,) * pad + order.grid
         n_blocks = triton.cdiv(n_out, block_n)
         with _on_device(x.device):
-            _permute_kernel[(n_blocks * b * h,)](
-                src, *src.stride(), dst, *dst.stride()[:3],
-                h, n_out, n_blocks, d, *canvas, grid[1], grid[2], *tile_shape,
-                TILE=tile, BLOCK_N=block_n, BLOCK_D=block_d, EVEN_N=n_out % block_n == 0,
-                EVEN_D=d % block_d == 0, num_warps=num_warps,
-            )
+            launch(_permute_kernel, (n_blocks * b * h,),
+                   (src, *src.stride(), dst, *dst.stride()[:3],
+                    h, n_out, n_blocks, d, *canvas, grid[1], grid[2], *tile_shape),
+                   dict(TILE=tile, BLOCK_N=block_n, BLOCK_D=block_d, EVEN_N=n_out % block_n == 0,
+                        EVEN_D=d % block_d == 0), num_warps=num_warps, num_stages=3)
     return out[..., 0] if squeeze else out
 
 

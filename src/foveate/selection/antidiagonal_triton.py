@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_launch import launch
 from .geometry import SelectionGeometry
 
 _LOG2E = 1.4426950408889634
@@ -134,14 +135,13 @@ def antidiagonal_mass_triton(q: torch.Tensor, k: torch.Tensor, geometry: Selecti
         col_live = g.live_groups(g.kv_len, s, q.device).to(torch.int8)
     for bh_start in range(0, batch * heads_q, chunk):
         count = min(chunk, batch * heads_q - bh_start)
-        _antidiagonal_kernel[(n_row_tiles, count)](
-            q, k, fine, sums, maxes, row_live, col_live, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            fine.stride(0), fine.stride(1), fine.stride(2),
-            bh_start, heads_q, heads_q // k.shape[1], g.q_len, g.kv_len, g.kv_len - g.q_len, n_cols, n_groups,
-            n_col_tiles, scale / s * _LOG2E,
-            S=s, D=dim, CAUSAL=g.causal, PADDED=g.padded, GM=gm, GN=gn, BLOCK_M=block_m, BLOCK_N=block_n,
-            num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],
-        )
+        launch(_antidiagonal_kernel, (n_row_tiles, count),
+               (q, k, fine, sums, maxes, row_live, col_live, q.stride(0), q.stride(1), q.stride(2), k.stride(0),
+                k.stride(1), k.stride(2), fine.stride(0), fine.stride(1), fine.stride(2),
+                bh_start, heads_q, heads_q // k.shape[1], g.q_len, g.kv_len, g.kv_len - g.q_len, n_cols, n_groups,
+                n_col_tiles, scale / s * _LOG2E),
+               dict(S=s, D=dim, CAUSAL=g.causal, PADDED=g.padded, GM=gm, GN=gn, BLOCK_M=block_m, BLOCK_N=block_n),
+               num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
     fine = fine[:, :, : n_rows // gm]
     coarse = fine.view(batch, heads_q, g.num_q_blocks, rows_per_q // gm, g.num_kv_blocks, cols_per_kv // gn)
     coarse = coarse.sum((3, 5))

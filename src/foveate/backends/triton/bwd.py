@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...triton_launch import launch as fast_launch
 from .fwd import LOG2E, block_lists, bounds_flags, head_block
 from .masks import MaskSpec, allowed_block, allowed_block_t, tile_rows, token_rows
 from .tiles import load_tile, store_tile
@@ -280,10 +281,11 @@ def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sc
     if dlse is not None:
         dlse = dlse.to(torch.float32).contiguous()
     delta_block = 64
-    _delta_kernel[(triton.cdiv(q_rows, delta_block), batch * heads)](
-        out, dout, dlse if dlse is not None else delta, delta,
-        *out.stride(), *dout.stride(), *lse.stride(), heads, q_rows,
-        HEAD_DIM_V=head_dim_v, BLOCK_DV=bdv, BLOCK_M=delta_block, HAS_DLSE=dlse is not None)
+    fast_launch(_delta_kernel, (triton.cdiv(q_rows, delta_block), batch * heads),
+                (out, dout, dlse if dlse is not None else delta, delta,
+                 *out.stride(), *dout.stride(), *lse.stride(), heads, q_rows),
+                dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=bdv, BLOCK_M=delta_block, HAS_DLSE=dlse is not None),
+                num_warps=4, num_stages=3)
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)

@@ -139,12 +139,14 @@ def launch(kernel, cfg: KernelConfig, grid, args, constexprs: dict, *, inner: st
     one that fits is remembered). Returns the config that ran."""
     from triton.runtime.errors import OutOfResources
 
+    from ...triton_launch import launch as fast_launch
+
     key = (id(kernel), tuple(sorted((k, v) for k, v in constexprs.items())), cfg)
     run = _FITTING.get(key, cfg)
     while True:
         try:
-            kernel[grid(run)](*args, BLOCK_M=run.block_m, BLOCK_N=run.block_n, num_warps=run.num_warps,
-                              num_stages=run.num_stages, **constexprs)
+            fast_launch(kernel, grid(run), args, dict(constexprs, BLOCK_M=run.block_m, BLOCK_N=run.block_n),
+                        num_warps=run.num_warps, num_stages=run.num_stages)
         except OutOfResources:
             nxt = smaller(run, inner)
             if nxt is None:

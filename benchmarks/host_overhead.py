@@ -7,7 +7,12 @@ never waits for work, so the wall time per call is the host time), the forward l
 (``attention_forward`` with a ready layout and spec), and prints the functions that take the
 host time (cProfile, by own time).
 
-Usage: ``python benchmarks/host_overhead.py [--calls 300] [--top 15]``.
+With ``--gpu-time``, it instead times the 1-D GNA cases of ``foveate bench`` (B=1, H=1, 32K
+tokens) forward both ways: eagerly (``do_bench`` of ``attention()``: host and GPU) and as a
+replayed CUDA graph of the same call (GPU time alone), which tells a host-bound case from a
+GPU-bound one.
+
+Usage: ``python benchmarks/host_overhead.py [--calls 300] [--top 15] [--gpu-time]``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from foveate.backends.base import cached_layout
 from foveate.backends.triton.fwd import attention_forward
 from foveate.backends.triton.masks import mask_spec
 
-from common import run_header
+from common import bench_ms, run_header
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -40,13 +45,44 @@ def per_call_us(fn, calls: int) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
+def graph_ms(fn) -> float:
+    """Milliseconds per replay of ``fn`` captured as a CUDA graph (no host work per call)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench_ms(graph.replay)
+
+
+def gpu_time() -> None:
+    n = 32768
+    print(f"{run_header()}, bf16, B=1, H=1, N={n}, D=128, triton backend, forward")
+    q, k, v = (torch.randn(1, 1, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    for name, pattern in (("window 2048", P.Neighborhood((n,), 2048)),
+                          ("window 2048, stride 256", P.Neighborhood((n,), 2048, stride=256)),
+                          ("window 2048, stride 2048", P.Neighborhood((n,), 2048, stride=2048))):
+        def fn(pattern=pattern):
+            return foveate.attention(q, k, v, pattern, backend="triton")
+        eager = bench_ms(fn)
+        print(f"{name:26s} eager {eager * 1e3:8.1f} us   CUDA graph {graph_ms(fn) * 1e3:8.1f} us", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--gpu-time", action="store_true", help="eager against CUDA-graph time, 1-D GNA cases")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/host_overhead.py needs a CUDA GPU")
+    if args.gpu_time:
+        gpu_time()
+        return
     pattern, n = P.Neighborhood((1024,), 255), 1024
     q, k, v, grad = (torch.randn(1, 1, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))

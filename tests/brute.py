@@ -228,3 +228,25 @@ def tiled_mask_indexed(raster_mask: torch.Tensor, canvas, tile, extra_kv: int = 
     k_src = torch.tensor([_raster_index(kc, canvas) if _is_real(kc, canvas) else 0 for kc in coords])
     rows = raster_mask[q_src]
     return torch.cat([rows[:, k_src] & k_real[None, :], rows[:, n_canvas:]], dim=1)
+
+
+def pattern_mask(pattern, q_len: int, kv_len: int) -> torch.Tensor:
+    """The brute-force ``(q_len, kv_len)`` mask of a foveate Dense, Causal, SlidingWindow or
+    Neighborhood (raster order), or of a Tiled Neighborhood (tiled order); reads only the
+    patterns' parameters."""
+    name = type(pattern).__name__
+    if name == "Dense":
+        return dense_mask(q_len, kv_len)
+    if name == "Causal":
+        return causal_mask(q_len, kv_len)
+    if name == "SlidingWindow":
+        return sliding_window_mask(q_len, kv_len, pattern.left, pattern.right)
+    if name == "Tiled":
+        base = pattern.base
+        mask = tiled_mask(neighborhood_mask_of(base), base.canvas, pattern.tile, base.extra_kv)
+    elif name == "Neighborhood":
+        mask = neighborhood_mask_of(pattern)
+    else:
+        raise AssertionError(f"no brute-force mask for {pattern!r}")
+    assert mask.shape == (q_len, kv_len), f"{pattern!r} has a {tuple(mask.shape)} mask, not {q_len} x {kv_len}"
+    return mask

@@ -87,17 +87,7 @@ def _ran_once(spy):
 @functools.cache
 def _brute_mask(pattern, q_len: int, kv_len: int) -> torch.Tensor:
     """The raster-order ``(q_len, kv_len)`` mask, from brute.py's loops (not foveate's mask_mod)."""
-    if isinstance(pattern, P.Dense):
-        return brute.dense_mask(q_len, kv_len)
-    if isinstance(pattern, P.Causal):
-        return brute.causal_mask(q_len, kv_len)
-    if isinstance(pattern, P.SlidingWindow):
-        return brute.sliding_window_mask(q_len, kv_len, pattern.left, pattern.right)
-    if isinstance(pattern, P.Neighborhood):
-        mask = brute.neighborhood_mask_of(pattern)
-        assert mask.shape == (q_len, kv_len)
-        return mask
-    raise AssertionError(f"no brute-force mask for {pattern!r}")
+    return brute.pattern_mask(pattern, q_len, kv_len)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:

@@ -112,22 +112,6 @@ def lengths(pattern) -> tuple[int, int]:
     return n, n + pattern.extra_kv
 
 
-def expected_mask(pattern, q_len: int, kv_len: int) -> torch.Tensor:
-    """The ``(q_len, kv_len)`` mask in the kernel's token order, from brute.py's loops."""
-    if isinstance(pattern, P.Dense):
-        return brute.dense_mask(q_len, kv_len)
-    if isinstance(pattern, P.Causal):
-        return brute.causal_mask(q_len, kv_len)
-    if isinstance(pattern, P.SlidingWindow):
-        return brute.sliding_window_mask(q_len, kv_len, pattern.left, pattern.right)
-    if isinstance(pattern, Tiled):
-        base = pattern.base
-        return brute.tiled_mask(brute.neighborhood_mask_of(base), base.canvas, pattern.tile, base.extra_kv)
-    if isinstance(pattern, P.Neighborhood):
-        return brute.neighborhood_mask_of(pattern)
-    raise AssertionError(f"no brute-force mask for {pattern!r}")
-
-
 def assert_masks_equal(got: torch.Tensor, want: torch.Tensor, what: str, spec: masks.MaskSpec):
     assert got.shape == want.shape, what
     wrong = (got != want).nonzero().tolist()
@@ -154,7 +138,7 @@ def check_pattern(pattern, block: int, fixed: int = 64, fast: bool = True, q_len
     if q_len is None:
         q_len, kv_len = lengths(pattern)
     spec = masks.mask_spec(pattern, q_len, kv_len)
-    check(spec, expected_mask(pattern, q_len, kv_len), block, fixed, fast)
+    check(spec, brute.pattern_mask(pattern, q_len, kv_len), block, fixed, fast)
     return spec
 
 

@@ -79,14 +79,17 @@ def test_a_known_signature_skips_tritons_path(kernel):
     assert _launch(kernel, x, FLAG=9) == ("fast", (3, 2, 1), (x, 32, 0.5, 64, 9))
 
 
-@pytest.mark.parametrize("change", ["int value", "int one", "dtype", "alignment", "constexpr", "warps"])
+@pytest.mark.parametrize("change", ["int value", "int one", "dtype", "alignment", "constexpr", "warps",
+                                    "bool for int"])
 def test_what_triton_specialises_on_takes_its_path(kernel, change):
     x = torch.zeros(64)
-    _launch(kernel, x)
-    assert _launch(kernel, x)[0] == "fast"
+    base = dict(x=x, n=1, block=1) if change == "bool for int" else dict(x=x)
+    assert _launch(kernel, **base)[0] == "triton"
+    assert _launch(kernel, **base)[0] == "fast"
     kw = {"int value": dict(n=48), "int one": dict(n=1), "constexpr": dict(block=128), "warps": dict(warps=8),
-          "dtype": dict(x=torch.zeros(64, dtype=torch.float16)), "alignment": dict(x=x[1:])}[change]
-    args = dict(x=x) | kw
+          "dtype": dict(x=torch.zeros(64, dtype=torch.float16)), "alignment": dict(x=x[1:]),
+          "bool for int": dict(n=True, block=True)}[change]
+    args = base | kw
     assert _launch(kernel, **args)[0] == "triton"
     assert _launch(kernel, **args)[0] == "fast"
 

@@ -43,7 +43,9 @@ def _arg_key(a):
         return (a.dtype, a.data_ptr() % 16 == 0)
     if isinstance(a, float):  # floats are never specialised
         return float
-    return a  # ints (their value decides == 1, % 16, i32 / i64), None, bools
+    if isinstance(a, bool):  # True == 1 as a key, but not as a kernel argument
+        return (bool, a)
+    return a  # ints (their value decides == 1, % 16, i32 / i64), None, tuples
 
 
 def _hooked(hook) -> bool:
@@ -69,7 +71,7 @@ def launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: dict, *, num_
         value = constexprs.get(name, _MISSING)
         tail.append(bound.defaults[name] if value is _MISSING else value)
     device = driver.active.get_current_device()
-    key = (device, num_warps, num_stages, tuple(map(_arg_key, args)), tuple(tail))
+    key = (device, num_warps, num_stages, tuple(map(_arg_key, args)), tuple(map(_arg_key, tail)))
     compiled = bound.compiled.get(key)
     if compiled is None or _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
         compiled = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)

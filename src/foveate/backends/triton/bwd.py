@@ -12,9 +12,9 @@ Three launches, as in FlashAttention-2, over the same layout as the forward:
 
 Probabilities are recomputed from the forward's ``lse`` (``p = exp(s - lse)``; rows with no
 allowed key have ``lse = -inf`` and get ``p = 0``). Full blocks skip the mask; partial blocks
-apply :func:`masks.allowed` (or its transpose) as coordinate arithmetic. Positions and
-memory rows as in the forward (:func:`masks.token_rows`); ``lse`` and ``delta`` are per memory
-row.
+apply :func:`masks.allowed_block` (dk/dv: :func:`masks.allowed_block_t`, its transpose) as
+coordinate arithmetic. Positions and memory rows as in the forward (:func:`masks.token_rows`);
+``lse`` and ``delta`` are per memory row.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ One program per ``BLOCK_M`` query rows (a layout query block or a part of one) a
 (batch x query head). It walks the layout's **full** kv blocks first, with no mask work at
 all (only the sequence-end bound when ``kv_len`` is not a multiple of the block), then the
 **partial** ones, masked by the pattern's mask spec as coordinate arithmetic
-(:func:`masks.allowed`); online softmax in base 2, float32 accumulation; writes ``out`` and
+(:func:`masks.allowed_block`); online softmax in base 2, float32 accumulation; writes ``out`` and
 the natural-log ``lse`` (``-inf`` and output 0 where a query sees no key). Grouped-query
 attention maps query head ``h`` to kv head ``h // group``.
 

@@ -1,8 +1,9 @@
 """Mask specs: what the Triton kernels need to know of a pattern to mask partial blocks.
 
 A spec is a kind and a few integers; the kernels receive them as one compile-time tuple
-``MASK`` and turn them into coordinate arithmetic (:func:`allowed`), never an ``Nq x Nkv``
-tensor. Kinds:
+``MASK`` and turn them into coordinate arithmetic (:func:`allowed`; in their loops the block
+forms :func:`allowed_block` / :func:`allowed_block_t`, the same booleans with less work per
+element), never an ``Nq x Nkv`` tensor. Kinds:
 
 * ``BAND``: Dense, Causal, SlidingWindow (and Blocks, whose blocks are all full): key ``j``
   allowed for query ``i`` when ``p - left <= j <= p + right``, ``p = i + offset`` (a side may

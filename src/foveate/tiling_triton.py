@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_launch import launch
+from .triton_launch import cdiv, launch
 
 if TYPE_CHECKING:
     from .tiling import TiledOrder
@@ -147,7 +147,7 @@ def _permute(order: TiledOrder, x: torch.Tensor, tile: bool, config=None) -> tor
         block_n, block_d, num_warps = config or launch_config(d, x.element_size())
         pad = MAX_AXES - order.ndim
         canvas, tile_shape, grid = (1,) * pad + order.canvas, (1,) * pad + order.tile, (1,) * pad + order.grid
-        n_blocks = triton.cdiv(n_out, block_n)
+        n_blocks = cdiv(n_out, block_n)
         with _on_device(x.device):
             launch(_permute_kernel, (n_blocks * b * h,),
                    (src, *src.stride(), dst, *dst.stride()[:3],

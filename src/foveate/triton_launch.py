@@ -20,9 +20,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import triton.runtime
+from triton import knobs
 
 _CACHE_SIZE = 256  # signatures per kernel (distinct integer arguments: shapes and strides)
-_MISSING = object()
 
 
 class _Bound:
@@ -30,22 +31,26 @@ class _Bound:
 
     def __init__(self, kernel):
         self.kernel = kernel
-        self.names = [p.name for p in kernel.params]
-        self.defaults = {p.name: p._param.default for p in kernel.params}
+        self.params = [(p.name, p._param.default) for p in kernel.params]
+        self.tails: dict[int, list] = {}  # number of leading arguments -> the later (name, default)s
         self.compiled: OrderedDict = OrderedDict()
 
 
 _BOUND: dict[int, _Bound] = {}
 
 
-def _arg_key(a):
-    if isinstance(a, torch.Tensor):
-        return (a.dtype, a.data_ptr() % 16 == 0)
-    if isinstance(a, float):  # floats are never specialised
-        return float
-    if isinstance(a, bool):  # True == 1 as a key, but not as a kernel argument
-        return (bool, a)
-    return a  # ints (their value decides == 1, % 16, i32 / i64), None, tuples
+def _key(values) -> tuple:
+    """What Triton specialises ``values`` on: a tensor's dtype and 16-byte alignment, an int's
+    value (== 1, % 16, i32 / i64), not a float's; a bool apart from the int 1 (equal as keys)."""
+    # (plain ints first: the commonest, and isinstance(x, torch.Tensor) is slow for non-tensors)
+    return tuple([a if type(a) is int else (a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else
+                  float if type(a) is float else (bool, a) if type(a) is bool else a for a in values])
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for launch grids: ``triton.cdiv`` is a constexpr function whose call from
+    Python costs microseconds."""
+    return -(-a // b)
 
 
 def _hooked(hook) -> bool:
@@ -57,21 +62,19 @@ def _hooked(hook) -> bool:
 def launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: dict, *, num_warps: int, num_stages: int):
     """``kernel[grid](*args, **constexprs, num_warps=..., num_stages=...)``, where ``args`` are the
     kernel's leading parameters in order and ``constexprs`` every later one that has no default."""
-    from triton import knobs
-    from triton.runtime import driver
-
     bound = _BOUND.get(id(kernel))
     if bound is None or bound.kernel is not kernel:
         if not hasattr(kernel, "params"):  # the interpreter's function
             kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
             return
         bound = _BOUND[id(kernel)] = _Bound(kernel)
-    tail = []
-    for name in bound.names[len(args):]:
-        value = constexprs.get(name, _MISSING)
-        tail.append(bound.defaults[name] if value is _MISSING else value)
-    device = driver.active.get_current_device()
-    key = (device, num_warps, num_stages, tuple(map(_arg_key, args)), tuple(map(_arg_key, tail)))
+    names = bound.tails.get(len(args))
+    if names is None:
+        names = bound.tails[len(args)] = bound.params[len(args):]
+    tail = [constexprs.get(name, default) for name, default in names]
+    active = triton.runtime.driver.active
+    device = active.get_current_device()
+    key = (device, num_warps, num_stages, _key(args), _key(tail))
     compiled = bound.compiled.get(key)
     if compiled is None or _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
         compiled = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
@@ -82,11 +85,9 @@ def launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: dict, *, num_
             if len(bound.compiled) > _CACHE_SIZE:
                 bound.compiled.popitem(last=False)
         return
-    stream = driver.active.get_current_stream(device)
-    g1 = grid[1] if len(grid) > 1 else 1
-    g2 = grid[2] if len(grid) > 2 else 1
-    compiled.run(grid[0], g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None,
+    compiled.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
+                 active.get_current_stream(device), compiled.function, compiled.packed_metadata, None, None, None,
                  *args, *tail)
 
 
-__all__ = ["launch"]
+__all__ = ["cdiv", "launch"]

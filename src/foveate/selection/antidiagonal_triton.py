@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_launch import launch
+from ..triton_launch import cdiv, launch
 from .geometry import SelectionGeometry
 
 _LOG2E = 1.4426950408889634
@@ -120,7 +120,7 @@ def antidiagonal_mass_triton(q: torch.Tensor, k: torch.Tensor, geometry: Selecti
     n_rows, n_cols = g.num_q_blocks * rows_per_q, g.num_kv_blocks * cols_per_kv
     block_m, block_n = CONFIG["block_m"], CONFIG["block_n"]
     gm, gn = min(rows_per_q, block_m), min(cols_per_kv, block_n)
-    n_row_tiles, n_col_tiles = triton.cdiv(n_rows, block_m), triton.cdiv(n_cols, block_n)
+    n_row_tiles, n_col_tiles = cdiv(n_rows, block_m), cdiv(n_cols, block_n)
     n_groups = n_col_tiles * (block_n // gn)
     fine = torch.zeros(batch, heads_q, n_row_tiles * block_m // gm, n_cols // gn, dtype=torch.float32,
                        device=q.device)

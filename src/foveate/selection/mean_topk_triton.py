@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_launch import launch
+from ..triton_launch import cdiv, launch
 from .geometry import SelectionGeometry
 
 #: Largest head dim the kernels take (the D axis is padded to a power of two in registers).
@@ -209,10 +209,10 @@ def block_means_triton(x: torch.Tensor, block: int, counts: torch.Tensor | None 
         counts = counts.to(device=x.device, dtype=torch.float32).contiguous()
     if out.numel():
         dc = _pow2(dim)
-        while dc > 16 and n_blocks * batch * heads * triton.cdiv(dim, dc) < CONFIG["mean_programs"]:
+        while dc > 16 and n_blocks * batch * heads * cdiv(dim, dc) < CONFIG["mean_programs"]:
             dc //= 2
         rows = min(_pow2(block), max(1, 4096 // dc))  # a (rows, DC) float32 accumulator of 4096
-        launch(_block_means_kernel, (n_blocks, batch * heads, triton.cdiv(dim, dc)),
+        launch(_block_means_kernel, (n_blocks, batch * heads, cdiv(dim, dc)),
                (x, out, out if counts is None else counts, *x.stride(), heads, n, block, dim),
                dict(HAS_COUNTS=counts is not None, ROWS=rows, DC=dc), num_warps=4, num_stages=3)
     return out
@@ -252,7 +252,7 @@ def mean_topk_select(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeomet
     keys = torch.empty(heads_per_launch * nq * nkv, dtype=torch.int32, device=q.device)
     for bh_start in range(0, batch * heads_q, heads_per_launch):
         count = min(heads_per_launch, batch * heads_q - bh_start)
-        launch(_select_kernel, (triton.cdiv(nq, BLOCK_M), count),
+        launch(_select_kernel, (cdiv(nq, BLOCK_M), count),
                (qm, km, candidates, forced, keys, out,
                 bh_start, heads_q, heads_q // k.shape[1], nq, nkv, dim, int(k_blocks), float(scale)),
                dict(BLOCK_M=BLOCK_M, BLOCK_N=block_n, CHUNK=chunk, RESIDENT=chunk >= nkv, DP=dp),

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...triton_launch import launch as fast_launch
+from ...triton_launch import cdiv, launch as fast_launch
 from .fwd import LOG2E, block_lists, bounds_flags, head_block
 from .masks import MaskSpec, allowed_block, allowed_block_t, tile_rows, token_rows
 from .tiles import load_tile, store_tile
@@ -281,7 +281,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sc
     if dlse is not None:
         dlse = dlse.to(torch.float32).contiguous()
     delta_block = 64
-    fast_launch(_delta_kernel, (triton.cdiv(q_rows, delta_block), batch * heads),
+    fast_launch(_delta_kernel, (cdiv(q_rows, delta_block), batch * heads),
                 (out, dout, dlse if dlse is not None else delta, delta,
                  *out.stride(), *dout.stride(), *lse.stride(), heads, q_rows),
                 dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=bdv, BLOCK_M=delta_block, HAS_DLSE=dlse is not None),
@@ -296,12 +296,12 @@ def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sc
     kv_lists, kv_strides = block_lists(layout)
     q_lists, q_strides = block_lists(layout, transposed=True)
     flags = bounds_flags(spec, q_len, kv_len, layout.block_q, layout.block_kv)
-    launch(_dq_kernel, cfg.dq, lambda c: (triton.cdiv(q_len, c.block_m), batch * heads),
+    launch(_dq_kernel, cfg.dq, lambda c: (cdiv(q_len, c.block_m), batch * heads),
            (q, k, v, dout, dq, lse, delta, *kv_lists,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *lse.stride(), *kv_strides,
             heads, group, q_len, kv_len, q_rows, kv_rows, qk_scale, scale),
            dict(common, **flags), inner="n")
-    launch(_dkdv_kernel, cfg.dkdv, lambda c: (triton.cdiv(kv_len, c.block_n), batch * heads_kv),
+    launch(_dkdv_kernel, cfg.dkdv, lambda c: (cdiv(kv_len, c.block_n), batch * heads_kv),
            (q, k, v, dout, dk, dv, lse, delta, *q_lists,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *lse.stride(),
             *q_strides,

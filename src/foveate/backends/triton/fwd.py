@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...triton_launch import cdiv
 from .masks import MaskSpec, allowed_block, tile_rows, token_rows
 from .tiles import load_tile, store_tile
 from .tuning import KernelConfig, forward_config, launch
@@ -194,7 +195,7 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
     lists, list_strides = block_lists(layout)
     # IEEE: Triton's fp32 dot would use tf32 on GPUs; fp32 inputs keep full precision.
     launch(_fwd_kernel, KernelConfig(bm, bn, num_warps, num_stages),
-           lambda c: (triton.cdiv(q_len, c.block_m), batch * heads),
+           lambda c: (cdiv(q_len, c.block_m), batch * heads),
            (q, k, v, out, lse, *lists,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *list_strides,
             heads, heads // k.shape[1], q_len, kv_len, q_rows, kv_rows, scale * LOG2E),

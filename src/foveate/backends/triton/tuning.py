@@ -141,7 +141,8 @@ def launch(kernel, cfg: KernelConfig, grid, args, constexprs: dict, *, inner: st
 
     from ...triton_launch import launch as fast_launch
 
-    key = (id(kernel), tuple(sorted((k, v) for k, v in constexprs.items())), cfg)
+    # (each call site builds its constexprs in one order: no need to sort them)
+    key = (id(kernel), tuple(constexprs.items()), cfg)
     run = _FITTING.get(key, cfg)
     while True:
         try:

@@ -43,6 +43,19 @@ def test_triton_lists_equal_torch_lists(b, h, nq, nkv, seed, transposed):
     assert by_triton.kv_indices.shape[-1] == nkv and by_triton.q_indices.shape[-1] == nq
 
 
+def test_both_list_directions_come_from_one_launch(monkeypatch):
+    from foveate import layout_triton
+    from kernel_spy import KernelSpy
+
+    spy = KernelSpy(layout_triton._grid_to_lists_kernel)
+    monkeypatch.setattr(layout_triton, "_grid_to_lists_kernel", spy)
+    grid = torch.randint(0, 3, (2, 3, 5, 9), generator=torch.Generator().manual_seed(0), dtype=torch.int8)
+    layout = BlockLayout.from_block_grid(grid.to(DEVICE), block_q=16, block_kv=16, q_len=80, kv_len=144,
+                                         method="triton")
+    assert spy.grids == [(9, 2 * 3, 2)]  # (longer axis, batch x heads, direction)
+    assert torch.equal(layout.to_dense().cpu(), grid)
+
+
 def test_from_block_grid_method_is_checked():
     grid = torch.zeros(1, 1, 2, 2, dtype=torch.int8)
     with pytest.raises(ValueError, match="method"):

@@ -157,7 +157,7 @@ class BlockLayout:
             # Lists as wide as the grid, no host sync: the path of per-call (selected) layouts.
             from .layout_triton import grid_to_lists
 
-            kv, q = grid_to_lists(grid), grid_to_lists(grid.transpose(-1, -2))
+            kv, q = grid_to_lists(grid)
         else:
             # A block's place in its row's list is the count of listed blocks before it
             # (cumsum): O(grid) work and one host sync (the list widths).

@@ -160,8 +160,8 @@ class SelectedBlocks(Pattern):
             count = torch.nn.functional.pad(real.int(), (0, nkv * block_kv - self.kv_len)).view(nkv, block_kv).sum(-1)
             states = torch.where(count == block_kv, FULL, torch.where(count > 0, PARTIAL, EMPTY))
             return torch.where(grid, states.to(torch.int8), 0).to(torch.int8)
-        if not self.causal:
-            return grid.to(torch.int8) * FULL
+        if not self.causal:  # (a bool tensor read as its int8 0/1 bytes: one operation)
+            return grid.view(torch.int8) * FULL
         states = _causal_block_states(self.q_len, self.kv_len, block_q, block_kv, str(grid.device))
         return torch.where(grid, states, 0).to(torch.int8)
 

@@ -188,6 +188,7 @@ CASES = [
     Case("sliding-0-0-diagonal", P.SlidingWindow(0, 0), 200, 200, heads=(2, 2)),
     Case("sliding-10-60-q150-kv400", P.SlidingWindow(10, 60), 150, 400),
     Case("sliding-20-5-q300-kv130-empty-rows", P.SlidingWindow(20, 5), 300, 130, empty_rows=True, f16=True),
+    Case("sliding-left-wider-than-int32", P.SlidingWindow(10 ** 12, 5), 300, 300, batch=1),
     # -- Neighborhood in raster order (tile=None)
     Case("nbhd1d-k31", _nbhd(canvas=300, kernel=31), 300, 300, **CANVAS),
     Case("nbhd1d-k20-dil3-stride4-causal", _nbhd(canvas=300, kernel=20, dilation=3, stride=4, causal=True), 300,

@@ -160,6 +160,10 @@ BAND_CASES = [
     ("window-0-0", P.SlidingWindow(0, 0), 100, 100),
     ("window-20-45-q70-kv150", P.SlidingWindow(20, 45), 70, 150),
     ("window-33-10-q150-kv70", P.SlidingWindow(33, 10), 150, 70),
+    # sides wider than int32: the spec clamps them to a width that still covers the sequences
+    ("window-huge-left", P.SlidingWindow(10 ** 12, 5), 100, 130),
+    ("window-huge-right", P.SlidingWindow(3, 10 ** 12), 130, 100),
+    ("window-huge-both", P.SlidingWindow(2 ** 40, 2 ** 40), 90, 90),
 ]
 
 
@@ -174,7 +178,7 @@ def test_band(pattern, q_len, kv_len, block, fixed):
 @pytest.mark.parametrize("q_len,kv_len", [(120, 120), (60, 130), (130, 60)])
 def test_band_without_right_bound(q_len, kv_len):
     """The left-bounded band with no right bound (no pattern has it; the spec is built directly)."""
-    spec = masks._band(kv_len - q_len, 25, None)
+    spec = masks._band(kv_len - q_len, 25, None, q_len, kv_len)
     check(spec, brute.sliding_window_mask(q_len, kv_len, 25, q_len + kv_len), 16, 32)
 
 

@@ -112,7 +112,12 @@ class MaskSpec:
         return cls(ints[0], band, (*head, *axes))
 
 
-def _band(offset: int, left: int | None, right: int | None) -> MaskSpec:
+def _band(offset: int, left: int | None, right: int | None, q_len: int, kv_len: int) -> MaskSpec:
+    # A side wider than the sequences is clamped to a width that still covers them (the kernels
+    # compute in int32): |key - position| < 2 * (q_len + kv_len) for every pair.
+    reach = 2 * (q_len + kv_len)
+    left = None if left is None else min(left, reach)
+    right = None if right is None else min(right, reach)
     return MaskSpec(BAND, band=(offset, left if left is not None else 0, right if right is not None else 0,
                                 int(left is not None), int(right is not None)))
 
@@ -144,13 +149,13 @@ def _mask_spec(pattern: Pattern, q_len: int, kv_len: int, raster_io: bool) -> Ma
 
     offset = kv_len - q_len
     if isinstance(pattern, (Dense, Blocks)):  # Blocks: every listed block is full, never masked
-        return _band(offset, None, None)
+        return _band(offset, None, None, q_len, kv_len)
     if isinstance(pattern, Causal):
-        return _band(offset, None, 0)
+        return _band(offset, None, 0, q_len, kv_len)
     if isinstance(pattern, SelectedBlocks):  # whole blocks, causal inside when asked
-        return _band(offset, None, 0 if pattern.causal else None)
+        return _band(offset, None, 0 if pattern.causal else None, q_len, kv_len)
     if isinstance(pattern, SlidingWindow):
-        return _band(offset, pattern.left, pattern.right)
+        return _band(offset, pattern.left, pattern.right, q_len, kv_len)
     tile = None
     if isinstance(pattern, Tiled):
         pattern, tile = pattern.base, pattern.tile

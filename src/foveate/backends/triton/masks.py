@@ -197,10 +197,7 @@ def _axis_allowed(x, y, MASK: tl.constexpr, A: tl.constexpr):
     """May query coordinate x see key coordinate y along canvas axis ``A`` (foveate's
     axis_window). Axis fields: ``(L, W, DIL, S, C, ...)``."""
     L: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 0]
-    W: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 1]
     DIL: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 2]
-    S: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 3]
-    C: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 4]
     if DIL == 1:
         xg = x
         yg = y
@@ -209,20 +206,8 @@ def _axis_allowed(x, y, MASK: tl.constexpr, A: tl.constexpr):
         xg = x // DIL
         yg = y // DIL
         lg = L // DIL + ((x % DIL) < (L % DIL)).to(tl.int32)
-    if C:
-        if S == 1:
-            leader = xg
-        else:
-            leader = tl.minimum((xg // S) * S + (S - 1), lg - 1)
-        start = tl.maximum(leader - (W - 1), 0)
-        ok = (yg >= start) & (yg <= xg)
-    else:
-        if S == 1:
-            leader = xg
-        else:
-            leader = tl.minimum((xg // S) * S + S // 2, lg - 1)
-        start = tl.minimum(tl.maximum(leader - W // 2, 0), lg - W)
-        ok = (yg >= start) & (yg < start + W)
+    start, width = _axis_window(xg, lg, MASK, A)
+    ok = (yg >= start) & (yg < start + width)
     if DIL != 1:
         ok = ok & ((y % DIL) == (x % DIL))
     return ok
@@ -446,10 +431,10 @@ def _band_block_t(start, offs, cols, MASK: tl.constexpr):
 
 
 @triton.jit
-def _axis_window(x, MASK: tl.constexpr, A: tl.constexpr):
-    """``(start, width)``: the keys ``[start, start + width)`` of query coordinates ``x`` along
-    axis ``A`` without dilation (the window of :func:`_axis_allowed`, inside ``[0, L)``)."""
-    L: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 0]
+def _axis_window(x, lg, MASK: tl.constexpr, A: tl.constexpr):
+    """``(start, width)``: the keys ``[start, start + width)`` (inside ``[0, lg)``) of query
+    coordinates ``x`` along axis ``A``, in a dilation group of ``lg`` positions (coordinates
+    and lengths divided by the dilation; ``lg = L`` without dilation)."""
     W: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 1]
     S: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 3]
     C: tl.constexpr = MASK[_AXES + A * _AXIS_LEN + 4]
@@ -457,15 +442,15 @@ def _axis_window(x, MASK: tl.constexpr, A: tl.constexpr):
         if S == 1:
             leader = x
         else:
-            leader = tl.minimum((x // S) * S + (S - 1), L - 1)
+            leader = tl.minimum((x // S) * S + (S - 1), lg - 1)
         start = tl.maximum(leader - (W - 1), 0)
         width = x - start + 1
     else:
         if S == 1:
             leader = x
         else:
-            leader = tl.minimum((x // S) * S + S // 2, L - 1)
-        start = tl.minimum(tl.maximum(leader - W // 2, 0), L - W)
+            leader = tl.minimum((x // S) * S + S // 2, lg - 1)
+        start = tl.minimum(tl.maximum(leader - W // 2, 0), lg - W)
         width = tl.zeros_like(start) + W
     return start, width
 
@@ -504,7 +489,7 @@ def _canvas_axis_block(rows, start, offs, MASK: tl.constexpr, A: tl.constexpr):
     origin = _origin(start, MASK, A)
     inner = _inner(offs, MASK, A)
     if MASK[_AXES + A * _AXIS_LEN + 2] == 1:
-        lo, width = _axis_window(qx, MASK, A)
+        lo, width = _axis_window(qx, MASK[_AXES + A * _AXIS_LEN + 0], MASK, A)
         return _below(inner[None, :] - (lo - origin)[:, None], width[:, None])
     else:
         return _axis_allowed(qx[:, None], (origin + inner)[None, :], MASK, A)
@@ -516,7 +501,7 @@ def _canvas_axis_block_t(start, offs, cols, MASK: tl.constexpr, A: tl.constexpr)
     qx = _query_coord(_origin(start, MASK, A) + _inner(offs, MASK, A), MASK, A)
     kx = _coord(cols, MASK, A)
     if MASK[_AXES + A * _AXIS_LEN + 2] == 1:
-        lo, width = _axis_window(qx, MASK, A)
+        lo, width = _axis_window(qx, MASK[_AXES + A * _AXIS_LEN + 0], MASK, A)
         return _below(kx[:, None] - lo[None, :], width[None, :])
     else:
         return _axis_allowed(qx[None, :], kx[:, None], MASK, A)

@@ -82,23 +82,23 @@ def main() -> None:
     header = f"{run_header()}, bf16, B=1, D=128, triton kernels (forward; backward = dq + dk/dv + delta)"
     print(header, flush=True)
     records = []
-    dense_tensors, dense_layout, dense_spec, _ = setup(Dense(), 16, lengths=(8192, 8192))
-    fwd, bwd = time_layout(dense_tensors, dense_layout, dense_spec)
-    records.append(dict(case="dense-8k", variant="real", blocks=dense_layout.num_visited(), partial=0,
-                        fwd_ms=fwd, bwd_ms=bwd, fwd_block_tflops=block_tflops(dense_layout, 16, 128, fwd, 1),
-                        bwd_block_tflops=block_tflops(dense_layout, 16, 128, bwd, 2.5)))
-    print(_row(records[-1]), flush=True)
+
+    def measure(case, tensors, layout, spec, heads, variant="real", tile=None, partial=0):
+        fwd, bwd = time_layout(tensors, layout, spec)
+        records.append(dict(case=case, tile=tile, variant=variant, blocks=layout.num_visited(), partial=partial,
+                            fwd_ms=fwd, bwd_ms=bwd, fwd_block_tflops=block_tflops(layout, heads, 128, fwd, 1),
+                            bwd_block_tflops=block_tflops(layout, heads, 128, bwd, 2.5)))
+        print(_row(records[-1]), flush=True)
+
+    tensors, layout, spec, _ = setup(Dense(), 16, lengths=(8192, 8192))
+    measure("dense-8k", tensors, layout, spec, 16)
     for name in args.cases:
         pattern, heads, _ = CASES[name]
         tensors, layout, spec, tile = setup(pattern, heads)
         partial = int(layout.kv_num_blocks.sum())
         for variant, lay in (("real", layout), ("no mask", regrid(layout, "full")),
                              ("all masked", regrid(layout, "partial"))):
-            fwd, bwd = time_layout(tensors, lay, spec)
-            records.append(dict(case=name, tile=tile, variant=variant, blocks=lay.num_visited(), partial=partial,
-                                fwd_ms=fwd, bwd_ms=bwd, fwd_block_tflops=block_tflops(lay, heads, 128, fwd, 1),
-                                bwd_block_tflops=block_tflops(lay, heads, 128, bwd, 2.5)))
-            print(_row(records[-1]), flush=True)
+            measure(name, tensors, lay, spec, heads, variant, tile, partial)
     lines = [header, "", "| case | variant | visited (partial) | fwd ms | fwd block TFLOP/s | bwd ms | bwd block TFLOP/s |",
              "|---|---|---:|---:|---:|---:|---:|"]
     lines += [_row(r) for r in records]

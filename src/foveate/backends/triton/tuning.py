@@ -13,6 +13,9 @@ import functools
 from dataclasses import dataclass
 
 import torch
+from triton.runtime.errors import OutOfResources
+
+from ...triton_launch import launch as fast_launch
 
 
 @dataclass(frozen=True)
@@ -137,10 +140,6 @@ def launch(kernel, cfg: KernelConfig, grid, args, constexprs: dict, *, inner: st
     """Launch ``kernel[grid(cfg)](*args, BLOCK_M=.., BLOCK_N=.., **constexprs)``; when the
     config needs more shared memory than the GPU has, retry with :func:`smaller` configs (the
     one that fits is remembered). Returns the config that ran."""
-    from triton.runtime.errors import OutOfResources
-
-    from ...triton_launch import launch as fast_launch
-
     # (each call site builds its constexprs in one order: no need to sort them)
     key = (id(kernel), tuple(constexprs.items()), cfg)
     run = _FITTING.get(key, cfg)

@@ -15,6 +15,34 @@ def bench_ms(fn, *, warmup: int = 50, rep: int = 300) -> float:
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
+def graph_ms(fn) -> float:
+    """Milliseconds per replay of ``fn`` captured as a CUDA graph: its GPU time alone (no host
+    work per call; ``fn`` must be capturable, i.e. free of host syncs)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench_ms(graph.replay)
+
+
+def per_call_us(fn, calls: int = 300) -> float:
+    """Wall microseconds per call of ``fn`` over ``calls`` back-to-back calls after a warm-up,
+    one synchronisation at the end: the host time per call when the GPU is the faster side."""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
 def cudnn_sdpa(q, k, v, causal: bool = False):
     """Dense (or causal) attention by cuDNN through PyTorch's SDPA: the baseline of every speedup."""
     from torch.nn.attention import SDPBackend, sdpa_kernel

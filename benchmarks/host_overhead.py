@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import time
 
 import torch
 
@@ -30,36 +29,10 @@ from foveate.backends.base import cached_layout
 from foveate.backends.triton.fwd import attention_forward
 from foveate.backends.triton.masks import mask_spec
 
-from common import bench_ms, run_header
+from common import bench_ms, graph_ms, per_call_us, run_header
 
 
-def per_call_us(fn, calls: int) -> float:
-    """Wall microseconds per call of ``fn`` over ``calls`` calls, after a warm-up."""
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / calls * 1e6
-
-
-def graph_ms(fn) -> float:
-    """Milliseconds per replay of ``fn`` captured as a CUDA graph (no host work per call)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return bench_ms(graph.replay)
-
-
-def gpu_time() -> None:
+def gpu_time(profile_top: int = 0) -> None:
     n = 32768
     print(f"{run_header()}, bf16, B=1, H=1, N={n}, D=128, triton backend, forward")
     q, k, v = (torch.randn(1, 1, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -69,7 +42,16 @@ def gpu_time() -> None:
         def fn(pattern=pattern):
             return foveate.attention(q, k, v, pattern, backend="triton")
         eager = bench_ms(fn)
-        print(f"{name:26s} eager {eager * 1e3:8.1f} us   CUDA graph {graph_ms(fn) * 1e3:8.1f} us", flush=True)
+        print(f"{name:26s} eager {eager * 1e3:8.1f} us   CUDA graph {graph_ms(fn) * 1e3:8.1f} us   "
+              f"host {per_call_us(fn, 300):8.1f} us per call", flush=True)
+        if profile_top:
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(100):
+                fn()
+            profile.disable()
+            torch.cuda.synchronize()
+            pstats.Stats(profile).sort_stats("tottime").print_stats(profile_top)
 
 
 def main() -> None:
@@ -77,11 +59,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--gpu-time", action="store_true", help="eager against CUDA-graph time, 1-D GNA cases")
+    parser.add_argument("--profile", action="store_true", help="with --gpu-time: profile each case's host time")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/host_overhead.py needs a CUDA GPU")
     if args.gpu_time:
-        gpu_time()
+        gpu_time(args.top if args.profile else 0)
         return
     pattern, n = P.Neighborhood((1024,), 255), 1024
     q, k, v, grad = (torch.randn(1, 1, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))

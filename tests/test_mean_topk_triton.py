@@ -14,9 +14,12 @@ the kernels checks through a spy that they ran.
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 import foveate
@@ -132,7 +135,7 @@ def _set_split(monkeypatch, split):
 
 def _d_programs(spy) -> int:
     """Programs per block along the head dim in the last launch of the block-means kernel."""
-    return spy["means"].grids[-1][2]
+    return spy["means"].grids[-1][1]
 
 
 @SPLIT
@@ -160,6 +163,22 @@ def test_block_means_read_strided_inputs(split, rng, spy, monkeypatch):
     assert len(spy["means"].launches) == 1 and _d_programs(spy) == (2 if split else 1)
 
 
+@SPLIT
+def test_block_means_pair_in_one_launch(split, rng, spy, monkeypatch):
+    """Queries and keys of their own heads, lengths, blocks and counts, one launch: each the
+    torch means (strided keys, a tail block, counts with an empty block)."""
+    _set_split(monkeypatch, split)
+    q = _rand(rng, 2, 4, 100, 48)
+    k = _rand(rng, 2, 1, 96, 48 * 2)[..., ::2]
+    counts = torch.tensor([16.0, 0.0, 5.0, 16.0, 16.0, 1.0])
+    qm, km = kernels.block_means_pair(q, 32, None, k, 16, counts)
+    assert len(spy["means"].launches) == 1
+    torch.testing.assert_close(qm, block_means(q, 32), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(km, block_means(k, 16, counts.to(DEVICE)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="head dim"):
+        kernels.block_means_pair(q, 32, None, k[..., :16], 16)
+
+
 def test_block_means_and_selection_on_a_padded_canvas(rng, spy, monkeypatch):
     """A tiled canvas with padding (zeros, left out of the counts): the means average the
     tokens alone, blocks of padding alone get 0 and are never selected."""
@@ -178,7 +197,7 @@ def test_block_means_and_selection_on_a_padded_canvas(rng, spy, monkeypatch):
     got = mean_topk(q, k, g, 0.3, 3, method="triton")
     check_selection(got, q, k, g, 0.3, 3)
     assert contested_rows(g, 3).any() and not got.cpu()[:, :, g.q_counts("cpu") == 0].any()
-    assert len(spy["means"].launches) == 6 and len(spy["select"].launches) == 1
+    assert len(spy["means"].launches) == 5 and len(spy["select"].launches) == 1  # q and k in one
 
 
 # -- selection ---------------------------------------------------------------------------------------
@@ -202,7 +221,7 @@ def test_planted_selection_equals_torch(q_len, kv_len, query_block, block, causa
     g = SelectionGeometry(q_len, kv_len, query_block, block, causal, sink, local)
     scale = dim ** -0.5
     got = mean_topk(q, k, g, scale, k_blocks, method="triton")
-    assert len(spy["select"].launches) == 1 and len(spy["means"].launches) == 2
+    assert len(spy["select"].launches) == 1 and len(spy["means"].launches) == 1  # q and k in one
     want = mean_topk(q, k, g, scale, k_blocks, method="torch")
     assert torch.equal(got.cpu(), want.cpu())
     assert check_selection(got, q, k, g, scale, k_blocks) == 0
@@ -367,3 +386,57 @@ def test_bad_input_is_refused(rng):
         mean_topk(q, q, g, 0.25, 0, method="triton")
     with pytest.raises(ValueError, match="counts"):
         kernels.block_means_triton(q, 16, torch.ones(3, device=q.device))
+
+
+# -- top-k of given scores -------------------------------------------------------------------------
+
+@settings(deadline=None, max_examples=25)
+@given(q_len=st.integers(1, 300), kv_len=st.integers(1, 300), blocks=st.sampled_from([(16, 16), (32, 16), (16, 64)]),
+       causal=st.booleans(), sink=st.integers(0, 2), local=st.integers(0, 2), k_blocks=st.integers(1, 12),
+       ties=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_topk_of_given_scores_equals_torch(q_len, kv_len, blocks, causal, sink, local, k_blocks, ties, seed):
+    """``select_topk(method="triton")`` (the selection kernel on given scores) keeps the torch
+    path's blocks exactly on distinct scores; on scores with ties, as many per row, all forced,
+    none outside the candidates, and of the tied ones at the cut the first in order."""
+    from foveate.selection.select import select_topk
+
+    g = SelectionGeometry(q_len, kv_len, blocks[0], blocks[1], causal, sink, local)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (2, 3, g.num_q_blocks, g.num_kv_blocks)
+    if ties:  # few distinct values: ties at the cut
+        scores = torch.randint(0, 3, shape, generator=gen).float()
+    else:
+        scores = torch.randperm(math.prod(shape), generator=gen).float().view(shape)
+    cand, forced = g.candidates("cpu"), g.forced("cpu")
+    got = select_topk(scores.to(DEVICE), k_blocks, cand.to(DEVICE), forced.to(DEVICE), method="triton").cpu()
+    want = select_topk(scores, k_blocks, cand, forced, method="torch")
+    if not ties:
+        assert torch.equal(got, want)
+        return
+    assert torch.equal(got.sum(-1), want.sum(-1)) and not (got & ~cand).any()
+    assert torch.equal(got & forced, forced.expand_as(got))
+    free = cand & ~forced
+    for row_got, row_scores, row_free in zip(got.flatten(0, 2), scores.flatten(0, 2), free.repeat(6, 1)):
+        taken = row_scores[row_got & row_free]
+        if taken.numel() == 0:
+            continue
+        cut = taken.min()
+        left = row_free & ~row_got
+        assert not (row_scores[left] > cut).any(), "a better block was left out"
+        tied = (row_scores == cut) & row_free
+        order = tied.nonzero().flatten()
+        chosen_tied = (row_got & tied).nonzero().flatten()
+        assert torch.equal(chosen_tied, order[:chosen_tied.numel()]), "not the first tied blocks"
+
+
+def test_topk_of_given_scores_refuses_bad_input():
+    from foveate.selection.mean_topk_triton import topk_select
+
+    scores = torch.rand(1, 1, 4, 5, device=DEVICE)
+    cand = torch.ones(4, 5, dtype=torch.bool, device=DEVICE)
+    with pytest.raises(ValueError, match="candidates and forced"):
+        topk_select(scores, 2, cand[:3], cand)
+    with pytest.raises(ValueError, match="k_blocks"):
+        topk_select(scores, 0, cand, cand)
+    with pytest.raises(ValueError, match="k_blocks"):
+        topk_select(scores, True, cand, cand)

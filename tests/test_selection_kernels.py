@@ -3,6 +3,8 @@ grid-to-lists layout builder and the fused antidiagonal score (interpreter witho
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -27,15 +29,20 @@ def _lists(layout: BlockLayout, name: str) -> list[list[int]]:
 
 @settings(deadline=None, max_examples=30)  # the first example compiles the kernel
 @given(b=st.integers(1, 2), h=st.integers(1, 3), nq=st.integers(1, 9), nkv=st.integers(1, 40),
-       seed=st.integers(0, 2 ** 16), transposed=st.booleans())
-def test_triton_lists_equal_torch_lists(b, h, nq, nkv, seed, transposed):
+       seed=st.integers(0, 2 ** 16), transposed=st.booleans(), small=st.booleans())
+def test_triton_lists_equal_torch_lists(b, h, nq, nkv, seed, transposed, small):
+    """``small``: 2 lines per program, 16 positions per step (several tiles and steps)."""
+    from foveate import layout_triton
+
     gen = torch.Generator().manual_seed(seed)
     grid = torch.randint(0, 3, (b, h, nkv, nq) if transposed else (b, h, nq, nkv), generator=gen, dtype=torch.int8)
     if transposed:  # a strided grid is read in place
         grid = grid.transpose(-1, -2)
     dims = dict(block_q=16, block_kv=32, q_len=nq * 16 - 5, kv_len=nkv * 32 - 1)
     by_torch = BlockLayout.from_block_grid(grid, method="torch", **dims)
-    by_triton = BlockLayout.from_block_grid(grid.to(DEVICE), method="triton", **dims)
+    config = dict(lists=3, max_chunk=16, tile=48) if small else {}
+    with mock.patch.dict(layout_triton.CONFIG, config):
+        by_triton = BlockLayout.from_block_grid(grid.to(DEVICE), method="triton", **dims)
     assert torch.equal(by_triton.to_dense().cpu(), grid)
     for name in _LIST_FIELDS:
         assert _lists(by_triton, name) == _lists(by_torch, name), name
@@ -52,7 +59,8 @@ def test_both_list_directions_come_from_one_launch(monkeypatch):
     grid = torch.randint(0, 3, (2, 3, 5, 9), generator=torch.Generator().manual_seed(0), dtype=torch.int8)
     layout = BlockLayout.from_block_grid(grid.to(DEVICE), block_q=16, block_kv=16, q_len=80, kv_len=144,
                                          method="triton")
-    assert spy.grids == [(9, 2 * 3, 2)]  # (longer axis, batch x heads, direction)
+    lines = layout_triton.CONFIG["lists"]  # per program (9 columns fit in one tile)
+    assert spy.grids == [(-(-9 // lines), 2 * 3, 2)]  # (lines of the longer axis, batch x heads, direction)
     assert torch.equal(layout.to_dense().cpu(), grid)
 
 

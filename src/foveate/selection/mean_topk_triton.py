@@ -4,22 +4,25 @@ kernels (CUDA, or the interpreter).
 Computes exactly what :func:`foveate.selection.scores.mean_topk`'s PyTorch path does,
 ``select_topk(mean_logits(q, k, geometry, scale), k_blocks, candidates, forced)``, for ``q``
 ``(B, Hq, Nq, D)`` and ``k`` ``(B, Hkv, Nkv, D)`` (``Hq % Hkv == 0``, ``D <= 256``, any float
-dtype, any strides): a bool ``(B, Hq, nq, nkv)``. In three launches:
+dtype, any strides): a bool ``(B, Hq, nq, nkv)``. In two launches:
 
-- :func:`block_means_triton` (twice, queries and keys): float32 ``(B, H, ceil(N / block), D)``
-  mean token of each block, one program per (batch, head, block) (and slice of the head dim,
-  when there are few blocks), one read of the input;
+- :func:`block_means_pair` (queries and keys in one launch): float32 ``(B, H, ceil(N / block),
+  D)`` mean token of each block, one program per (batch, head, block) (and slice of the head
+  dim, when there are few blocks), one read of the input;
 - :func:`_select_kernel`: per (batch, query head) and ``BLOCK_M`` query blocks, the scores
   ``scale * qmean . kmean`` against every key block of the group's key head, then the top-k
   over each row, written as the row of ``selected``.
 
+The selection kernel also takes scores computed elsewhere (:func:`topk_select`: the
+antidiagonal score's top-k, in one launch).
+
 Why: the PyTorch path is some fifteen small operations; at 32K tokens on a GPU they cost
 0.4-0.8 ms of launches for about 0.1 ms of memory traffic, more than the project's budget for a
-selection (under 10% of the sparse attention it drives). Measured on an H200 (32K tokens, 32
-query and 8 key heads, D=128, bf16): 0.24 ms against the torch path's 0.50 ms for 128-token
-blocks and k=16 (the block-sparse attention it drives: 2.7 ms), 0.16 ms against 0.52 ms for
-MoBA's 4096-key blocks; at 128K tokens (1024 x 1024 blocks) both take 2.35 ms, the selection
-kernel's float32 scores and threshold passes then dominating.
+selection (under 10% of the sparse attention it drives). GPU time on an H200 (32K tokens, 16
+heads, D=128, bf16, 256 x 256 blocks; ``benchmarks/selection_cost.py``, 2026-12-01): block means
+71 us for q and k (268 MB read; 68 us at copy bandwidth), selection 22.5 us. Before the
+single block-means launch, per-chunk reductions on one warp and the TF32x3 products: 107 and
+54.5 us.
 """
 
 from __future__ import annotations
@@ -56,31 +59,48 @@ _HI = tl.constexpr(2 ** 31 - 1)
 
 
 @triton.jit
-def _block_means_kernel(
-    X, OUT, COUNTS, s_xb, s_xh, s_xn, s_xd, H, n, block, dim,
-    HAS_COUNTS: tl.constexpr, ROWS: tl.constexpr, DC: tl.constexpr,
-):
-    j = tl.program_id(0)
-    bh = tl.program_id(1)
+def _block_mean(X, OUT, COUNTS, s_xb, s_xh, s_xn, s_xd, H, n, block, n_blocks, dim, index,
+                HAS_COUNTS: tl.constexpr, ROWS: tl.constexpr, DC: tl.constexpr):
+    """The mean of block ``index % n_blocks`` of (batch, head) ``index // n_blocks`` of ``X``
+    (this program's slice of the head dim)."""
+    bh, j = index // n_blocks, index % n_blocks
     b, h = bh // H, bh % H
     base = X + b.to(tl.int64) * s_xb + h.to(tl.int64) * s_xh
-    dims = tl.program_id(2) * DC + tl.arange(0, DC)  # this program's slice of the head dim
+    dims = tl.program_id(1) * DC + tl.arange(0, DC)
     d_ok = dims < dim
     start = j * block
     stop = tl.minimum(start + block, n)
-    # Row chunks summed elementwise into one tile, reduced across rows once at the end.
-    acc = tl.zeros((ROWS, DC), dtype=tl.float32)
+    # Each chunk of rows reduced as it arrives: a (DC,) accumulator leaves the registers to the
+    # loads (one warp per program, many programs per SM: bandwidth from loads in flight).
+    acc = tl.zeros((DC,), dtype=tl.float32)
     for r0 in range(start, stop, ROWS):
         rows = r0 + tl.arange(0, ROWS)
         x = tl.load(base + rows[:, None].to(tl.int64) * s_xn + dims[None, :] * s_xd,
                     mask=(rows < stop)[:, None] & d_ok[None, :], other=0.0)
-        acc += x.to(tl.float32)
+        acc += tl.sum(x.to(tl.float32), 0)
     if HAS_COUNTS:  # padding positions (zeros) are in the sum but not in the count
         count = tl.load(COUNTS + j)
     else:
         count = (stop - start).to(tl.float32)
-    mean = tl.sum(acc, 0) / tl.maximum(count, 1.0)  # a block of padding alone: 0
-    tl.store(OUT + (bh.to(tl.int64) * tl.num_programs(0) + j) * dim + dims, mean, mask=d_ok)
+    mean = acc / tl.maximum(count, 1.0)  # a block of padding alone: 0
+    tl.store(OUT + index.to(tl.int64) * dim + dims, mean, mask=d_ok)
+
+
+@triton.jit
+def _block_means_kernel(
+    X, OUT, COUNTS, s_xb, s_xh, s_xn, s_xd, H, n, block, n_blocks,
+    Y, OUT_Y, COUNTS_Y, s_yb, s_yh, s_yn, s_yd, H_Y, n_y, block_y, n_blocks_y,
+    x_programs, dim,
+    HAS_COUNTS: tl.constexpr, HAS_COUNTS_Y: tl.constexpr, ROWS: tl.constexpr, DC: tl.constexpr,
+):
+    """Programs ``(i, d)``: block means of ``X`` for ``i < x_programs`` (its (batch, head,
+    block)s in order), then of ``Y``; ``d``: the slice of the head dim."""
+    i = tl.program_id(0)
+    if i < x_programs:
+        _block_mean(X, OUT, COUNTS, s_xb, s_xh, s_xn, s_xd, H, n, block, n_blocks, dim, i, HAS_COUNTS, ROWS, DC)
+    else:
+        _block_mean(Y, OUT_Y, COUNTS_Y, s_yb, s_yh, s_yn, s_yd, H_Y, n_y, block_y, n_blocks_y, dim, i - x_programs,
+                    HAS_COUNTS_Y, ROWS, DC)
 
 
 @triton.jit
@@ -105,8 +125,10 @@ def _select_kernel(
     QM, KM, CAND, FORCED, KEYS, OUT,
     bh_start, H, GROUP, nq, nkv, dim, k_blocks, scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, RESIDENT: tl.constexpr,
-    DP: tl.constexpr,
+    DP: tl.constexpr, GIVEN: tl.constexpr,
 ):
+    """``GIVEN``: ``QM`` holds the float32 scores ``(B * H, nq, nkv)`` themselves (``KM``,
+    ``dim`` and ``scale`` unread): the top-k of any score."""
     tile = tl.program_id(0)
     slot = tl.program_id(1)  # this program's (batch, head) within the launch's chunk of them
     bh = bh_start + slot
@@ -115,8 +137,9 @@ def _select_kernel(
     row_ok = rows < nq
     dims = tl.arange(0, DP)
     d_ok = dims < dim
-    qm = tl.load(QM + (bh.to(tl.int64) * nq + rows[:, None]) * dim + dims[None, :],
-                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if not GIVEN:
+        qm = tl.load(QM + (bh.to(tl.int64) * nq + rows[:, None]) * dim + dims[None, :],
+                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     km_base = KM + (b.to(tl.int64) * (H // GROUP) + h // GROUP) * nkv * dim
     keys = KEYS + slot.to(tl.int64) * nq * nkv
     offsets = rows[:, None] * nkv  # row starts in the (nq, nkv) masks, scratch and output
@@ -124,15 +147,21 @@ def _select_kernel(
 
     # 1. Scores, as order-preserving int32 keys of their float32 bits (a float's order is its
     #    keys' signed-integer order), to the scratch; blocks not free to choose (non-candidates
-    #    and forced ones) get _NONE. float32 products ("ieee": no TF32), as torch.matmul does.
+    #    and forced ones) get _NONE. Products as three TF32 products on the tensor cores
+    #    ("tf32x3", float32 accuracy: the same selections as torch.matmul's float32 products on
+    #    32K-token inputs; "ieee" runs on the FMA units, 2.4x slower for the whole kernel).
     n_forced = tl.zeros((BLOCK_M,), dtype=tl.int32)
     n_free = tl.zeros((BLOCK_M,), dtype=tl.int32)
     for start in range(0, nkv, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < nkv
-        km = tl.load(km_base + cols[:, None] * dim + dims[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        score = tl.dot(qm, tl.trans(km), input_precision="ieee") * scale
         ok = row_mask & col_ok[None, :]
+        if GIVEN:
+            score = tl.load(QM + bh.to(tl.int64) * nq * nkv + offsets + cols[None, :], mask=ok, other=0.0)
+        else:
+            km = tl.load(km_base + cols[:, None] * dim + dims[None, :], mask=col_ok[:, None] & d_ok[None, :],
+                         other=0.0)
+            score = tl.dot(qm, tl.trans(km), input_precision="tf32x3") * scale
         cand = tl.load(CAND + offsets + cols[None, :], mask=ok, other=0) != 0
         forced = tl.load(FORCED + offsets + cols[None, :], mask=ok, other=0) != 0
         free = cand & ~forced
@@ -198,24 +227,46 @@ def block_means_triton(x: torch.Tensor, block: int, counts: torch.Tensor | None 
     dtype and strides, ``D <= 256``) -> float32 ``(B, H, ceil(N / block), D)``, each block's sum
     in float32 over its token count (``counts`` ``(ceil(N / block),)`` when some positions are
     padding; otherwise ``block``, less for the last block)."""
-    batch, heads, n, dim = x.shape
-    if dim > MAX_HEAD_DIM:
-        raise ValueError(f"x has head dim {dim}; the block-means kernel takes up to {MAX_HEAD_DIM}")
-    n_blocks = -(-n // block)
-    out = torch.empty(batch, heads, n_blocks, dim, dtype=torch.float32, device=x.device)
-    if counts is not None:
-        if counts.shape != (n_blocks,):
-            raise ValueError(f"counts has shape {tuple(counts.shape)}; expected ({n_blocks},), one per block")
-        counts = counts.to(device=x.device, dtype=torch.float32).contiguous()
-    if out.numel():
+    return block_means_pair(x, block, counts)[0]
+
+
+def block_means_pair(x: torch.Tensor, block: int, counts: torch.Tensor | None = None,
+                     y: torch.Tensor | None = None, block_y: int = 1,
+                     counts_y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`block_means_triton` of ``x`` and of ``y`` (queries and keys: same batch and head
+    dim, heads and lengths their own) in one launch; ``(x means, y means or None)``."""
+    parts = [(x, block, counts)] + ([] if y is None else [(y, block_y, counts_y)])
+    dim = x.shape[-1]
+    outs, args, flags, programs = [], [], [], []
+    for name, (t, blk, cnt) in zip(("x", "y"), parts):
+        batch, heads, n, d = t.shape
+        if d > MAX_HEAD_DIM:
+            raise ValueError(f"{name} has head dim {d}; the block-means kernel takes up to {MAX_HEAD_DIM}")
+        if d != dim:
+            raise ValueError(f"y has head dim {d}, x has {dim}; expected the same")
+        n_blocks = -(-n // blk)
+        out = torch.empty(batch, heads, n_blocks, d, dtype=torch.float32, device=t.device)
+        if cnt is not None:
+            if cnt.shape != (n_blocks,):
+                raise ValueError(f"counts has shape {tuple(cnt.shape)}; expected ({n_blocks},), one per block")
+            cnt = cnt.to(device=t.device, dtype=torch.float32).contiguous()
+        outs.append(out)
+        args += [t, out, out if cnt is None else cnt, *t.stride(), heads, n, blk, n_blocks]
+        flags.append(cnt is not None)
+        programs.append(batch * heads * n_blocks)
+    if y is None:  # a second part of no programs (never read)
+        args += args[:11]
+        flags.append(False)
+        programs.append(0)
+    total = sum(programs)
+    if total:
         dc = _pow2(dim)
-        while dc > 16 and n_blocks * batch * heads * cdiv(dim, dc) < CONFIG["mean_programs"]:
+        while dc > 16 and total * cdiv(dim, dc) < CONFIG["mean_programs"]:
             dc //= 2
-        rows = min(_pow2(block), max(1, 4096 // dc))  # a (rows, DC) float32 accumulator of 4096
-        launch(_block_means_kernel, (n_blocks, batch * heads, cdiv(dim, dc)),
-               (x, out, out if counts is None else counts, *x.stride(), heads, n, block, dim),
-               dict(HAS_COUNTS=counts is not None, ROWS=rows, DC=dc), num_warps=4, num_stages=3)
-    return out
+        rows = min(_pow2(max(p[1] for p in parts)), 64, max(1, 8192 // dc))  # chunks of (rows, DC) inputs
+        launch(_block_means_kernel, (total, cdiv(dim, dc)), (*args, programs[0], dim),
+               dict(HAS_COUNTS=flags[0], HAS_COUNTS_Y=flags[1], ROWS=rows, DC=dc), num_warps=1, num_stages=1)
+    return outs[0], (outs[1] if y is not None else None)
 
 
 def mean_topk_select(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float,
@@ -236,12 +287,33 @@ def mean_topk_select(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeomet
     nq, nkv = g.num_q_blocks, g.num_kv_blocks
     q_counts = g.q_counts(q.device) if g.padded else None  # else in-kernel: block, or the tail
     kv_counts = g.kv_counts(q.device) if g.padded else None
-    qm = block_means_triton(q, g.query_block, q_counts)
-    km = block_means_triton(k, g.block, kv_counts)
+    qm, km = block_means_pair(q, g.query_block, q_counts, k, g.block, kv_counts)
+    return _select(qm, km, g.candidates(q.device), g.forced(q.device), (batch, heads_q, nq, nkv),
+                   heads_q // k.shape[1], int(k_blocks), float(scale), given=False)
+
+
+def topk_select(scores: torch.Tensor, k_blocks: int, candidates: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+    """:func:`~foveate.selection.select.select_topk` by the selection kernel's threshold search:
+    ``scores`` float ``(B, H, nq, nkv)``, ``candidates`` and ``forced`` bool ``(nq, nkv)`` ->
+    bool ``(B, H, nq, nkv)`` (of scores tied at the cut, the first blocks in order). One launch
+    where the PyTorch path takes about eight (``topk``, ``scatter``, masks)."""
+    if scores.dim() != 4 or candidates.shape != scores.shape[2:] or forced.shape != scores.shape[2:]:
+        raise ValueError(f"scores of shape {tuple(scores.shape)} need candidates and forced of shape "
+                         f"{tuple(scores.shape[2:])}; got {tuple(candidates.shape)}, {tuple(forced.shape)}")
+    if isinstance(k_blocks, bool) or not isinstance(k_blocks, int) or k_blocks < 1:
+        raise ValueError(f"k_blocks must be an int >= 1, got {k_blocks!r}")
+    scores = scores.float().contiguous()
+    return _select(scores, scores, candidates, forced, tuple(scores.shape), 1, k_blocks, 1.0, given=True)
+
+
+def _select(qm, km, candidates, forced, shape, group, k_blocks, scale, *, given: bool) -> torch.Tensor:
+    """Launch the selection kernel on block means (``given=False``) or scores (``True``)."""
+    batch, heads_q, nq, nkv = shape
+    dim = qm.shape[-1] if not given else 16
     # bool masks read as bytes (views: the memoised masks are not copied)
-    candidates = g.candidates(q.device).contiguous().view(torch.uint8)
-    forced = g.forced(q.device).contiguous().view(torch.uint8)
-    out = torch.empty(batch, heads_q, nq, nkv, dtype=torch.int8, device=q.device)
+    candidates = candidates.contiguous().view(torch.uint8)
+    forced = forced.contiguous().view(torch.uint8)
+    out = torch.empty(batch, heads_q, nq, nkv, dtype=torch.int8, device=qm.device)
     if out.numel() == 0:
         return out.view(torch.bool)
     dp = _pow2(dim, least=16)  # (tl.dot takes 16 or more along each axis)
@@ -249,13 +321,12 @@ def mean_topk_select(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeomet
     chunk = max(16, min(CONFIG["max_chunk"], _pow2(nkv)))  # the threshold search's row (or chunk of it)
     per_head = nq * nkv * 4
     heads_per_launch = max(1, min(batch * heads_q, SCRATCH_BYTES // per_head))
-    keys = torch.empty(heads_per_launch * nq * nkv, dtype=torch.int32, device=q.device)
+    keys = torch.empty(heads_per_launch * nq * nkv, dtype=torch.int32, device=qm.device)
     for bh_start in range(0, batch * heads_q, heads_per_launch):
         count = min(heads_per_launch, batch * heads_q - bh_start)
         launch(_select_kernel, (cdiv(nq, BLOCK_M), count),
-               (qm, km, candidates, forced, keys, out,
-                bh_start, heads_q, heads_q // k.shape[1], nq, nkv, dim, int(k_blocks), float(scale)),
-               dict(BLOCK_M=BLOCK_M, BLOCK_N=block_n, CHUNK=chunk, RESIDENT=chunk >= nkv, DP=dp),
+               (qm, km, candidates, forced, keys, out, bh_start, heads_q, group, nq, nkv, dim, k_blocks, scale),
+               dict(BLOCK_M=BLOCK_M, BLOCK_N=block_n, CHUNK=chunk, RESIDENT=chunk >= nkv, DP=dp, GIVEN=given),
                num_warps=4, num_stages=3)
     return out.view(torch.bool)
 

@@ -72,14 +72,15 @@ def mean_topk(
     """bool ``(B, Hq, nq, nkv)``: the ``k_blocks`` best key blocks per query block by the mean
     score, ``select_topk(mean_logits(q, k, geometry, scale), k_blocks, candidates, forced)``.
 
-    ``method``: ``"triton"`` (the fused kernels of :mod:`.mean_topk_triton`: three launches
+    ``method``: ``"triton"`` (the fused kernels of :mod:`.mean_topk_triton`: two launches
     instead of some fifteen; a near-tie at the cut may fall the other way, as float32 sums in
-    another order), ``"torch"`` or ``"auto"`` (triton on CUDA where the kernels take the inputs).
+    another order), ``"torch"`` (PyTorch alone) or ``"auto"`` (triton on CUDA where the kernels
+    take the inputs).
     """
     if use_triton(method, q, lambda: _kernels("mean_topk_triton").supported(q, geometry)):
         return _kernels("mean_topk_triton").mean_topk_select(q, k, geometry, scale, k_blocks)
     candidates, forced = geometry.candidates(q.device), geometry.forced(q.device)
-    return select_topk(mean_logits(q, k, geometry, scale), k_blocks, candidates, forced)
+    return select_topk(mean_logits(q, k, geometry, scale), k_blocks, candidates, forced, method="torch")
 
 
 def mean_mass(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float) -> torch.Tensor:

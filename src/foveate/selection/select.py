@@ -7,15 +7,26 @@ scores' shape. Forced blocks are always selected; non-candidates never are.
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
+from ..kernel_choice import triton_importable, use_triton
 
-def select_topk(scores: torch.Tensor, k: int, candidates: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+
+def select_topk(scores: torch.Tensor, k: int, candidates: torch.Tensor, forced: torch.Tensor, *,
+                method: str = "auto") -> torch.Tensor:
     """Keep ``k`` blocks per query block: the forced ones first, then the highest scores.
 
     A query block with fewer than ``k`` candidates keeps all of them; one with more than ``k``
-    forced blocks keeps all the forced ones.
+    forced blocks keeps all the forced ones. ``method``: ``"torch"`` (``topk`` and masks),
+    ``"triton"`` (one launch of the selection kernel's threshold search,
+    :func:`~foveate.selection.mean_topk_triton.topk_select`: of scores tied at the cut, the
+    first blocks in order) or ``"auto"`` (triton for CUDA scores).
     """
+    if use_triton(method, scores, triton_importable):
+        kernels = importlib.import_module(".mean_topk_triton", __package__)
+        return kernels.topk_select(scores, k, candidates, forced)
     key = scores.float().masked_fill(~candidates, float("-inf")).masked_fill(forced, float("inf"))
     top = key.topk(min(k, key.shape[-1]), dim=-1).indices
     chosen = torch.zeros_like(key, dtype=torch.bool).scatter_(-1, top, True)

@@ -193,3 +193,24 @@ def test_auto_picks_triton_on_cuda(pattern, requires_grad):
                       dtype=torch.bfloat16, device=torch.device("cuda"), requires_grad=requires_grad,
                       return_lse=False, pattern=pattern)
     assert select(problem).name == "triton"
+
+
+@pytest.mark.parametrize("pattern", [P.Causal(), P.Neighborhood((64, 64), (13, 13))], ids=repr)
+def test_concurrent_dq_gives_the_same_gradients(pattern, monkeypatch):
+    """The dq kernel on a second stream (``bwd.CONCURRENT_DQ``): bitwise the gradients of one
+    stream, read on the caller's stream with no synchronisation of the test's own."""
+    from foveate.backends.triton import bwd
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, d_out = (torch.randn(2, 4, 4096, 64, device="cuda", generator=gen, dtype=torch.bfloat16)
+                      for _ in range(4))
+    side_calls = []
+    side_stream = bwd._side_stream
+    monkeypatch.setattr(bwd, "_side_stream", lambda device: side_calls.append(device) or side_stream(device))
+    monkeypatch.setattr(bwd, "CONCURRENT_MIN_PROGRAMS", 0)
+    grads = {}
+    for concurrent in (False, True):
+        monkeypatch.setattr(bwd, "CONCURRENT_DQ", concurrent)
+        grads[concurrent] = _grads(q, k, v, pattern, d_out, backend="triton")[2:]
+    assert len(side_calls) == 1, "the second stream ran the dq kernel once (concurrent=True only)"
+    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))

@@ -1,0 +1,63 @@
+"""The backward's dq kernel on a second CUDA stream or not (GPU): forward+backward time both ways.
+
+``foveate.backends.triton.bwd`` runs the dq kernel on a second stream, concurrently with the
+dk/dv kernel, when the launch has at least ``CONCURRENT_MIN_PROGRAMS`` programs. This times
+forward+backward of ``foveate bench`` cases with ``CONCURRENT_DQ`` off and on (the threshold
+set to 0, so both settings run on every case), alternating twice in one run, best of each;
+and checks the gradients are bitwise the same.
+
+Usage: ``python benchmarks/backward_streams.py [--cases NAME ...]`` (names as ``foveate bench --list``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import foveate
+import foveate.backends.triton.bwd as bwd
+from foveate.benchmark.suites import select_cases
+
+from common import bench_ms, run_header
+
+CASES = ["causal-8k", "gna-1d-w2048", "gna-1d-w2048-s256", "gna-2d-w80-s16", "gna-3d-hunyuan-s", "2d-128x128-k13",
+         "3d-16x64x64-k7x15x15"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=CASES)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/backward_streams.py needs a CUDA GPU")
+    print(f"{run_header()}, bf16, triton backend, forward+backward")
+    bwd.CONCURRENT_MIN_PROGRAMS = 0
+    for case in select_cases("gpu", args.cases):
+        if case.name not in args.cases:
+            continue
+        shape_q = (case.batch, case.heads, case.q_len, case.head_dim)
+        shape_k = (case.batch, case.heads_kv, case.kv_len, case.head_dim)
+        q, grad = (torch.randn(*shape_q, device="cuda", dtype=torch.bfloat16, requires_grad=i == 0) for i in range(2))
+        k, v = (torch.randn(*shape_k, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+
+        def grads():
+            out = foveate.attention(q, k, v, case.pattern, backend="triton")
+            return torch.autograd.grad(out, (q, k, v), grad)
+
+        times: dict[bool, list[float]] = {False: [], True: []}
+        results = {}
+        for concurrent in (False, True, False, True):
+            bwd.CONCURRENT_DQ = concurrent
+            results[concurrent] = grads()
+            times[concurrent].append(bench_ms(grads))
+        same = all(torch.equal(a, b) for a, b in zip(results[False], results[True]))
+        one, two = min(times[False]), min(times[True])
+        print(f"{case.name:24s} one stream {one:8.3f} ms   two streams {two:8.3f} ms   speedup {one / two:.3f}   "
+              f"dq programs {-(-case.q_len // 128) * case.batch * case.heads:6d}   bitwise same: {same}", flush=True)
+        del q, k, v, grad, results
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -598,3 +598,21 @@ def test_the_triton_kernel_really_runs(rng, spy):
     # Twice: two launches (nothing cached in place of the computation).
     foveate.attention(q, k, v, P.Causal(), backend="triton")
     assert len(spy.kernel.launches) == 2
+
+
+def test_block_lists_are_remembered_per_layout_tensors():
+    """``block_lists`` gives the lists and their leading strides (0 on broadcast axes); a second
+    call returns the remembered tuple, and a layout holding other tensors gets them anew."""
+    layout = P.SlidingWindow(100, 0).build(300, 300, block_q=64, block_kv=64)
+    for transposed in (False, True):
+        lists, strides = fwd_module.block_lists(layout, transposed=transposed)
+        prefix = "q" if transposed else "kv"
+        assert lists[1] is getattr(layout, f"{prefix}_indices")
+        assert strides == tuple(s for t in lists for s in fwd_module.layout_strides(t))
+        assert strides[:3] == (0, 0, lists[0].stride(2))  # (1, 1, n) counts: broadcast batch, heads
+        assert fwd_module.block_lists(layout, transposed=transposed) is fwd_module.block_lists(
+            layout, transposed=transposed)
+    wider = layout.kv_indices.expand(2, 3, -1, -1)  # a per-(batch, head) view in its place
+    layout.kv_indices = wider
+    lists, strides = fwd_module.block_lists(layout)
+    assert lists[1] is wider and strides[3:6] == (wider.stride(0), wider.stride(1), wider.stride(2))

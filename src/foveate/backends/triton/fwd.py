@@ -153,12 +153,18 @@ def layout_strides(t: torch.Tensor) -> tuple[int, int, int]:
 def block_lists(layout, *, transposed: bool = False) -> tuple[tuple, tuple]:
     """The kernels' view of a layout's lists: ``(partial count, partial indices, full count,
     full indices)`` per query block (per kv block when ``transposed``: the backward's dk/dv),
-    and their 12 leading-axis strides in the same order."""
+    and their 12 leading-axis strides in the same order. Remembered on the layout (a call
+    runs it once forward and twice backward) for as long as it holds the same tensors."""
     if transposed:
         lists = (layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks, layout.full_q_indices)
     else:
         lists = (layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices)
-    return lists, tuple(s for t in lists for s in layout_strides(t))
+    memo = layout.__dict__.setdefault("_kernel_lists", {})
+    known = memo.get(transposed)
+    if known is not None and all(a is b for a, b in zip(known[0], lists)):
+        return known
+    known = memo[transposed] = lists, tuple(s for t in lists for s in layout_strides(t))
+    return known
 
 
 def head_block(dim: int) -> int:

@@ -20,7 +20,7 @@ Why: the PyTorch path is some fifteen small operations; at 32K tokens on a GPU t
 0.4-0.8 ms of launches for about 0.1 ms of memory traffic, more than the project's budget for a
 selection (under 10% of the sparse attention it drives). GPU time on an H200 (32K tokens, 16
 heads, D=128, bf16, 256 x 256 blocks; ``benchmarks/selection_cost.py``, 2026-12-01): block means
-71 us for q and k (268 MB read; 68 us at copy bandwidth), selection 22.5 us. Before the
+67-71 us for q and k (268 MB read; 68 us at copy bandwidth), selection 22 us. Before the
 single block-means launch, per-chunk reductions on one warp and the TF32x3 products: 107 and
 54.5 us.
 """

@@ -54,7 +54,7 @@ def main() -> None:
         same = all(torch.equal(a, b) for a, b in zip(results[False], results[True]))
         one, two = min(times[False]), min(times[True])
         print(f"{case.name:24s} one stream {one:8.3f} ms   two streams {two:8.3f} ms   speedup {one / two:.3f}   "
-              f"dq programs {-(-case.q_len // 128) * case.batch * case.heads:6d}   bitwise same: {same}", flush=True)
+              f"128-row query tiles {-(-case.q_len // 128) * case.batch * case.heads:6d}   bitwise same: {same}", flush=True)
         del q, k, v, grad, results
         torch.cuda.empty_cache()
 

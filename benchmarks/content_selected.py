@@ -109,8 +109,9 @@ def run_case(n: int, causal: bool, densities, heads: int, dim: int, check: bool)
                    speedup=dense_ms / total_ms, attn_speedup=dense_ms / attn_ms,
                    tflops=flops(pairs) / attn_ms / 1e9)
         records.append(rec)
-        print(f"  {name}: density {rec['density']:.3f}, select {select_ms:.3f} ms, on the GPU {select_gpu_ms:.3f} ms "
-              f"({rec['select_share']:.1%} of attention), attention {attn_ms:.3f} ms ({rec['tflops']:.0f} TFLOP/s), total {total_ms:.3f} ms "
+        print(f"  {name}: density {rec['density']:.3f}, select {select_ms:.3f} ms, on the GPU "
+              f"{select_gpu_ms:.3f} ms ({rec['select_share']:.1%} of attention), attention {attn_ms:.3f} ms "
+              f"({rec['tflops']:.0f} TFLOP/s), total {total_ms:.3f} ms "
               f"= {rec['speedup']:.2f}x over dense" + (f", max err {rec['max_err']:.3g}" if check else ""),
               flush=True)
     return records
@@ -137,7 +138,8 @@ def markdown(records: list[dict], header: str) -> str:
                          f"{r['total_ms']:.2f} | 1.00x |")
             continue
         lines.append(f"| {r['tokens']} | {'yes' if r['causal'] else 'no'} | {r['method']} | {r['density']:.3f} | "
-                     f"{r['select_ms']:.3f} | {r['select_gpu_ms']:.3f} | {r['select_share']:.1%} | {r['attn_ms']:.3f} | {r['tflops']:.0f} | "
+                     f"{r['select_ms']:.3f} | {r['select_gpu_ms']:.3f} | {r['select_share']:.1%} | "
+                     f"{r['attn_ms']:.3f} | {r['tflops']:.0f} | "
                      f"{r['total_ms']:.3f} | {r['speedup']:.2f}x |")
     return "\n".join(lines) + "\n"
 

@@ -32,6 +32,17 @@ from foveate.backends.triton.masks import mask_spec
 from common import bench_ms, graph_ms, per_call_us, run_header
 
 
+def print_profile(fn, calls: int, top: int) -> None:
+    """The ``top`` functions by own host time over ``calls`` calls of ``fn`` (cProfile)."""
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(calls):
+        fn()
+    profile.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(profile).sort_stats("tottime").print_stats(top)
+
+
 def gpu_time(profile_top: int = 0) -> None:
     n = 32768
     print(f"{run_header()}, bf16, B=1, H=1, N={n}, D=128, triton backend, forward")
@@ -45,13 +56,7 @@ def gpu_time(profile_top: int = 0) -> None:
         print(f"{name:26s} eager {eager * 1e3:8.1f} us   CUDA graph {graph_ms(fn) * 1e3:8.1f} us   "
               f"host {per_call_us(fn, 300):8.1f} us per call", flush=True)
         if profile_top:
-            profile = cProfile.Profile()
-            profile.enable()
-            for _ in range(100):
-                fn()
-            profile.disable()
-            torch.cuda.synchronize()
-            pstats.Stats(profile).sort_stats("tottime").print_stats(profile_top)
+            print_profile(fn, 100, profile_top)
 
 
 def main() -> None:
@@ -87,14 +92,8 @@ def main() -> None:
                      ("attention_forward launcher alone", launcher)):
         print(f"{name:34s} {per_call_us(fn, args.calls):8.1f} us per call", flush=True)
     for name, fn in (("forward", forward), ("forward+backward", forward_backward)):
-        profile = cProfile.Profile()
-        profile.enable()
-        for _ in range(args.calls):
-            fn()
-        profile.disable()
-        torch.cuda.synchronize()
         print(f"\n{name}: top {args.top} by own time ({args.calls} calls)")
-        pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
+        print_profile(fn, args.calls, args.top)
 
 
 if __name__ == "__main__":

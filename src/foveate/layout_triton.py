@@ -3,8 +3,9 @@
 :meth:`foveate.layout.BlockLayout.from_block_grid` uses it on CUDA (and, when asked, under the
 Triton interpreter): in one launch, programs for tiles of grid rows and programs for tiles of
 grid columns (the transposed lists) read the lines' states, number the partial and the full
-blocks with a prefix sum along each line, and write the counts and the indices. The lists are as wide as the grid (no host sync to learn the
-longest list), which content-selected patterns, built on every call, need.
+blocks with a prefix sum along each line, and write the counts and the indices. The lists are
+as wide as the grid (no host sync to learn the longest list), which content-selected patterns,
+built on every call, need.
 """
 
 from __future__ import annotations

@@ -298,7 +298,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sc
     kv_lists, kv_strides = block_lists(layout)
     q_lists, q_strides = block_lists(layout, transposed=True)
     flags = bounds_flags(spec, q_len, kv_len, layout.block_q, layout.block_kv)
-    concurrent = CONCURRENT_DQ and q.is_cuda and cdiv(q_len, cfg.dq.block_m) * batch * heads >= CONCURRENT_MIN_PROGRAMS
+    concurrent = (CONCURRENT_DQ and q.is_cuda
+                  and cdiv(q_len, cfg.dq.block_m) * batch * heads >= CONCURRENT_MIN_PROGRAMS)
     side = _side_stream(q.device) if concurrent else None
     if side is not None:  # dq on a second stream, beside dk/dv: each fills the other's tail
         side.wait_stream(torch.cuda.current_stream(q.device))
@@ -324,9 +325,10 @@ def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sc
 #: Run the dq kernel on a second CUDA stream, concurrently with the dk/dv kernel (results are
 #: bitwise the same: each writes its own gradients), when it has at least
 #: ``CONCURRENT_MIN_PROGRAMS`` programs. H200, bf16, forward+backward
-#: (``benchmarks/backward_streams.py``, 2026-12-01): 1.033x on causal 8K (1024 dq programs), 1.023x on 3-D Hunyuan strided (900), 1.016x on 2-D
-#: k13, even on long runs (2-D w80 strided, 3-D k7x15x15); on host-bound calls with few
-#: programs (1-D 32K tokens, one head: 256) the stream switches' host time costs 7-28 %.
+#: (``benchmarks/backward_streams.py``, 2026-12-01): 1.037x on causal 8K (1024 dq programs),
+#: 1.014x on 3-D Hunyuan strided (900), 1.020x on 2-D k13 (2048), within 0.5 % either way on
+#: long runs (2-D w80 strided, 3-D k7x15x15); on host-bound calls with few programs (1-D 32K
+#: tokens, one head: 256) the stream switches' host time decides (0.83x in that run).
 CONCURRENT_DQ = True
 CONCURRENT_MIN_PROGRAMS = 512
 

@@ -8,9 +8,10 @@ never waits for work, so the wall time per call is the host time), the forward l
 host time (cProfile, by own time).
 
 With ``--gpu-time``, it instead times the 1-D GNA cases of ``foveate bench`` (B=1, H=1, 32K
-tokens) forward both ways: eagerly (``do_bench`` of ``attention()``: host and GPU) and as a
-replayed CUDA graph of the same call (GPU time alone), which tells a host-bound case from a
-GPU-bound one.
+tokens) forward and forward+backward both ways: eagerly (``do_bench`` of ``attention()``: host
+and GPU) and as a replayed CUDA graph of the same call (GPU time alone), which tells a
+host-bound case from a GPU-bound one, and the forward+backward's throughput over the
+forward's by each.
 
 Usage: ``python benchmarks/host_overhead.py [--calls 300] [--top 15] [--gpu-time]``.
 """
@@ -45,18 +46,30 @@ def print_profile(fn, calls: int, top: int) -> None:
 
 def gpu_time(profile_top: int = 0) -> None:
     n = 32768
-    print(f"{run_header()}, bf16, B=1, H=1, N={n}, D=128, triton backend, forward")
-    q, k, v = (torch.randn(1, 1, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    print(f"{run_header()}, bf16, B=1, H=1, N={n}, D=128, triton backend")
+    q, k, v, grad = (torch.randn(1, 1, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
     for name, pattern in (("window 2048", P.Neighborhood((n,), 2048)),
                           ("window 2048, stride 256", P.Neighborhood((n,), 2048, stride=256)),
                           ("window 2048, stride 2048", P.Neighborhood((n,), 2048, stride=2048))):
-        def fn(pattern=pattern):
+        def forward(pattern=pattern):
             return foveate.attention(q, k, v, pattern, backend="triton")
-        eager = bench_ms(fn)
-        print(f"{name:26s} eager {eager * 1e3:8.1f} us   CUDA graph {graph_ms(fn) * 1e3:8.1f} us   "
-              f"host {per_call_us(fn, 300):8.1f} us per call", flush=True)
-        if profile_top:
-            print_profile(fn, 100, profile_top)
+
+        def forward_backward(pattern=pattern):
+            out = foveate.attention(qg, kg, vg, pattern, backend="triton")
+            return torch.autograd.grad(out, (qg, kg, vg), grad)
+
+        times = {}
+        for direction, fn in (("forward", forward), ("forward+backward", forward_backward)):
+            times[direction] = eager, graph = bench_ms(fn), graph_ms(fn)
+            print(f"{name:26s} {direction:17s} eager {eager * 1e3:8.1f} us   CUDA graph {graph * 1e3:8.1f} us   "
+                  f"host {per_call_us(fn, 300):8.1f} us per call", flush=True)
+            if profile_top:
+                print_profile(fn, 100, profile_top)
+        # forward+backward effective throughput over the forward's (3.5x the forward's FLOPs)
+        ratios = [3.5 * times["forward"][i] / times["forward+backward"][i] for i in range(2)]
+        print(f"{name:26s} forward+backward / forward throughput: eager {ratios[0]:.2f}, GPU time {ratios[1]:.2f}",
+              flush=True)
 
 
 def main() -> None:

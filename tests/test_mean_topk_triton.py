@@ -320,6 +320,70 @@ def test_long_rows_in_chunks(config, kv_len, block, resident, rng, spy, monkeypa
     assert len(spy["select"].launches) == 2
 
 
+def _list_rows(counts, indices) -> list[list[int]]:
+    counts = counts.flatten().tolist()
+    indices = indices.reshape(len(counts), -1).tolist()
+    return [row[:c] for row, c in zip(indices, counts)]
+
+
+@pytest.mark.parametrize("q_len,kv_len,query_block,block,causal,chunks", [
+    (96, 160, 16, 16, True, False),    # q_len < kv_len: causal offset, partial diagonal blocks
+    (100, 90, 16, 16, True, False),    # q_len > kv_len, ragged ends: early query blocks see nothing
+    (64, 200, 16, 8, False, False),    # every selected block full
+    (40, 1100, 16, 16, True, True),    # 69 key blocks counted and listed a chunk at a time
+], ids=["causal-q<kv", "causal-q>kv-ragged", "non-causal", "causal-chunks"])
+def test_the_kernel_writes_the_selections_lists(q_len, kv_len, query_block, block, causal, chunks, rng, spy,
+                                                monkeypatch):
+    """The selection kernel's lists of its selection (``mean_topk_lists``) are those the layout
+    builder makes from the selection and its blocks' causal states, and a pattern's layout at
+    its own block sizes takes them (no list launch of its own)."""
+    from foveate import layout_triton
+    from foveate.layout import BlockLayout
+    from foveate.patterns.selected import _causal_block_states
+
+    if chunks:
+        monkeypatch.setitem(kernels.CONFIG, "max_block_n", 16)
+        monkeypatch.setitem(kernels.CONFIG, "max_chunk", 16)
+    q, k = planted(rng, 2, 2, 1, q_len, kv_len, 16, block)
+    g = SelectionGeometry(q_len, kv_len, query_block, block, causal, 1, 1)
+    states = _causal_block_states(q_len, kv_len, query_block, block, str(DEVICE)) if causal else None
+    selected, lists = kernels.mean_topk_lists(q, k, g, 0.25, 3, states)
+    assert spy["select"].settings[-1]["RESIDENT"] is not chunks
+    assert torch.equal(selected, kernels.mean_topk_select(q, k, g, 0.25, 3))
+    grid = (torch.where(selected.cpu(), states.cpu(), 0) if causal else selected.cpu().to(torch.int8) * 2)
+    expected = BlockLayout.from_block_grid(grid.to(torch.int8), block_q=query_block, block_kv=block, q_len=q_len,
+                                           kv_len=kv_len, method="torch")
+    assert (grid == 1).any() == causal and (grid == 2).any()
+    for got, want in ((lists[:2], (expected.kv_num_blocks, expected.kv_indices)),
+                      (lists[2:], (expected.full_kv_num_blocks, expected.full_kv_indices))):
+        assert _list_rows(*[t.cpu() for t in got]) == _list_rows(*want)
+
+    # Through the pattern: its layout's kv lists are the kernel's, the transposed ones built later.
+    list_spy = KernelSpy(layout_triton._grid_to_lists_kernel)
+    monkeypatch.setattr(layout_triton, "_grid_to_lists_kernel", list_spy)
+    monkeypatch.setattr(selected_module, "MEAN_TOPK_METHOD", "triton")
+    pattern = P.BlockTopK(3, block=block, query_block=query_block, causal=causal)
+    selection = pattern.select(q, k, scale=0.25)
+    layout = selection.build(q_len, kv_len, block_q=query_block, block_kv=block, device=DEVICE)
+    assert layout.kv_indices is selection._kv_lists[1] and not layout.has_transposed
+    assert torch.equal(layout.to_dense().cpu(), selection.block_grid(query_block, block).cpu())
+    assert list_spy.launches == []
+    transposed = [(layout.q_num_blocks, layout.q_indices), (layout.full_q_num_blocks, layout.full_q_indices)]
+    assert list_spy.grids == ([(list_spy.grids[0][0], 2 * 2, 1)] if q.is_cuda else [])  # columns (CPU: torch)
+    for got, want in zip(transposed, [(expected.q_num_blocks, expected.q_indices),
+                                      (expected.full_q_num_blocks, expected.full_q_indices)]):
+        assert _list_rows(*[t.cpu() for t in got]) == _list_rows(*want)
+    half = selection.build(q_len, kv_len, block_q=query_block // 2, block_kv=block, device=DEVICE)
+    assert torch.equal(half.to_dense().cpu(), selection.block_grid(query_block // 2, block).cpu())
+
+
+def test_kernel_lists_refuse_bad_states(rng):
+    q, k = planted(rng, 1, 1, 1, 64, 64, 16, 16)
+    g = SelectionGeometry(64, 64, 16, 16, True, 1, 1)
+    with pytest.raises(ValueError, match="states"):
+        kernels.mean_topk_lists(q, k, g, 0.25, 2, torch.zeros(4, 5, dtype=torch.int8, device=DEVICE))
+
+
 def test_strided_inputs(rng, spy):
     """``q`` and ``k`` in ``(B, N, H, D)`` memory: read in place, same selection."""
     q, k = planted(rng, 2, 2, 2, 96, 160, 32, 16)

@@ -766,6 +766,31 @@ def test_triton_matches_reference_on_selections(triton_spy, pattern, q_len, kv_l
         assert err_ref <= bound, f"{name}: reference error {err_ref:.3g}"
 
 
+@needs_triton
+def test_the_transposed_lists_wait_for_the_backward(monkeypatch):
+    """A selection's layout is built on every call: its forward builds the kv lists only, the
+    backward the transposed (q) lists when it reads them; inference never builds them."""
+    seen = []
+    real_fwd = fwd_module.attention_forward
+
+    def attention_forward(q, k, v, layout, *args, **kw):
+        seen.append(layout.has_transposed)
+        seen.append(layout)
+        return real_fwd(q, k, v, layout, *args, **kw)
+
+    monkeypatch.setattr(fwd_module, "attention_forward", attention_forward)
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 256, 32, generator=gen).to(DEVICE).requires_grad_() for _ in range(3))
+    pattern = P.BlockTopK(1, block=128, sink_blocks=0, local_blocks=1, causal=True)
+    with torch.no_grad():
+        foveate.attention(q, k, v, pattern, backend="triton")
+    out = foveate.attention(q, k, v, pattern, backend="triton")
+    assert seen[0::2] == [False, False]
+    assert not seen[1].has_transposed and not seen[3].has_transposed
+    out.sum().backward()
+    assert seen[3].has_transposed and not seen[1].has_transposed
+
+
 # -- 6. bad input ------------------------------------------------------------------------------------
 
 

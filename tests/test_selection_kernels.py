@@ -50,6 +50,63 @@ def test_triton_lists_equal_torch_lists(b, h, nq, nkv, seed, transposed, small):
     assert by_triton.kv_indices.shape[-1] == nkv and by_triton.q_indices.shape[-1] == nq
 
 
+@settings(deadline=None, max_examples=20)
+@given(b=st.integers(1, 2), h=st.integers(1, 3), nq=st.integers(1, 9), nkv=st.integers(1, 40),
+       seed=st.integers(0, 2 ** 16), with_states=st.booleans(), lazy=st.booleans(), small=st.booleans())
+def test_lists_of_a_selection_with_its_states(b, h, nq, nkv, seed, with_states, lazy, small):
+    """A bool selection whose blocks take given states (or are full): the lists of the combined
+    grid, by both builders, the transposed ones built on first read when ``lazy``."""
+    from foveate import layout_triton
+
+    gen = torch.Generator().manual_seed(seed)
+    selection = torch.rand(b, h, nq, nkv, generator=gen) < 0.4
+    states = torch.randint(0, 3, (nkv, nq), generator=gen, dtype=torch.int8).T if with_states else None
+    combined = torch.where(selection, states, 0).to(torch.int8) if with_states else selection.to(torch.int8) * 2
+    dims = dict(block_q=16, block_kv=32, q_len=nq * 16, kv_len=nkv * 32)
+    expected = BlockLayout.from_block_grid(combined, method="torch", **dims)
+    config = dict(lists=2, max_chunk=16, tile=32) if small else {}
+    for method, device in (("torch", "cpu"), ("triton", DEVICE)):
+        with mock.patch.dict(layout_triton.CONFIG, config):
+            layout = BlockLayout.from_block_grid(selection.to(device), method=method, lazy_transposed=lazy,
+                                                 states=None if states is None else states.to(device), **dims)
+            assert layout.has_transposed is not lazy
+            for name in _LIST_FIELDS:
+                assert _lists(layout, name) == _lists(expected, name), (method, name)
+        assert layout.has_transposed
+        assert torch.equal(layout.to_dense().cpu(), combined)
+
+
+@pytest.mark.parametrize("grid, states, match", [
+    pytest.param(torch.zeros(1, 1, 2, 3, dtype=torch.int8), torch.zeros(2, 3, dtype=torch.int8), "bool grid",
+                 id="states-with-an-int8-grid"),
+    pytest.param(torch.zeros(1, 1, 2, 3, dtype=torch.bool), torch.zeros(3, 2, dtype=torch.int8), "states",
+                 id="states-transposed"),
+    pytest.param(torch.zeros(1, 1, 2, 3, dtype=torch.bool), torch.zeros(2, 3), "states", id="states-float"),
+])
+def test_from_block_grid_refuses_bad_states(grid, states, match):
+    with pytest.raises(ValueError, match=match):
+        BlockLayout.from_block_grid(grid, states=states, block_q=4, block_kv=4, q_len=8, kv_len=12)
+
+
+def test_layout_takes_the_transposed_lists_or_a_function_for_them():
+    lists = BlockLayout.from_block_grid(torch.full((1, 1, 2, 2), 2, dtype=torch.int8), block_q=4, block_kv=4,
+                                        q_len=8, kv_len=8, method="torch")
+    kv = dict(kv_num_blocks=lists.kv_num_blocks, kv_indices=lists.kv_indices,
+              full_kv_num_blocks=lists.full_kv_num_blocks, full_kv_indices=lists.full_kv_indices)
+    q = dict(q_num_blocks=lists.q_num_blocks, q_indices=lists.q_indices,
+             full_q_num_blocks=lists.full_q_num_blocks, full_q_indices=lists.full_q_indices)
+    dims = dict(block_q=4, block_kv=4, q_len=8, kv_len=8)
+    with pytest.raises(ValueError, match="q_\\* lists"):
+        BlockLayout(**dims, **kv, **{**q, "q_indices": None})
+    with pytest.raises(ValueError, match="not both"):
+        BlockLayout(**dims, **kv, **q, transposed=lambda: tuple(q.values()))
+    calls = []
+    layout = BlockLayout(**dims, **kv, transposed=lambda: calls.append(1) or tuple(q.values()))
+    assert not calls and not layout.has_transposed
+    assert layout.full_q_indices is q["full_q_indices"] and layout.q_num_blocks is q["q_num_blocks"]
+    assert calls == [1]  # built once
+
+
 def test_both_list_directions_come_from_one_launch(monkeypatch):
     from foveate import layout_triton
     from kernel_spy import KernelSpy

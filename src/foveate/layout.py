@@ -6,7 +6,9 @@ For each query block, ``kv_indices`` lists the **partial** kv blocks (some but n
 allowed: the kernel applies the mask) and ``full_kv_indices`` the **full** ones (every pair
 allowed: no mask work), both ascending; blocks with no allowed pair are not listed. The
 ``q_*`` fields are the transpose (for each kv block, the q blocks that visit it), used by the
-backward pass. Entries past a row's count are padding (zeros).
+backward pass; a layout may build them when they are first read (layouts made on every call,
+as content-selected ones, then leave them to the backward: inference never builds them).
+Entries past a row's count are padding (zeros).
 
 Lengths need not be multiples of the block sizes: the last block of each axis is short, and
 "full" refers to the pairs that exist.
@@ -34,7 +36,8 @@ class BlockLayout:
     Build one with a pattern's ``build()``, :meth:`from_pairs`, :meth:`from_block_grid` or
     :func:`layout_from_mask_mod`. ``mask_mod`` (optional) is the pattern's mask for these
     lengths; ``allowed_pairs`` (optional) the number of allowed (query, key) pairs summed
-    over the leading axes, known analytically by structured builders.
+    over the leading axes, known analytically by structured builders. The four ``q_*`` lists
+    are given, or ``transposed`` is: a function returning them, called when one is first read.
     """
 
     def __init__(
@@ -48,21 +51,55 @@ class BlockLayout:
         kv_indices: torch.Tensor,
         full_kv_num_blocks: torch.Tensor,
         full_kv_indices: torch.Tensor,
-        q_num_blocks: torch.Tensor,
-        q_indices: torch.Tensor,
-        full_q_num_blocks: torch.Tensor,
-        full_q_indices: torch.Tensor,
+        q_num_blocks: torch.Tensor | None = None,
+        q_indices: torch.Tensor | None = None,
+        full_q_num_blocks: torch.Tensor | None = None,
+        full_q_indices: torch.Tensor | None = None,
         mask_mod: MaskMod | None = None,
         allowed_pairs: int | None = None,
+        transposed: Callable[[], tuple[torch.Tensor, ...]] | None = None,
     ) -> None:
         self.block_q, self.block_kv = block_q, block_kv
         self.q_len, self.kv_len = q_len, kv_len
         self.kv_num_blocks, self.kv_indices = kv_num_blocks, kv_indices
         self.full_kv_num_blocks, self.full_kv_indices = full_kv_num_blocks, full_kv_indices
-        self.q_num_blocks, self.q_indices = q_num_blocks, q_indices
-        self.full_q_num_blocks, self.full_q_indices = full_q_num_blocks, full_q_indices
+        given = (q_num_blocks, q_indices, full_q_num_blocks, full_q_indices)
+        if transposed is None and any(t is None for t in given):
+            raise ValueError("the four q_* lists are needed, or transposed: a function that returns them")
+        if transposed is not None and any(t is not None for t in given):
+            raise ValueError("give the q_* lists or transposed (a function that returns them), not both")
+        self._transposed = given if transposed is None else None
+        self._build_transposed = transposed
         self.mask_mod = mask_mod
         self._allowed_pairs = allowed_pairs
+
+    # -- the transposed lists (built on first use when given as a function) --------------
+    def _q_lists(self) -> tuple[torch.Tensor, ...]:
+        if self._transposed is None:
+            self._transposed = tuple(self._build_transposed())
+            self._build_transposed = None
+        return self._transposed
+
+    @property
+    def has_transposed(self) -> bool:
+        """Whether the ``q_*`` lists exist yet (``False``: built when first read)."""
+        return self._transposed is not None
+
+    @property
+    def q_num_blocks(self) -> torch.Tensor:
+        return self._q_lists()[0]
+
+    @property
+    def q_indices(self) -> torch.Tensor:
+        return self._q_lists()[1]
+
+    @property
+    def full_q_num_blocks(self) -> torch.Tensor:
+        return self._q_lists()[2]
+
+    @property
+    def full_q_indices(self) -> torch.Tensor:
+        return self._q_lists()[3]
 
     # -- shapes ------------------------------------------------------------------------
     @property
@@ -138,12 +175,20 @@ class BlockLayout:
     def from_block_grid(
         cls, grid: torch.Tensor, *, block_q: int, block_kv: int, q_len: int, kv_len: int,
         mask_mod: MaskMod | None = None, allowed_pairs: int | None = None, method: str = "auto",
+        states: torch.Tensor | None = None, lazy_transposed: bool = False,
+        row_lists: list[torch.Tensor] | None = None,
     ) -> "BlockLayout":
-        """Build from a dense ``(B|1, H|1, nq, nkv)`` grid of 0 (empty), 1 (partial), 2 (full).
+        """Build from a dense ``(B|1, H|1, nq, nkv)`` grid of 0 (empty), 1 (partial), 2 (full),
+        or from a bool selection of blocks: full ones, or given ``states`` (int8 ``(nq, nkv)``,
+        0/1/2, the same for every batch and head), the state there of each selected block
+        (e.g. a causal selection: its blocks' causal states), without writing the combined grid.
 
         ``method``: ``"torch"`` (lists trimmed to the longest one; one host sync), ``"triton"``
         (a Triton kernel, lists as wide as the grid, no host sync) or ``"auto"`` (triton for
-        CUDA grids).
+        CUDA grids). ``lazy_transposed``: build the ``q_*`` lists when first read (the layout
+        keeps ``grid`` and ``states`` until then). ``row_lists``: the kv lists of this grid
+        (``[counts, indices, full_counts, full_indices]``), when already built elsewhere (the
+        selection kernel writes those of its selection): only the transposed lists are built.
         """
         if grid.dim() != 4:
             raise ValueError(f"grid must have 4 dims (B|1, H|1, nq, nkv), got shape {tuple(grid.shape)}")
@@ -153,23 +198,40 @@ class BlockLayout:
                 f"grid of shape {tuple(grid.shape)} does not match q_len={q_len}, kv_len={kv_len} "
                 f"with blocks ({block_q}, {block_kv})"
             )
+        if states is not None:
+            if grid.dtype != torch.bool:
+                raise ValueError(f"states go with a bool grid (a selection of blocks), got a grid of dtype {grid.dtype}")
+            if states.shape != (nq, nkv) or states.dtype != torch.int8:
+                raise ValueError(f"states must be int8 of shape {(nq, nkv)}, got {states.dtype} "
+                                 f"{tuple(states.shape)}")
         if use_triton(method, grid, triton_importable):
             # Lists as wide as the grid, no host sync: the path of per-call (selected) layouts.
             from .layout_triton import grid_to_lists
 
-            kv, q = grid_to_lists(grid)
+            def lists(rows: bool, columns: bool):
+                return grid_to_lists(grid, states, rows=rows, columns=columns)
         else:
             # A block's place in its row's list is the count of listed blocks before it
-            # (cumsum): O(grid) work and one host sync (the list widths).
-            kv, q = _lists_from_grid(grid), _lists_from_grid(grid.transpose(-1, -2))
-            counts = (kv[0], kv[2], q[0], q[2])
-            widths = torch.stack([c.amax() if c.numel() else c.new_zeros(()) for c in counts]).tolist()
-            kv, q = _trim(kv, widths[:2]), _trim(q, widths[2:])
+            # (cumsum): O(grid) work and one host sync per build (the list widths).
+            states_grid = grid_states(grid, states)
+
+            def lists(rows: bool, columns: bool):
+                return _trimmed_lists([states_grid if rows else None,
+                                       states_grid.transpose(-1, -2) if columns else None])
+        if row_lists is not None:
+            if len(row_lists) != 4 or row_lists[0].shape != (b, h, nq) or row_lists[1].shape[:3] != (b, h, nq):
+                raise ValueError(f"row_lists must be the 4 kv lists of a {(b, h, nq, nkv)} grid, got shapes "
+                                 f"{[tuple(t.shape) for t in row_lists]}")
+            kv, q = row_lists, (None if lazy_transposed else lists(False, True)[1])
+        else:
+            kv, q = lists(True, not lazy_transposed)
+        transposed = (lambda: lists(False, True)[1]) if lazy_transposed else None
         return cls(
             block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
             kv_num_blocks=kv[0], kv_indices=kv[1], full_kv_num_blocks=kv[2], full_kv_indices=kv[3],
-            q_num_blocks=q[0], q_indices=q[1], full_q_num_blocks=q[2], full_q_indices=q[3],
-            mask_mod=mask_mod, allowed_pairs=allowed_pairs,
+            **({} if lazy_transposed else dict(q_num_blocks=q[0], q_indices=q[1], full_q_num_blocks=q[2],
+                                               full_q_indices=q[3])),
+            mask_mod=mask_mod, allowed_pairs=allowed_pairs, transposed=transposed,
         )
 
     # -- views -------------------------------------------------------------------------
@@ -290,10 +352,29 @@ def _lists_from_grid(grid: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def _trim(lists: list[torch.Tensor], widths: list[int]) -> list[torch.Tensor]:
-    """Cut ``[counts, indices, full_counts, full_indices]`` to the longest list (at least 1)."""
-    return [lists[0], lists[1][..., : max(widths[0], 1)].contiguous(),
-            lists[2], lists[3][..., : max(widths[1], 1)].contiguous()]
+def _trimmed_lists(grids: list[torch.Tensor | None]) -> list[list[torch.Tensor] | None]:
+    """:func:`_lists_from_grid` of each grid (``None``: none), each cut to its longest list (at
+    least 1; one host sync for all)."""
+    lists = [None if g is None else _lists_from_grid(g) for g in grids]
+    counts = [c for part in lists if part is not None for c in (part[0], part[2])]
+    widths = torch.stack([c.amax() if c.numel() else c.new_zeros(()) for c in counts]).tolist() if counts else []
+    out = []
+    for part in lists:
+        if part is not None:
+            (w, w_full), widths = widths[:2], widths[2:]
+            part = [part[0], part[1][..., : max(w, 1)].contiguous(), part[2], part[3][..., : max(w_full, 1)].contiguous()]
+        out.append(part)
+    return out
+
+
+def grid_states(grid: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+    """The int8 0/1/2 grid of a grid, or of a bool selection with its blocks' ``states``
+    (``None``: every selected block full), as :meth:`BlockLayout.from_block_grid` reads them."""
+    if grid.dtype != torch.bool:
+        return grid
+    if states is None:  # (a bool tensor read as its int8 0/1 bytes: one operation)
+        return grid.view(torch.int8) * FULL
+    return torch.where(grid, states.to(grid.device), 0).to(torch.int8)
 
 
 def _pack_lists(row, col, full, n_rows, batch_heads, n_blocks):

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..layout import EMPTY, FULL, PARTIAL, BlockLayout
+from ..layout import EMPTY, FULL, PARTIAL, BlockLayout, grid_states
 from ..selection import (
     SelectionGeometry,
     antidiagonal_mass,
     mean_mass,
     mean_topk,
+    mean_topk_with_lists,
     select_topk,
     select_topp,
 )
@@ -67,12 +68,17 @@ class SelectedBlocks(Pattern):
     :func:`foveate.attention` directly, such a selection takes ``q``, ``k``, ``v`` already in its
     order (``order.tile_tokens``), as :class:`~foveate.tiling.Tiled` patterns do; a
     content-selected pattern with a canvas permutes them itself.
+
+    ``kv_lists``: the kv lists (``[counts, indices, full_counts, full_indices]``) of the layout
+    at ``query_block x block`` blocks, when the selection kernel wrote them (then that layout's
+    builder only adds the transposed lists, when the backward reads them).
     """
 
     cacheable = False
 
     def __init__(self, selected: torch.Tensor, *, q_len: int, kv_len: int, query_block: int, block: int,
-                 causal: bool, source: Pattern | None = None, order: TiledOrder | None = None):
+                 causal: bool, source: Pattern | None = None, order: TiledOrder | None = None,
+                 kv_lists: list[torch.Tensor] | None = None):
         if order is not None:
             if not isinstance(order, TiledOrder):
                 raise TypeError(f"order must be a foveate.tiling.TiledOrder or None, got {type(order).__name__}")
@@ -87,6 +93,7 @@ class SelectedBlocks(Pattern):
         self.causal = causal
         self.source = source
         self.order = order
+        self._kv_lists = kv_lists
         self._layouts: dict = {}
 
     def __repr__(self) -> str:
@@ -146,6 +153,12 @@ class SelectedBlocks(Pattern):
     # -- compiled form -------------------------------------------------------------------
     def block_grid(self, block_q: int, block_kv: int) -> torch.Tensor:
         """``int8`` ``(B, H, nq, nkv)`` at these block sizes: 0 empty, 1 partial, 2 full."""
+        return grid_states(*self._grid_and_states(block_q, block_kv))
+
+    def _grid_and_states(self, block_q: int, block_kv: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`block_grid` in parts: the bool selection at these block sizes and the int8
+        ``(nq, nkv)`` state of each block were it selected (``None``: every one full), or the
+        int8 grid itself (a padded canvas: its blocks' states differ by batch and head)."""
         reason = self.block_size_reason(block_q, block_kv)
         if reason is not None:
             raise ValueError(f"{self!r}: {reason}")
@@ -159,20 +172,26 @@ class SelectedBlocks(Pattern):
         if real is not None:  # key blocks with padding are partial, of padding alone empty
             count = torch.nn.functional.pad(real.int(), (0, nkv * block_kv - self.kv_len)).view(nkv, block_kv).sum(-1)
             states = torch.where(count == block_kv, FULL, torch.where(count > 0, PARTIAL, EMPTY))
-            return torch.where(grid, states.to(torch.int8), 0).to(torch.int8)
-        if not self.causal:  # (a bool tensor read as its int8 0/1 bytes: one operation)
-            return grid.view(torch.int8) * FULL
-        states = _causal_block_states(self.q_len, self.kv_len, block_q, block_kv, str(grid.device))
-        return torch.where(grid, states, 0).to(torch.int8)
+            return torch.where(grid, states.to(torch.int8), 0).to(torch.int8), None
+        if not self.causal:
+            return grid, None
+        return grid, _causal_block_states(self.q_len, self.kv_len, block_q, block_kv, str(grid.device))
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
         if tile is not None:
             raise ValueError(f"tile={tile!r}: {self!r} has no canvas to tile")
         key = (block_q, block_kv, str(device))
         if key not in self._layouts:
+            # The selection and its blocks' states go to the list builder apart (the combined
+            # grid is never written), and the backward's transposed lists are built when it
+            # first reads them: a forward alone (inference) never pays for them.
+            grid, states = self._grid_and_states(block_q, block_kv)
+            own_blocks = (block_q, block_kv) == (self.query_block, self.block)
+            row_lists = self._kv_lists if own_blocks and _same_device(self.selected.device, device) else None
             self._layouts[key] = BlockLayout.from_block_grid(
-                self.block_grid(block_q, block_kv).to(device), block_q=block_q, block_kv=block_kv,
-                q_len=q_len, kv_len=kv_len, mask_mod=self.mask_mod(q_len, kv_len),
+                grid.to(device), states=None if states is None else states.to(device), block_q=block_q,
+                block_kv=block_kv, q_len=q_len, kv_len=kv_len, mask_mod=self.mask_mod(q_len, kv_len),
+                lazy_transposed=True, row_lists=row_lists,
             )
         return self._layouts[key]
 
@@ -237,6 +256,15 @@ class _PaddedSelection(Tiled):
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
         return self.selection._build(q_len, kv_len, block_q, block_kv, device, tile)
+
+
+def _same_device(a: torch.device, b) -> bool:
+    """Whether two devices are one ("cuda" is the current CUDA device)."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    current = torch.cuda.current_device() if a.type == "cuda" else 0
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
 
 
 def _divisor_reason(query_block: int, block: int, block_q: int, block_kv: int) -> str | None:
@@ -391,16 +419,17 @@ class _ContentSelected(Pattern):
             if order is not None and not ordered:
                 q, k = order.tile_tokens(q), order.tile_tokens(k)
             q_len, kv_len = q.shape[2], k.shape[2]
-            selected = self._choose(q, k, self.geometry(q_len, kv_len), scale)
+            selected, kv_lists = self._choose(q, k, self.geometry(q_len, kv_len), scale)
         return SelectedBlocks(selected, q_len=q_len, kv_len=kv_len, query_block=self.q_block, block=self.block,
-                              causal=self.causal, source=self, order=order)
+                              causal=self.causal, source=self, order=order, kv_lists=kv_lists)
 
     def _mass(self, q, k, geometry, scale):
         if self.score == "mean":
             return mean_mass(q, k, geometry, scale)
         return antidiagonal_mass(q, k, geometry, scale, self.stride)
 
-    def _choose(self, q, k, geometry, scale) -> torch.Tensor:
+    def _choose(self, q, k, geometry, scale) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """``(selected, the kv lists of its layout at the selection's block sizes or None)``."""
         raise NotImplementedError
 
 
@@ -442,9 +471,16 @@ class BlockTopK(_ContentSelected):
 
     def _choose(self, q, k, geometry, scale):
         if self.score == "mean":  # fused on CUDA (MEAN_TOPK_METHOD)
-            return mean_topk(q, k, geometry, scale, self.k, method=MEAN_TOPK_METHOD)
+            if self.order is not None and self.order.has_padding:  # (blocks with padding are partial)
+                return mean_topk(q, k, geometry, scale, self.k, method=MEAN_TOPK_METHOD), None
+            # The kernel also writes the forward's lists of the selection (its blocks full, or
+            # under causal of their causal states): the layout builder then has no launch of
+            # its own.
+            states = (_causal_block_states(geometry.q_len, geometry.kv_len, self.q_block, self.block, str(q.device))
+                      if self.causal else None)
+            return mean_topk_with_lists(q, k, geometry, scale, self.k, states, method=MEAN_TOPK_METHOD)
         return select_topk(self._mass(q, k, geometry, scale), self.k, geometry.candidates(q.device),
-                           geometry.forced(q.device))
+                           geometry.forced(q.device)), None
 
 
 @dataclass(frozen=True, repr=False)
@@ -468,7 +504,7 @@ class BlockTopP(_ContentSelected):
 
     def _choose(self, q, k, geometry, scale):
         return select_topp(self._mass(q, k, geometry, scale), self.mass, geometry.candidates(q.device),
-                           geometry.forced(q.device))
+                           geometry.forced(q.device)), None
 
 
 def MoBA(block: int = 4096, topk: int = 12, causal: bool = True, *, query_block: int = 128,

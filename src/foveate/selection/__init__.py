@@ -16,8 +16,8 @@ The patterns built on these are in :mod:`foveate.patterns.selected`.
 
 from .geometry import SelectionGeometry
 from .partition import PARTITIONS, partition_tile
-from .scores import antidiagonal_mass, mean_logits, mean_mass, mean_topk
+from .scores import antidiagonal_mass, mean_logits, mean_mass, mean_topk, mean_topk_with_lists
 from .select import select_topk, select_topp
 
 __all__ = ["PARTITIONS", "SelectionGeometry", "antidiagonal_mass", "mean_logits", "mean_mass", "mean_topk",
-           "partition_tile", "select_topk", "select_topp"]
+           "mean_topk_with_lists", "partition_tile", "select_topk", "select_topp"]

@@ -11,7 +11,8 @@ dtype, any strides): a bool ``(B, Hq, nq, nkv)``. In two launches:
   dim, when there are few blocks), one read of the input;
 - :func:`_select_kernel`: per (batch, query head) and ``BLOCK_M`` query blocks, the scores
   ``scale * qmean . kmean`` against every key block of the group's key head, then the top-k
-  over each row, written as the row of ``selected``.
+  over each row, written as the row of ``selected`` and (:func:`mean_topk_lists`) as the
+  row's partial and full lists of the layout, so that no layout builder runs after it.
 
 The selection kernel also takes scores computed elsewhere (:func:`topk_select`: the
 antidiagonal score's top-k, in one launch).
@@ -20,9 +21,9 @@ Why: the PyTorch path is some fifteen small operations; at 32K tokens on a GPU t
 0.4-0.8 ms of launches for about 0.1 ms of memory traffic, more than the project's budget for a
 selection (under 10% of the sparse attention it drives). GPU time on an H200 (32K tokens, 16
 heads, D=128, bf16, 256 x 256 blocks; ``benchmarks/selection_cost.py``, 2026-12-01): block means
-67-71 us for q and k (268 MB read; 68 us at copy bandwidth), selection 22 us. Before the
-single block-means launch, per-chunk reductions on one warp and the TF32x3 products: 107 and
-54.5 us.
+67-71 us for q and k (268 MB read; 68 us at copy bandwidth), selection 22 us (24-25 us with
+the lists, which save the layout builder's 11 us launch). Before the single block-means
+launch, per-chunk reductions on one warp and the TF32x3 products: 107 and 54.5 us.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..layout_triton import append_to_lists, list_buffers
 from ..triton_launch import cdiv, launch
 from .geometry import SelectionGeometry
 
@@ -43,12 +45,12 @@ MAX_HEAD_DIM = 256
 BLOCK_M = 16
 
 #: Launch settings. The selection kernel scores at most ``max_block_n`` key blocks at a time (and
-#: at most 8192 elements of key means in registers), and its threshold search holds a row of up
+#: at most ``key_means`` elements of key means in registers), and its threshold search holds a row of up
 #: to ``max_chunk`` keys in registers (longer rows are counted a chunk at a time from the
 #: scratch). The block-means kernel splits the head dim across programs until a launch has
 #: about ``mean_programs`` of them (few long blocks, as MoBA's keys, would leave SMs idle).
 #: Tests shrink them to run the loops over chunks and the split on small inputs.
-CONFIG = {"max_block_n": 128, "max_chunk": 512, "mean_programs": 1024}
+CONFIG = {"max_block_n": 128, "key_means": 8192, "max_chunk": 512, "mean_programs": 1024}
 
 #: Scratch of ordered score keys, per launch of the selection kernel (a chunk of heads at a time).
 SCRATCH_BYTES = 256 << 20
@@ -122,13 +124,16 @@ def _count_above_chunked(keys, offsets, ok, nkv, threshold, BLOCK_M: tl.constexp
 
 @triton.jit
 def _select_kernel(
-    QM, KM, CAND, FORCED, KEYS, OUT,
+    QM, KM, CAND, FORCED, KEYS, OUT, STATES, COUNTS, INDICES, FULL_COUNTS, FULL_INDICES,
     bh_start, H, GROUP, nq, nkv, dim, k_blocks, scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, RESIDENT: tl.constexpr,
-    DP: tl.constexpr, GIVEN: tl.constexpr,
+    DP: tl.constexpr, GIVEN: tl.constexpr, LISTS: tl.constexpr, HAS_STATES: tl.constexpr,
 ):
     """``GIVEN``: ``QM`` holds the float32 scores ``(B * H, nq, nkv)`` themselves (``KM``,
-    ``dim`` and ``scale`` unread): the top-k of any score."""
+    ``dim`` and ``scale`` unread): the top-k of any score. ``LISTS``: also write the
+    partial and full lists of each row (``COUNTS`` ``(B * H, nq)``, ``INDICES`` ``(B * H, nq,
+    nkv)``, and the full ones), a chosen block being of state ``STATES`` ``(nq, nkv)`` int8
+    (``HAS_STATES``) or full."""
     tile = tl.program_id(0)
     slot = tl.program_id(1)  # this program's (batch, head) within the launch's chunk of them
     bh = bh_start + slot
@@ -201,9 +206,13 @@ def _select_kernel(
     else:
         ties_wanted = want - _count_above_chunked(keys, offsets, row_mask, nkv, lo, BLOCK_M, CHUNK)
 
-    # 3. The rows of `selected`: forced, above the threshold, or among the first tied ones.
+    # 3. The rows of `selected`: forced, above the threshold, or among the first tied ones;
+    #    with LISTS, also the layout's lists of the rows (the chosen blocks by their STATES).
     out = OUT + bh.to(tl.int64) * nq * nkv
     ties_seen = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    n_part = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    n_full = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    list_rows = (bh.to(tl.int64) * nq + rows) * nkv
     for start in range(0, nkv, CHUNK):
         cols = start + tl.arange(0, CHUNK)
         ok = row_mask & (cols < nkv)[None, :]
@@ -216,6 +225,16 @@ def _select_kernel(
         chosen = forced | (key > lo[:, None]) | (tie & (rank <= ties_wanted[:, None]))
         tl.store(out + offsets + cols[None, :], chosen.to(tl.int8), mask=ok)
         ties_seen += tl.sum(tie.to(tl.int32), 1)
+        if LISTS:
+            if HAS_STATES:
+                state = tl.load(STATES + offsets + cols[None, :], mask=ok, other=0)
+            else:
+                state = tl.full((BLOCK_M, CHUNK), 2, dtype=tl.int8)  # full
+            state = tl.where(chosen, state, 0)
+            n_part, n_full = append_to_lists(state, cols, n_part, n_full, list_rows, INDICES, FULL_INDICES)
+    if LISTS:
+        tl.store(COUNTS + bh * nq + rows, n_part, mask=row_ok)
+        tl.store(FULL_COUNTS + bh * nq + rows, n_full, mask=row_ok)
 
 
 def _pow2(n: int, least: int = 1) -> int:
@@ -278,6 +297,25 @@ def mean_topk_select(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeomet
     cut, the first ones in block order are kept (float32 sums in another order than PyTorch's
     can decide near-ties differently). Raises ``ValueError`` for inputs the kernels do not take
     (:func:`unsupported_reason`)."""
+    return _mean_topk(q, k, geometry, scale, k_blocks, lists=False, states=None)[0]
+
+
+def mean_topk_lists(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float, k_blocks: int,
+                    states: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`mean_topk_select` and, from the same launch, the layout's lists of the selection
+    at its own block sizes: ``[counts, indices, full_counts, full_indices]`` (counts ``(B, Hq,
+    nq)`` int32, indices ``(B, Hq, nq, nkv)`` int32, entries past a count unspecified), a
+    selected block being partial or full as ``states`` (int8 ``(nq, nkv)``, e.g. the causal
+    states of the blocks) says, or full when ``states`` is ``None``. This saves the layout
+    builder its own launch over the selection."""
+    g = geometry
+    if states is not None and (states.shape != (g.num_q_blocks, g.num_kv_blocks) or states.dtype != torch.int8):
+        raise ValueError(f"states must be int8 of shape {(g.num_q_blocks, g.num_kv_blocks)}, got {states.dtype} "
+                         f"{tuple(states.shape)}")
+    return _mean_topk(q, k, geometry, scale, k_blocks, lists=True, states=states)
+
+
+def _mean_topk(q, k, geometry, scale, k_blocks, *, lists: bool, states):
     reason = unsupported_reason(q, geometry)
     if reason is not None:
         raise ValueError(f"method='triton': {reason}")
@@ -289,7 +327,7 @@ def mean_topk_select(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeomet
     kv_counts = g.kv_counts(q.device) if g.padded else None
     qm, km = block_means_pair(q, g.query_block, q_counts, k, g.block, kv_counts)
     return _select(qm, km, g.candidates(q.device), g.forced(q.device), (batch, heads_q, nq, nkv),
-                   heads_q // k.shape[1], int(k_blocks), float(scale), given=False)
+                   heads_q // k.shape[1], int(k_blocks), float(scale), given=False, lists=lists, states=states)
 
 
 def topk_select(scores: torch.Tensor, k_blocks: int, candidates: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
@@ -303,32 +341,39 @@ def topk_select(scores: torch.Tensor, k_blocks: int, candidates: torch.Tensor, f
     if isinstance(k_blocks, bool) or not isinstance(k_blocks, int) or k_blocks < 1:
         raise ValueError(f"k_blocks must be an int >= 1, got {k_blocks!r}")
     scores = scores.float().contiguous()
-    return _select(scores, scores, candidates, forced, tuple(scores.shape), 1, k_blocks, 1.0, given=True)
+    return _select(scores, scores, candidates, forced, tuple(scores.shape), 1, k_blocks, 1.0, given=True)[0]
 
 
-def _select(qm, km, candidates, forced, shape, group, k_blocks, scale, *, given: bool) -> torch.Tensor:
-    """Launch the selection kernel on block means (``given=False``) or scores (``True``)."""
+def _select(qm, km, candidates, forced, shape, group, k_blocks, scale, *, given: bool, lists: bool = False,
+            states: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """Launch the selection kernel on block means (``given=False``) or scores (``True``):
+    ``(selected, the lists or None)`` (see :func:`mean_topk_lists`)."""
     batch, heads_q, nq, nkv = shape
     dim = qm.shape[-1] if not given else 16
     # bool masks read as bytes (views: the memoised masks are not copied)
     candidates = candidates.contiguous().view(torch.uint8)
     forced = forced.contiguous().view(torch.uint8)
     out = torch.empty(batch, heads_q, nq, nkv, dtype=torch.int8, device=qm.device)
+    row_lists = list_buffers([(batch, heads_q, nq), (batch, heads_q, nq, nkv)] * 2, qm.device) if lists else None
     if out.numel() == 0:
-        return out.view(torch.bool)
+        return out.view(torch.bool), row_lists
+    states = states.contiguous() if states is not None else out
     dp = _pow2(dim, least=16)  # (tl.dot takes 16 or more along each axis)
-    block_n = max(16, min(CONFIG["max_block_n"], 8192 // dp, _pow2(nkv)))  # (BLOCK_N, D) float32 key means
+    block_n = max(16, min(CONFIG["max_block_n"], CONFIG["key_means"] // dp, _pow2(nkv)))  # (BLOCK_N, D) key means
     chunk = max(16, min(CONFIG["max_chunk"], _pow2(nkv)))  # the threshold search's row (or chunk of it)
     per_head = nq * nkv * 4
     heads_per_launch = max(1, min(batch * heads_q, SCRATCH_BYTES // per_head))
     keys = torch.empty(heads_per_launch * nq * nkv, dtype=torch.int32, device=qm.device)
+    list_args = row_lists if lists else [out] * 4
     for bh_start in range(0, batch * heads_q, heads_per_launch):
         count = min(heads_per_launch, batch * heads_q - bh_start)
         launch(_select_kernel, (cdiv(nq, BLOCK_M), count),
-               (qm, km, candidates, forced, keys, out, bh_start, heads_q, group, nq, nkv, dim, k_blocks, scale),
-               dict(BLOCK_M=BLOCK_M, BLOCK_N=block_n, CHUNK=chunk, RESIDENT=chunk >= nkv, DP=dp, GIVEN=given),
+               (qm, km, candidates, forced, keys, out, states, *list_args, bh_start, heads_q, group, nq, nkv, dim,
+                k_blocks, scale),
+               dict(BLOCK_M=BLOCK_M, BLOCK_N=block_n, CHUNK=chunk, RESIDENT=chunk >= nkv, DP=dp, GIVEN=given,
+                    LISTS=lists, HAS_STATES=states is not out),
                num_warps=4, num_stages=3)
-    return out.view(torch.bool)
+    return out.view(torch.bool), row_lists
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, k_blocks: int) -> None:

@@ -77,10 +77,26 @@ def mean_topk(
     another order), ``"torch"`` (PyTorch alone) or ``"auto"`` (triton on CUDA where the kernels
     take the inputs).
     """
-    if use_triton(method, q, lambda: _kernels("mean_topk_triton").supported(q, geometry)):
+    if _fused_mean_topk(method, q, geometry):
         return _kernels("mean_topk_triton").mean_topk_select(q, k, geometry, scale, k_blocks)
     candidates, forced = geometry.candidates(q.device), geometry.forced(q.device)
     return select_topk(mean_logits(q, k, geometry, scale), k_blocks, candidates, forced, method="torch")
+
+
+def mean_topk_with_lists(
+    q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float, k_blocks: int,
+    states: torch.Tensor | None, *, method: str = "auto",
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """:func:`mean_topk`, and where the fused kernels run, the layout's lists of the selection
+    written by the same launch (:func:`.mean_topk_triton.mean_topk_lists`: a selected block
+    partial or full as ``states`` says, full without them); ``(selected, lists or None)``."""
+    if _fused_mean_topk(method, q, geometry):
+        return _kernels("mean_topk_triton").mean_topk_lists(q, k, geometry, scale, k_blocks, states)
+    return mean_topk(q, k, geometry, scale, k_blocks, method="torch"), None
+
+
+def _fused_mean_topk(method: str, q: torch.Tensor, geometry: SelectionGeometry) -> bool:
+    return use_triton(method, q, lambda: _kernels("mean_topk_triton").supported(q, geometry))
 
 
 def mean_mass(q: torch.Tensor, k: torch.Tensor, geometry: SelectionGeometry, scale: float) -> torch.Tensor:

@@ -616,3 +616,61 @@ def test_block_lists_are_remembered_per_layout_tensors():
     layout.kv_indices = wider
     lists, strides = fwd_module.block_lists(layout)
     assert lists[1] is wider and strides[3:6] == (wider.stride(0), wider.stride(1), wider.stride(2))
+
+
+# -- full blocks walked as ranges -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern,q_len,kv_len,runs", [
+    (P.Dense(), 300, 200, True),
+    (P.Causal(), 200, 330, True),                  # the first rows have no full block
+    (P.SlidingWindow(100, 40), 330, 330, True),
+    (P.Neighborhood((300,), 101, stride=32), 300, 300, True),
+    (P.Blocks(torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool)[None, None], block_q=64, block_kv=64), 128,
+     192, False),
+], ids=["dense", "causal", "window", "1d-strided", "blocks-gaps"])
+def test_full_runs_are_found(pattern, q_len, kv_len, runs):
+    """``find_full_runs``: whether every query block's full kv blocks are consecutive, checked
+    against the lists themselves; ``to`` keeps it."""
+    if q_len is None:
+        q_len, kv_len = pattern.default_lengths()
+    layout = pattern.build(q_len, kv_len, block_q=64, block_kv=64)
+    assert layout.full_runs is None
+    counts = layout.full_kv_num_blocks.flatten().tolist()
+    rows = layout.full_kv_indices.reshape(len(counts), -1).tolist()
+    consecutive = all(row[:c] == list(range(row[0], row[0] + c)) for row, c in zip(rows, counts) if c)
+    assert layout.find_full_runs() is runs is consecutive
+    assert layout.to("cpu").full_runs is runs
+
+
+@needs_triton
+@pytest.mark.parametrize("pattern,q_len,kv_len", [
+    (P.Causal(), 200, 330), (P.SlidingWindow(100, 40), 330, 330), (P.Neighborhood((300,), 101, stride=32), 300, 300),
+    (P.Dense(), 200, 130),
+], ids=["causal", "window", "1d-strided", "dense-ragged"])
+def test_full_runs_walked_as_ranges_equal_the_lists(rng, spy, monkeypatch, pattern, q_len, kv_len):
+    """A cached layout of runs launches the range walk (``FULL_RUNS``); its output is bitwise
+    that of the list walk (the same blocks in the same order), and both are the reference's."""
+    q, k, v = (t.to(DEVICE) for t in make_qkv(rng, batch=1, heads_q=2, q_shape=(q_len,), kv_shape=(kv_len,),
+                                                head_dim=16, dtype=F32))
+    outs = {}
+    for ranges in (True, False):
+        monkeypatch.setattr(fwd_module, "USE_FULL_RUNS", ranges)
+        outs[ranges] = foveate.attention(q, k, v, pattern, backend="triton")
+        assert spy.kernel.launches[-1]["kwargs"]["FULL_RUNS"] is ranges
+    assert torch.equal(outs[True], outs[False])
+    torch.testing.assert_close(outs[True], foveate.attention(q, k, v, pattern, backend="reference"),
+                               rtol=1e-5, atol=1e-5)
+
+
+@needs_triton
+def test_layouts_not_known_to_hold_runs_walk_the_lists(rng, spy):
+    """A per-call layout (a selection: never searched, no host sync) and a layout with gaps
+    take the list walk."""
+    q, k, v = (t.to(DEVICE) for t in make_qkv(rng, batch=1, heads_q=2, q_shape=(256,), kv_shape=(512,),
+                                                head_dim=16, dtype=F32))
+    gaps = P.Blocks(torch.tensor([[1, 0, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)[None, None])
+    foveate.attention(q, k, v, gaps, backend="triton")
+    selection = P.BlockTopK(2, block=128, sink_blocks=0, local_blocks=1).select(q, k)
+    foveate.attention(q, k, v, selection, backend="triton")
+    assert [launch["kwargs"]["FULL_RUNS"] for launch in spy.kernel.launches] == [False, False]

@@ -72,6 +72,19 @@ class BlockLayout:
         self._build_transposed = transposed
         self.mask_mod = mask_mod
         self._allowed_pairs = allowed_pairs
+        #: ``True`` when every query block's full kv blocks are one run of consecutive blocks
+        #: (dense, causal and windowed rows; the forward kernel then walks them as a range),
+        #: ``False`` when not, ``None`` when not known (:meth:`find_full_runs`).
+        self.full_runs: bool | None = None
+
+    def find_full_runs(self) -> bool:
+        """Set and return :attr:`full_runs` (one host sync; for layouts used many times)."""
+        if self.full_runs is None:
+            count, idx = self.full_kv_num_blocks, self.full_kv_indices
+            step = torch.arange(idx.shape[-1], device=idx.device, dtype=idx.dtype)
+            listed = step < count[..., None]
+            self.full_runs = bool(((idx - idx[..., :1] == step) | ~listed).all())
+        return self.full_runs
 
     # -- the transposed lists (built on first use when given as a function) --------------
     def _q_lists(self) -> tuple[torch.Tensor, ...]:
@@ -323,10 +336,12 @@ class BlockLayout:
                 "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices",
             )
         }
-        return BlockLayout(
+        moved = BlockLayout(
             block_q=self.block_q, block_kv=self.block_kv, q_len=self.q_len, kv_len=self.kv_len,
             mask_mod=self.mask_mod, allowed_pairs=self._allowed_pairs, **fields,
         )
+        moved.full_runs = self.full_runs
+        return moved
 
 
 def _pad_width(indices: torch.Tensor, width: int) -> torch.Tensor:

@@ -123,6 +123,7 @@ def cached_layout(
     layout = _LAYOUT_CACHE.get(key)
     if layout is None:
         layout = pattern.build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
+        layout.find_full_runs()  # (once per cached layout: the kernels may then skip the lists)
         _LAYOUT_CACHE[key] = layout
         if len(_LAYOUT_CACHE) > _LAYOUT_CACHE_SIZE:
             _LAYOUT_CACHE.popitem(last=False)

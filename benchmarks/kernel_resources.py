@@ -70,6 +70,8 @@ def compile_kernel(kernel: str, config, mask: str, head_dim: int, arch: int):
                       BLOCK_DV=fwd.head_block(head_dim), LAYOUT_BLOCK_Q=128, LAYOUT_BLOCK_KV=128,
                       BLOCK_M=bm, BLOCK_N=bn, EVEN_M=True, EVEN_N=True, PAD_KEYS=False, IEEE=False,
                       MASK=mask_spec(pattern, n, n).constexpr)
+    if "FULL_RUNS" in jit.arg_names:  # (the list walk of the full blocks, as before the range walk)
+        constexprs["FULL_RUNS"] = False
     signature, attrs = {}, {}
     for i, name in enumerate(jit.arg_names):
         if name in constexprs:

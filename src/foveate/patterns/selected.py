@@ -157,8 +157,7 @@ class SelectedBlocks(Pattern):
 
     def _grid_and_states(self, block_q: int, block_kv: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`block_grid` in parts: the bool selection at these block sizes and the int8
-        ``(nq, nkv)`` state of each block were it selected (``None``: every one full), or the
-        int8 grid itself (a padded canvas: its blocks' states differ by batch and head)."""
+        ``(nq, nkv)`` state of each block were it selected (``None``: every one full)."""
         reason = self.block_size_reason(block_q, block_kv)
         if reason is not None:
             raise ValueError(f"{self!r}: {reason}")
@@ -172,7 +171,7 @@ class SelectedBlocks(Pattern):
         if real is not None:  # key blocks with padding are partial, of padding alone empty
             count = torch.nn.functional.pad(real.int(), (0, nkv * block_kv - self.kv_len)).view(nkv, block_kv).sum(-1)
             states = torch.where(count == block_kv, FULL, torch.where(count > 0, PARTIAL, EMPTY))
-            return torch.where(grid, states.to(torch.int8), 0).to(torch.int8), None
+            return grid, states.to(torch.int8).expand(nq, nkv)  # (the same for every query block)
         if not self.causal:
             return grid, None
         return grid, _causal_block_states(self.q_len, self.kv_len, block_q, block_kv, str(grid.device))
@@ -186,10 +185,12 @@ class SelectedBlocks(Pattern):
             # grid is never written), and the backward's transposed lists are built when it
             # first reads them: a forward alone (inference) never pays for them.
             grid, states = self._grid_and_states(block_q, block_kv)
+            grid = grid.to(device)
             own_blocks = (block_q, block_kv) == (self.query_block, self.block)
-            row_lists = self._kv_lists if own_blocks and _same_device(self.selected.device, device) else None
+            row_lists = (self._kv_lists if own_blocks and self._kv_lists is not None
+                         and self._kv_lists[0].device == grid.device else None)
             self._layouts[key] = BlockLayout.from_block_grid(
-                grid.to(device), states=None if states is None else states.to(device), block_q=block_q,
+                grid, states=None if states is None else states.to(device), block_q=block_q,
                 block_kv=block_kv, q_len=q_len, kv_len=kv_len, mask_mod=self.mask_mod(q_len, kv_len),
                 lazy_transposed=True, row_lists=row_lists,
             )
@@ -256,15 +257,6 @@ class _PaddedSelection(Tiled):
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
         return self.selection._build(q_len, kv_len, block_q, block_kv, device, tile)
-
-
-def _same_device(a: torch.device, b) -> bool:
-    """Whether two devices are one ("cuda" is the current CUDA device)."""
-    a, b = torch.device(a), torch.device(b)
-    if a.type != b.type:
-        return False
-    current = torch.cuda.current_device() if a.type == "cuda" else 0
-    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
 
 
 def _divisor_reason(query_block: int, block: int, block_q: int, block_kv: int) -> str | None:

@@ -45,12 +45,12 @@ MAX_HEAD_DIM = 256
 BLOCK_M = 16
 
 #: Launch settings. The selection kernel scores at most ``max_block_n`` key blocks at a time (and
-#: at most ``key_means`` elements of key means in registers), and its threshold search holds a row of up
+#: at most 8192 elements of key means in registers), and its threshold search holds a row of up
 #: to ``max_chunk`` keys in registers (longer rows are counted a chunk at a time from the
 #: scratch). The block-means kernel splits the head dim across programs until a launch has
 #: about ``mean_programs`` of them (few long blocks, as MoBA's keys, would leave SMs idle).
 #: Tests shrink them to run the loops over chunks and the split on small inputs.
-CONFIG = {"max_block_n": 128, "key_means": 8192, "max_chunk": 512, "mean_programs": 1024}
+CONFIG = {"max_block_n": 128, "max_chunk": 512, "mean_programs": 1024}
 
 #: Scratch of ordered score keys, per launch of the selection kernel (a chunk of heads at a time).
 SCRATCH_BYTES = 256 << 20
@@ -359,7 +359,7 @@ def _select(qm, km, candidates, forced, shape, group, k_blocks, scale, *, given:
         return out.view(torch.bool), row_lists
     states = states.contiguous() if states is not None else out
     dp = _pow2(dim, least=16)  # (tl.dot takes 16 or more along each axis)
-    block_n = max(16, min(CONFIG["max_block_n"], CONFIG["key_means"] // dp, _pow2(nkv)))  # (BLOCK_N, D) key means
+    block_n = max(16, min(CONFIG["max_block_n"], 8192 // dp, _pow2(nkv)))  # (BLOCK_N, D) float32 key means
     chunk = max(16, min(CONFIG["max_chunk"], _pow2(nkv)))  # the threshold search's row (or chunk of it)
     per_head = nq * nkv * 4
     heads_per_launch = max(1, min(batch * heads_q, SCRATCH_BYTES // per_head))

@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from ...kernel_choice import triton_importable
 from ..base import Backend, Problem
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -28,11 +29,7 @@ class TritonBackend(Backend):
     block_size = 128  # layout blocks = kernel tiles
 
     def available(self) -> bool:
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return False
-        return torch.cuda.is_available() or _interpreting()
+        return triton_importable() and (torch.cuda.is_available() or _interpreting())
 
     def supports(self, problem: Problem) -> str | None:
         reason = self.block_reason(problem)

@@ -5,10 +5,10 @@ One program per ``BLOCK_M`` query rows (a layout query block or a part of one) a
 all (only the sequence-end bound when ``kv_len`` is not a multiple of the block), as a range
 of positions when the layout is known to hold each row's full blocks as one run
 (``BlockLayout.full_runs``: 5-15 % faster on dense, causal and windowed rows on an H200, the
-list's index loads gone from the loop), then the **partial** ones, masked by the pattern's mask spec as coordinate arithmetic
-(:func:`masks.allowed_block`); online softmax in base 2, float32 accumulation; writes ``out`` and
-the natural-log ``lse`` (``-inf`` and output 0 where a query sees no key). Grouped-query
-attention maps query head ``h`` to kv head ``h // group``.
+list's index loads gone from the loop), then the **partial** ones, masked by the pattern's
+mask spec as coordinate arithmetic (:func:`masks.allowed_block`); online softmax in base 2,
+float32 accumulation; writes ``out`` and the natural-log ``lse`` (``-inf`` and output 0 where
+a query sees no key). Grouped-query attention maps query head ``h`` to kv head ``h // group``.
 
 The kernel walks *positions* (the layout's token order); every load and store goes through
 :func:`masks.token_rows` to the memory row of a position, which is the position itself except

@@ -37,8 +37,9 @@ FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64
 # kernels, 8 warps, 3 stages), which does not fit: the kernels unroll the sub-tiles of a layout
 # block inside their loop, and each sub-tile's loads get pipeline buffers of their own (dk/dv
 # 64x128 at 3 stages asks for 264 KB; offline compile for sm_90). A flat loop over (block,
-# sub-tile) pairs fits 3-5 stages, but made dense and causal backward ~7 % slower on the H200
-# (2026-12-01; 2-D/3-D canvases 5-6 % faster), so the kernels keep the unrolled form.
+# sub-tile) pairs fits 3-5 stages, but in a same-run A/B on the H200 (2026-12-01) it was 3-12 %
+# slower on dense, causal, 1-D and 3-D strided backward at 2-4 stages and at most 4 % faster on
+# 2-D k13 / 3-D canvases at 3 stages, so the kernels keep the unrolled form.
 # dq: (query rows per program, keys per step, warps, stages); dk/dv: (queries per step, key
 # rows per program, warps, stages).
 DQ = [(128, 32, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3), (64, 128, 8, 3), (64, 128, 8, 2), (64, 64, 4, 3)]

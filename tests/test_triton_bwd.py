@@ -211,3 +211,27 @@ def test_custom_operator_is_registered_with_autograd(rng):
                            layout.full_kv_indices, layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks,
                            layout.full_q_indices, spec.to_ints(), 0.25, BLOCK, BLOCK),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_autograd_function_only_when_gradients_are_recorded(rng, monkeypatch):
+    """Eager calls go through the autograd Function only when a gradient can be asked for
+    (grad mode on and an input that requires it); otherwise the launcher runs directly, with
+    the same outputs."""
+    from foveate.backends.triton import ops
+
+    q_len = 200
+    layout = P.Causal().build(q_len, q_len, block_q=BLOCK, block_kv=BLOCK, device=DEVICE)
+    spec = masks.mask_spec(P.Causal(), q_len, q_len)
+    q, k, v = (t.to(DEVICE) for t in make_qkv(rng, batch=1, heads_q=2, heads_kv=1, q_shape=(q_len,),
+                                                kv_shape=(q_len,), head_dim=16, head_dim_v=16, dtype=F32))
+    applied = []
+    real = ops._EagerSparseAttention.apply
+    monkeypatch.setattr(ops._EagerSparseAttention, "apply", lambda *a: applied.append(1) or real(*a))
+    out, lse = run_sparse_attention(q, k, v, layout, spec, 0.25)
+    leaf = q.clone().requires_grad_()
+    with torch.no_grad():
+        out_no_grad, _ = run_sparse_attention(leaf, k, v, layout, spec, 0.25)
+    assert applied == [] and out.grad_fn is None and out_no_grad.grad_fn is None
+    out_grad, lse_grad = run_sparse_attention(leaf, k, v, layout, spec, 0.25)
+    assert applied == [1] and out_grad.grad_fn is not None
+    assert torch.equal(out, out_no_grad) and torch.equal(out, out_grad.detach()) and torch.equal(lse, lse_grad)

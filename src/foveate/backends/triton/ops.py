@@ -6,7 +6,8 @@ tensors and the mask spec as a flat list of ints, so that ``torch.compile`` sees
 operator (with a fake implementation for shapes) instead of tracing into Triton launches.
 They run wherever the kernels run: CUDA, or the CPU under ``TRITON_INTERPRET=1``. Eager
 calls (:func:`run_sparse_attention` outside ``torch.compile``) skip the operator dispatch and
-call the same launchers through an ``autograd.Function``.
+call the same launchers through an ``autograd.Function``, or directly when no gradient is
+recorded (inference).
 """
 
 from __future__ import annotations
@@ -116,8 +117,13 @@ class _EagerSparseAttention(torch.autograd.Function):
 
 def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float):
     """``(out, lse)`` for a BlockLayout, differentiable: through the custom operator under
-    ``torch.compile``, else through the same launchers without the operator dispatch."""
+    ``torch.compile``, else through the same launchers without the operator dispatch (and
+    without the autograd Function when no gradient is recorded)."""
     if not torch.compiler.is_compiling():
+        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+            from .fwd import attention_forward  # nothing to record: skip the Function's host time
+
+            return attention_forward(q, k, v, layout, spec, float(scale))
         return _EagerSparseAttention.apply(q, k, v, layout, spec, float(scale))
     return torch.ops.foveate.sparse_attention(
         q, k, v, layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,

@@ -53,6 +53,10 @@ def attention(
         pattern = Dense()
     elif not isinstance(pattern, Pattern):
         raise TypeError(f"pattern must be a foveate pattern or None, got {type(pattern).__name__}")
+    if pattern.content_dependent and torch.compiler.is_compiling():
+        # The selection launches kernels on q and k and builds a layout per call: it runs
+        # eagerly, a graph break (static patterns are traced: their layouts become constants).
+        return _attention_eagerly(q, k, v, pattern, scale=scale, backend=backend, tile=tile, return_lse=return_lse)
     _check_tensors(q, k, v)
     qf, kf, vf = (_flatten(name, t, pattern) for name, t in (("q", q), ("k", k), ("v", v)))
     _check_shapes(qf, kf, vf, pattern)
@@ -92,6 +96,9 @@ def attention(
     if return_lse:
         return out, lse.reshape(q.shape[:-1])
     return out
+
+
+_attention_eagerly = torch.compiler.disable(attention)
 
 
 def _check_tensors(q, k, v) -> None:
@@ -185,6 +192,8 @@ def _resolve_tile(tile, pattern: Pattern, backend) -> tuple[int, ...] | None:
     if tile == "auto":
         if not backend.uses_layout or pattern.canvas is None or len(pattern.canvas) < 2:
             return None
+        if torch.compiler.is_compiling():
+            return _traced_choose_tile(pattern, backend.block_size)
         return choose_tile(pattern, block_q=backend.block_size, block_kv=backend.block_size)
     tile = tuple(tile)
     if backend.uses_layout and math.prod(tile) != backend.block_size:
@@ -193,3 +202,10 @@ def _resolve_tile(tile, pattern: Pattern, backend) -> tuple[int, ...] | None:
             f"{backend.block_size} tokens, so a tile must hold exactly that many"
         )
     return tile
+
+
+@torch.compiler.assume_constant_result
+def _traced_choose_tile(pattern: Pattern, block: int) -> tuple[int, ...] | None:
+    """:func:`choose_tile` under ``torch.compile``: run when the graph is traced (the simulator
+    builds layouts), a constant of the graph."""
+    return choose_tile(pattern, block_q=block, block_kv=block)

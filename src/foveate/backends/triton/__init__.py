@@ -57,8 +57,12 @@ class TritonBackend(Backend):
 
     def forward(self, q, k, v, problem, scale):
         from .masks import mask_spec
-        from .ops import run_sparse_attention
+        from .ops import compiled_attention, run_sparse_attention
 
+        if torch.compiler.is_compiling():
+            out, lse = compiled_attention(q, k, v, problem.pattern, problem.q_len, problem.kv_len, scale,
+                                          self.block_size)
+            return out, (lse if problem.return_lse else None)
         layout = self.layout(problem, q.device)
         spec = mask_spec(problem.pattern, problem.q_len, problem.kv_len)
         out, lse = run_sparse_attention(q, k, v, layout, spec, scale)
@@ -69,9 +73,13 @@ class TritonBackend(Backend):
         each tiled position themselves, so no token is moved before or after them."""
         from ..base import tiled
         from .masks import mask_spec
-        from .ops import run_sparse_attention
+        from .ops import compiled_attention, run_sparse_attention
 
         tiled_problem, _ = tiled(problem, tile)
+        if torch.compiler.is_compiling():
+            out, lse = compiled_attention(q, k, v, tiled_problem.pattern, tiled_problem.q_len, tiled_problem.kv_len,
+                                          scale, self.block_size, raster_io=True)
+            return out, (lse if problem.return_lse else None)
         layout = self.layout(tiled_problem, q.device)
         spec = mask_spec(tiled_problem.pattern, tiled_problem.q_len, tiled_problem.kv_len, raster_io=True)
         out, lse = run_sparse_attention(q, k, v, layout, spec, scale)

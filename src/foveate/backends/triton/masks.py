@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from dataclasses import dataclass
 
+import torch
 import triton
 import triton.language as tl
 
@@ -127,7 +129,15 @@ def mask_spec(pattern: Pattern, q_len: int, kv_len: int, *, raster_io: bool = Fa
 
     ``raster_io``: ``pattern`` is :class:`~foveate.tiling.Tiled` and the kernels are to take
     the tensors in raster order (``q_len``, ``kv_len`` are still the tiled lengths).
-    Memoised for cacheable (hashable, static) patterns: a call asks for it more than once."""
+    Memoised for cacheable (hashable, static) patterns: a call asks for it more than once.
+    Under ``torch.compile`` it is computed when the graph is traced, a constant of the graph."""
+    if torch.compiler.is_compiling():
+        return _traced_mask_spec(pattern, operator.index(q_len), operator.index(kv_len), raster_io)
+    return eager_mask_spec(pattern, q_len, kv_len, raster_io)
+
+
+def eager_mask_spec(pattern, q_len, kv_len, raster_io=False):
+    """:func:`mask_spec` outside ``torch.compile``."""
     if pattern.cacheable:
         return _cached_mask_spec(pattern, q_len, kv_len, raster_io)
     return _mask_spec(pattern, q_len, kv_len, raster_io)
@@ -136,6 +146,12 @@ def mask_spec(pattern: Pattern, q_len: int, kv_len: int, *, raster_io: bool = Fa
 @functools.lru_cache(maxsize=256)
 def _cached_mask_spec(pattern, q_len, kv_len, raster_io):
     return _mask_spec(pattern, q_len, kv_len, raster_io)
+
+
+@torch.compiler.assume_constant_result
+def _traced_mask_spec(pattern, q_len, kv_len, raster_io):
+    # (run, not traced, by dynamo, where is_compiling() is still True: the eager path directly)
+    return eager_mask_spec(pattern, q_len, kv_len, raster_io)
 
 
 def _mask_spec(pattern: Pattern, q_len: int, kv_len: int, raster_io: bool) -> MaskSpec | None:

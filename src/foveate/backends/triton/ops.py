@@ -12,6 +12,7 @@ recorded (inference).
 
 from __future__ import annotations
 
+import operator
 from types import SimpleNamespace
 
 import torch
@@ -20,11 +21,40 @@ from .masks import MaskSpec
 
 
 def _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num=None, q_idx=None, full_q_num=None,
-            full_q_idx=None):
+            full_q_idx=None, full_runs=None):
     """The attributes of a BlockLayout that the launchers read."""
     return SimpleNamespace(block_q=block_q, block_kv=block_kv, kv_num_blocks=kv_num, kv_indices=kv_idx,
                            full_kv_num_blocks=full_num, full_kv_indices=full_idx, q_num_blocks=q_num,
-                           q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx)
+                           q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx,
+                           full_runs=full_runs)
+
+
+@torch.compiler.assume_constant_result
+def _traced_plan(pattern, q_len: int, kv_len: int, block: int, device: torch.device, raster_io: bool):
+    """What a compiled graph holds as constants for a static pattern at these lengths: the
+    cached layout's eight list tensors, the mask spec as ints, ``full_runs``. Run (not
+    traced) by dynamo when the graph is traced: ``pattern.build`` is host code with
+    data-dependent checks."""
+    from ..base import cached_layout
+    from .masks import eager_mask_spec
+
+    layout = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=device)
+    spec = eager_mask_spec(pattern, q_len, kv_len, raster_io)
+    lists = (layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,
+             layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks, layout.full_q_indices)
+    return lists, tuple(spec.to_ints()), layout.full_runs is True
+
+
+def compiled_attention(q, k, v, pattern, q_len: int, kv_len: int, scale: float, block: int, *,
+                       raster_io: bool = False):
+    """``(out, lse)`` inside a ``torch.compile`` graph: the custom operator on the constants
+    of :func:`_traced_plan` (``q_len``, ``kv_len``: the pattern's lengths, tiled ones under
+    ``raster_io``). The graph is specialised on the lengths, so a new sequence length traces
+    a new graph with its own layout."""
+    # operator.index specialises a symbolic length (dynamo guards on it); int() would not
+    lists, mask, full_runs = _traced_plan(pattern, operator.index(q_len), operator.index(kv_len), block, q.device,
+                                          raster_io)
+    return torch.ops.foveate.sparse_attention(q, k, v, *lists, list(mask), float(scale), block, block, full_runs)
 
 
 @torch.library.custom_op("foveate::sparse_attention", mutates_args=())
@@ -32,19 +62,20 @@ def sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     kv_num: torch.Tensor, kv_idx: torch.Tensor, full_num: torch.Tensor, full_idx: torch.Tensor,
     q_num: torch.Tensor, q_idx: torch.Tensor, full_q_num: torch.Tensor, full_q_idx: torch.Tensor,
-    mask: list[int], scale: float, block_q: int, block_kv: int,
+    mask: list[int], scale: float, block_q: int, block_kv: int, full_runs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention forward: ``out`` ``(B, Hq, Nq, Dv)``, ``lse`` ``(B, Hq, Nq)``.
-    The transposed lists (``q_*``) are unused here and kept for the backward."""
+    The transposed lists (``q_*``) are unused here and kept for the backward; ``full_runs``
+    is the layout's :attr:`~foveate.layout.BlockLayout.full_runs`."""
     from .fwd import attention_forward
 
-    layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx)
+    layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, full_runs=full_runs)
     return attention_forward(q, k, v, layout, MaskSpec.from_ints(mask), scale)
 
 
 @sparse_attention.register_fake
 def _(q, k, v, kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, mask, scale, block_q,
-      block_kv):
+      block_kv, full_runs=False):
     out = q.new_empty((*q.shape[:-1], v.shape[-1]))
     return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
 
@@ -74,16 +105,16 @@ _LAYOUT_ARGS = 8  # kv_num .. full_q_idx
 
 def _setup_context(ctx, inputs, output):
     q, k, v, *layout = inputs[:3 + _LAYOUT_ARGS]
-    mask, scale, block_q, block_kv = inputs[3 + _LAYOUT_ARGS:]
+    params = inputs[3 + _LAYOUT_ARGS:]  # mask, scale, block_q, block_kv[, full_runs]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, *layout)
-    ctx.params = (mask, scale, block_q, block_kv)
+    ctx.params, ctx.num_params = params[:4], len(params)
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, *layout = ctx.saved_tensors
     dq, dk, dv = torch.ops.foveate.sparse_attention_backward(dout, dlse, q, k, v, out, lse, *layout, *ctx.params)
-    return (dq, dk, dv) + (None,) * (_LAYOUT_ARGS + 4)
+    return (dq, dk, dv) + (None,) * (_LAYOUT_ARGS + ctx.num_params)
 
 
 torch.library.register_autograd("foveate::sparse_attention", _backward, setup_context=_setup_context)
@@ -128,4 +159,4 @@ def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float):
     return torch.ops.foveate.sparse_attention(
         q, k, v, layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,
         layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks, layout.full_q_indices,
-        spec.to_ints(), float(scale), layout.block_q, layout.block_kv)
+        spec.to_ints(), float(scale), layout.block_q, layout.block_kv, layout.full_runs is True)

@@ -1,11 +1,13 @@
-"""``torch.compile`` through ``foveate.attention`` on the triton backend.
+"""``torch.compile`` through ``foveate.attention`` on the triton backend (and the flex one).
 
 A static pattern's layout, mask spec and tile are computed when the graph is traced and held
 by it as constants; the kernels run inside one custom operator (forward and backward), so a
 function calling ``attention`` compiles with ``fullgraph=True``. A new sequence length traces a
 new graph. Content-selected patterns run eagerly (a graph break). Without a GPU the operator
 runs the kernels in Triton's interpreter; ``aot_eager`` keeps the compile time small (dynamo and
-AOTAutograd are what is tested), one forward goes through inductor.
+AOTAutograd are what is tested), one forward goes through inductor. The flex backend's
+BlockMask tensors are graph constants in the same way (forward: no FlexAttention backward on
+CPU).
 """
 
 from __future__ import annotations
@@ -104,3 +106,22 @@ def test_inductor_forward(rng):
     q, k, v = (t.detach() for t in _qkv(rng, (256,)))
     call = lambda q, k, v: foveate.attention(q, k, v, P.Causal(), backend="triton") * 2  # noqa: E731
     torch.testing.assert_close(torch.compile(call, fullgraph=True)(q, k, v), call(q, k, v), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("pattern,n", [
+    pytest.param(P.Neighborhood((16, 16), 5) | P.Causal(), 256, id="union"),
+    pytest.param(P.Neighborhood((16, 24), (5, 7)), 384, id="2d"),
+])
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_flex_backend_under_compile(rng, pattern, n, compiler):
+    """Patterns that only flex runs (compositions) compile too: the layout's BlockMask tensors
+    are graph constants, FlexAttention is traced into the caller's graph (forward: FlexAttention
+    has no CPU backward). Flat inputs: canvas-shaped ones stop inductor's FlexAttention
+    lowering on CPU (torch 2.13; see docs/usage.md)."""
+    q, k, v = (t.detach() for t in _qkv(rng, (n,), heads_q=2, heads_kv=2))
+
+    def call(q, k, v):
+        return foveate.attention(q, k, v, pattern, backend="flex", tile=None)
+
+    got = torch.compile(call, fullgraph=True, backend=compiler)(q, k, v)
+    torch.testing.assert_close(got, foveate.attention(q, k, v, pattern, backend="reference"), rtol=1e-4, atol=1e-5)

@@ -3,6 +3,8 @@
 The layout is converted to a FlexAttention ``BlockMask`` (same field names), so
 FlexAttention's own O(N^2) block-mask builder is never run. On CUDA it runs forward and
 backward; on CPU, ``torch.compile`` of FlexAttention supports inference only, without lse.
+Inside a caller's ``torch.compile`` graph, the BlockMask's tensors are constants of the graph
+and FlexAttention is traced into it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class FlexBackend(Backend):
         return None
 
     def forward(self, q, k, v, problem, scale):
+        if torch.compiler.is_compiling():
+            return self._compiled_forward(q, k, v, problem, scale)
         layout = self.layout(problem, q.device)
         block_mask = _FLEX_MASKS.get(id(layout))
         if block_mask is None or block_mask[0] is not layout:
@@ -89,3 +93,38 @@ class FlexBackend(Backend):
             out, lse = result
             return out, lse.float()
         return result, None
+
+    def _compiled_forward(self, q, k, v, problem, scale):
+        """:meth:`forward` inside a ``torch.compile`` graph: the layout's lists are constants
+        of the graph (:func:`_traced_flex_lists`), the BlockMask is made from them in the
+        graph, and FlexAttention is traced as part of the caller's graph."""
+        import operator
+
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+        q_len, kv_len = operator.index(problem.q_len), operator.index(problem.kv_len)
+        lists = _traced_flex_lists(problem.pattern, q_len, kv_len, self.block_size, q.device)
+        block_mask = BlockMask(seq_lengths=(q_len, kv_len), **dict(zip(_FLEX_FIELDS, lists)),
+                               BLOCK_SIZE=(self.block_size, self.block_size),
+                               mask_mod=problem.pattern.mask_mod(q_len, kv_len))
+        if not problem.requires_grad:
+            q, k, v = q.detach(), k.detach(), v.detach()
+        result = flex_attention(q, k, v, block_mask=block_mask, scale=scale,
+                                enable_gqa=problem.heads_q != problem.heads_kv, return_lse=problem.return_lse)
+        if problem.return_lse:
+            out, lse = result
+            return out, lse.float()
+        return result, None
+
+
+_FLEX_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
+                "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
+
+
+@torch.compiler.assume_constant_result
+def _traced_flex_lists(pattern, q_len: int, kv_len: int, block: int, device: torch.device) -> tuple:
+    """The BlockMask tensors of the cached layout, run (not traced) when a graph is traced."""
+    from .base import cached_layout
+
+    mask = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=device).to_flex_block_mask()
+    return tuple(getattr(mask, name) for name in _FLEX_FIELDS)

@@ -47,6 +47,8 @@ CASES = [
     pytest.param(P.Causal(), (300,), None, id="causal-gqa-ragged"),
     pytest.param(P.SlidingWindow(100, 30), (256,), None, id="sliding"),
     pytest.param(P.Neighborhood((16, 24), (5, 7)), (16, 24), "auto", id="2d-tiled"),
+    pytest.param(P.Blocks(torch.tensor([[True, False, True], [False, True, True], [True, True, False]])), (300,),
+                 None, id="blocks"),
 ]
 
 

@@ -22,6 +22,11 @@ import torch
 
 from .kernel_choice import triton_importable, use_triton
 
+#: A layout's eight list tensors, in the order the kernels' operator takes them (FlexAttention's
+#: BlockMask has fields of the same names).
+LIST_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
+               "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
+
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Elements of the boolean scratch tensor evaluated at once by the generic builder.
@@ -329,13 +334,7 @@ class BlockLayout:
         )
 
     def to(self, device: torch.device | str) -> "BlockLayout":
-        fields = {
-            name: getattr(self, name).to(device)
-            for name in (
-                "kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
-                "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices",
-            )
-        }
+        fields = {name: getattr(self, name).to(device) for name in LIST_FIELDS}
         moved = BlockLayout(
             block_q=self.block_q, block_kv=self.block_kv, q_len=self.q_len, kv_len=self.kv_len,
             mask_mod=self.mask_mod, allowed_pairs=self._allowed_pairs, **fields,

@@ -10,9 +10,11 @@ and FlexAttention is traced into it.
 from __future__ import annotations
 
 import functools
+import operator
 
 import torch
 
+from ..layout import LIST_FIELDS
 from .base import Backend, Problem
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -98,13 +100,11 @@ class FlexBackend(Backend):
         """:meth:`forward` inside a ``torch.compile`` graph: the layout's lists are constants
         of the graph (:func:`_traced_flex_lists`), the BlockMask is made from them in the
         graph, and FlexAttention is traced as part of the caller's graph."""
-        import operator
-
         from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
         q_len, kv_len = operator.index(problem.q_len), operator.index(problem.kv_len)
         lists = _traced_flex_lists(problem.pattern, q_len, kv_len, self.block_size, q.device)
-        block_mask = BlockMask(seq_lengths=(q_len, kv_len), **dict(zip(_FLEX_FIELDS, lists)),
+        block_mask = BlockMask(seq_lengths=(q_len, kv_len), **dict(zip(LIST_FIELDS, lists)),
                                BLOCK_SIZE=(self.block_size, self.block_size),
                                mask_mod=problem.pattern.mask_mod(q_len, kv_len))
         if not problem.requires_grad:
@@ -117,14 +117,10 @@ class FlexBackend(Backend):
         return result, None
 
 
-_FLEX_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
-                "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
-
-
 @torch.compiler.assume_constant_result
 def _traced_flex_lists(pattern, q_len: int, kv_len: int, block: int, device: torch.device) -> tuple:
     """The BlockMask tensors of the cached layout, run (not traced) when a graph is traced."""
     from .base import cached_layout
 
     mask = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=device).to_flex_block_mask()
-    return tuple(getattr(mask, name) for name in _FLEX_FIELDS)
+    return tuple(getattr(mask, name) for name in LIST_FIELDS)

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
+from ...layout import LIST_FIELDS
 from .masks import MaskSpec
 
 
@@ -40,9 +41,7 @@ def _traced_plan(pattern, q_len: int, kv_len: int, block: int, device: torch.dev
 
     layout = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=device)
     spec = eager_mask_spec(pattern, q_len, kv_len, raster_io)
-    lists = (layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,
-             layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks, layout.full_q_indices)
-    return lists, tuple(spec.to_ints()), layout.full_runs is True
+    return tuple(getattr(layout, name) for name in LIST_FIELDS), tuple(spec.to_ints()), layout.full_runs is True
 
 
 def compiled_attention(q, k, v, pattern, q_len: int, kv_len: int, scale: float, block: int, *,
@@ -100,21 +99,22 @@ def _(dout, dlse, q, k, v, *rest):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-_LAYOUT_ARGS = 8  # kv_num .. full_q_idx
+_LAYOUT_ARGS = len(LIST_FIELDS)  # kv_num .. full_q_idx
 
 
 def _setup_context(ctx, inputs, output):
+    # (inputs hold every argument, defaults included)
     q, k, v, *layout = inputs[:3 + _LAYOUT_ARGS]
-    params = inputs[3 + _LAYOUT_ARGS:]  # mask, scale, block_q, block_kv[, full_runs]
+    mask, scale, block_q, block_kv, _full_runs = inputs[3 + _LAYOUT_ARGS:]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, *layout)
-    ctx.params, ctx.num_params = params[:4], len(params)
+    ctx.params = (mask, scale, block_q, block_kv)
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, *layout = ctx.saved_tensors
     dq, dk, dv = torch.ops.foveate.sparse_attention_backward(dout, dlse, q, k, v, out, lse, *layout, *ctx.params)
-    return (dq, dk, dv) + (None,) * (_LAYOUT_ARGS + ctx.num_params)
+    return (dq, dk, dv) + (None,) * (_LAYOUT_ARGS + 5)
 
 
 torch.library.register_autograd("foveate::sparse_attention", _backward, setup_context=_setup_context)
@@ -157,6 +157,5 @@ def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float):
             return attention_forward(q, k, v, layout, spec, float(scale))
         return _EagerSparseAttention.apply(q, k, v, layout, spec, float(scale))
     return torch.ops.foveate.sparse_attention(
-        q, k, v, layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,
-        layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks, layout.full_q_indices,
-        spec.to_ints(), float(scale), layout.block_q, layout.block_kv, layout.full_runs is True)
+        q, k, v, *[getattr(layout, name) for name in LIST_FIELDS], spec.to_ints(), float(scale), layout.block_q,
+        layout.block_kv, layout.full_runs is True)

@@ -127,3 +127,81 @@ def test_flex_backend_under_compile(rng, pattern, n, compiler):
 
     got = torch.compile(call, fullgraph=True, backend=compiler)(q, k, v)
     torch.testing.assert_close(got, foveate.attention(q, k, v, pattern, backend="reference"), rtol=1e-4, atol=1e-5)
+
+
+def test_patterns_made_inside_the_compiled_function(rng):
+    """A pattern built inside the compiled code (here from Python ints, as a model's forward
+    would) traces like one built outside it: forward and gradients bitwise equal to eager."""
+    q, k, v = _qkv(rng, (16, 24))
+    d_out = torch.randn(q.shape, generator=rng).to(DEVICE)
+
+    def call(q, k, v, window=5):
+        out = foveate.attention(q, k, v, P.Neighborhood((16, 24), (window, 7)), backend="triton", tile="auto")
+        flat = [t.flatten(2, 3) for t in (q, k, v)]
+        return out + foveate.attention(*flat, P.SlidingWindow(window * 10, 0), backend="triton").view_as(out)
+
+    compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
+    for got, want in zip(_run(compiled, q, k, v, d_out), _run(call, q, k, v, d_out)):
+        assert torch.equal(got, want)
+
+
+def _marked_constant_functions():
+    """``(module, name)`` of every function in foveate that torch.compile runs when tracing
+    (``assume_constant_result``)."""
+    import importlib
+    import pkgutil
+
+    found = []
+    for info in pkgutil.walk_packages(foveate.__path__, "foveate."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if callable(value) and getattr(value, "_dynamo_marked_constant", False) and \
+                    getattr(value, "__module__", None) == info.name:
+                found.append((module, name))
+    return found
+
+
+def test_functions_run_when_tracing_get_python_constants_only(rng, monkeypatch):
+    """What dynamo hands to an ``assume_constant_result`` function must be a Python constant
+    to every supported torch: torch 2.11 refuses a pattern (a frozen dataclass) there, so
+    patterns go as :func:`foveate.graph_constants.pattern_key` tuples. Every such function
+    is wrapped to check its arguments while the triton and flex paths are traced."""
+    from foveate.patterns import Pattern
+
+    seen = []
+    functions = _marked_constant_functions()
+    assert len(functions) >= 5  # the tile, mask spec, plan, flex lists and field names
+    for module, name in functions:
+        original = getattr(module, name)
+
+        def checked(*args, _original=original, _name=name, **kwargs):
+            bad = [type(a).__name__ for a in (*args, *kwargs.values()) if isinstance(a, Pattern)]
+            assert not bad, f"{_name} was given {bad}"
+            seen.append(_name)
+            return _original(*args, **kwargs)
+
+        checked._dynamo_marked_constant = True
+        monkeypatch.setattr(module, name, checked)
+
+    q, k, v = (t.detach() for t in _qkv(rng, (16, 24), heads_q=2, heads_kv=2))
+    for backend, pattern in (("triton", P.Neighborhood((16, 24), (5, 7))), ("flex", P.Neighborhood((16, 24), 5))):
+        torch._dynamo.reset()
+        call = lambda q, k, v, p=pattern, b=backend: foveate.attention(q, k, v, p, backend=b, tile="auto")  # noqa
+        torch.testing.assert_close(torch.compile(call, fullgraph=True, backend="aot_eager")(q, k, v), call(q, k, v),
+                                   rtol=1e-5, atol=1e-6)
+    assert {"_traced_plan", "_traced_mask_spec", "_traced_choose_tile", "_traced_flex_lists"} <= set(seen)
+
+
+def test_recompiles_for_patterns_with_other_ints(rng):
+    """The same code with another window (the next layer of a model) recompiles, and dynamo
+    then makes the pattern's changed ints symbolic: the graph specialises them again, each
+    result equals the reference backend's."""
+    q, k, v = (t.detach() for t in _qkv(rng, (256,)))
+    for pattern in (P.SlidingWindow(100, 3), P.SlidingWindow(50, 7), P.Neighborhood((256,), 64),
+                    P.Neighborhood((256,), 64, stride=16)):
+        compiled = torch.compile(lambda q, k, v, p=pattern: foveate.attention(q, k, v, p, backend="triton"),
+                                 fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(q, k, v), foveate.attention(q, k, v, pattern, backend="reference"),
+                                   rtol=1e-4, atol=1e-5)

@@ -535,3 +535,49 @@ def test_fitting_lengths_are_accepted():
     assert nb.default_lengths() == (16, 18)
     assert P.Causal().default_lengths() is None
     P.Causal().check_lengths(1, 1000)
+
+
+def test_pattern_keys_rebuild_equal_patterns():
+    """``pattern_key`` (what compiled graphs are traced with) holds Python constants only,
+    and ``pattern_from_key`` rebuilds an equal pattern, for every static pattern kind."""
+    from foveate.graph_constants import pattern_from_key, pattern_key
+    from foveate.tiling import Tiled
+
+    nb = P.Neighborhood((16, 24), (5, 7), dilation=(2, 1), stride=(1, 2), causal=(True, False), extra_kv=3)
+    patterns = [P.Dense(), P.Causal(), P.SlidingWindow(100, 30), nb, Tiled(P.Neighborhood((16, 24), 5), (4, 8)),
+                P.Neighborhood((16, 16), 5) | P.Causal(), P.Neighborhood((16, 16), 5) & P.SlidingWindow(40, 40),
+                P.Blocks(torch.tensor([[True, False], [True, True]]))]
+
+    def constants_only(x):
+        if isinstance(x, tuple):
+            return all(constants_only(y) for y in x)
+        return x is None or isinstance(x, (int, float, str, type))
+
+    for pattern in patterns:
+        key = pattern_key(pattern)
+        assert constants_only(key), key
+        rebuilt = pattern_from_key(key)
+        assert rebuilt == pattern and hash(rebuilt) == hash(pattern) and type(rebuilt) is type(pattern)
+
+
+def test_pattern_key_refuses_non_dataclass_patterns():
+    from foveate.graph_constants import pattern_key
+
+    class Custom(P.Causal.__mro__[1]):  # a Pattern subclass that is not a dataclass
+        pass
+
+    with pytest.raises(TypeError, match="Custom patterns cannot run under torch.compile"):
+        pattern_key(Custom())
+
+
+def test_pattern_key_names_a_field_it_cannot_hold():
+    import dataclasses as dc
+
+    from foveate.graph_constants import pattern_key
+
+    @dc.dataclass(frozen=True)
+    class WithTensor(P.Causal.__mro__[1]):
+        weights: object
+
+    with pytest.raises(TypeError, match="WithTensor.weights holds a Tensor"):
+        pattern_key(WithTensor(torch.ones(2)))

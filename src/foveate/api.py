@@ -9,6 +9,7 @@ import torch
 
 from . import backends
 from .backends import Problem
+from .graph_constants import pattern_from_key, pattern_key
 from .patterns import Dense, Pattern, SelectedBlocks
 from .simulator import choose_tile
 
@@ -193,7 +194,7 @@ def _resolve_tile(tile, pattern: Pattern, backend) -> tuple[int, ...] | None:
         if not backend.uses_layout or pattern.canvas is None or len(pattern.canvas) < 2:
             return None
         if torch.compiler.is_compiling():
-            return _traced_choose_tile(pattern, backend.block_size)
+            return _traced_choose_tile(pattern_key(pattern), backend.block_size)
         return choose_tile(pattern, block_q=backend.block_size, block_kv=backend.block_size)
     tile = tuple(tile)
     if backend.uses_layout and math.prod(tile) != backend.block_size:
@@ -205,7 +206,8 @@ def _resolve_tile(tile, pattern: Pattern, backend) -> tuple[int, ...] | None:
 
 
 @torch.compiler.assume_constant_result
-def _traced_choose_tile(pattern: Pattern, block: int) -> tuple[int, ...] | None:
-    """:func:`choose_tile` under ``torch.compile``: run when the graph is traced (the simulator
-    builds layouts), a constant of the graph."""
-    return choose_tile(pattern, block_q=block, block_kv=block)
+def _traced_choose_tile(key: tuple, block: int) -> tuple[int, ...] | None:
+    """:func:`choose_tile` under ``torch.compile`` for the pattern of ``key``
+    (:func:`~foveate.graph_constants.pattern_key`): run when the graph is traced (the
+    simulator builds layouts), a constant of the graph."""
+    return choose_tile(pattern_from_key(key), block_q=block, block_kv=block)

@@ -14,6 +14,7 @@ import operator
 
 import torch
 
+from ..graph_constants import pattern_from_key, pattern_key
 from ..layout import LIST_FIELDS
 from .base import Backend, Problem
 
@@ -103,7 +104,7 @@ class FlexBackend(Backend):
         from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
         q_len, kv_len = operator.index(problem.q_len), operator.index(problem.kv_len)
-        lists = _traced_flex_lists(problem.pattern, q_len, kv_len, self.block_size, q.device)
+        lists = _traced_flex_lists(pattern_key(problem.pattern), q_len, kv_len, self.block_size, q.device)
         block_mask = BlockMask(seq_lengths=(q_len, kv_len), **dict(zip(LIST_FIELDS, lists)),
                                BLOCK_SIZE=(self.block_size, self.block_size),
                                mask_mod=problem.pattern.mask_mod(q_len, kv_len))
@@ -118,9 +119,11 @@ class FlexBackend(Backend):
 
 
 @torch.compiler.assume_constant_result
-def _traced_flex_lists(pattern, q_len: int, kv_len: int, block: int, device: torch.device) -> tuple:
-    """The BlockMask tensors of the cached layout, run (not traced) when a graph is traced."""
+def _traced_flex_lists(key: tuple, q_len: int, kv_len: int, block: int, device: torch.device) -> tuple:
+    """The BlockMask tensors of the cached layout of the pattern of ``key``
+    (:func:`~foveate.graph_constants.pattern_key`), run (not traced) when a graph is traced."""
     from .base import cached_layout
 
-    mask = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=device).to_flex_block_mask()
+    layout = cached_layout(pattern_from_key(key), q_len, kv_len, block_q=block, block_kv=block, device=device)
+    mask = layout.to_flex_block_mask()
     return tuple(getattr(mask, name) for name in LIST_FIELDS)

@@ -6,6 +6,7 @@ import hashlib
 
 import torch
 
+from ..graph_constants import register_blocks
 from ..layout import BlockLayout, block_areas
 from .base import Pattern, as_int
 
@@ -40,6 +41,7 @@ class Blocks(Pattern):
         self.block_kv = as_int("block_kv", block_kv, minimum=1)
         digest = hashlib.sha1(self.mask.numpy().tobytes()).hexdigest()
         self._key = (tuple(self.mask.shape), self.block_q, self.block_kv, digest)
+        register_blocks(self)  # findable by its key when a torch.compile graph is traced
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Blocks) and other._key == self._key

@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...graph_constants import pattern_from_key, pattern_key
 from ...patterns import Blocks, Causal, Dense, Neighborhood, Pattern, SelectedBlocks, SlidingWindow
 
 BAND, CANVAS = 0, 1
@@ -132,7 +133,7 @@ def mask_spec(pattern: Pattern, q_len: int, kv_len: int, *, raster_io: bool = Fa
     Memoised for cacheable (hashable, static) patterns: a call asks for it more than once.
     Under ``torch.compile`` it is computed when the graph is traced, a constant of the graph."""
     if torch.compiler.is_compiling():
-        return _traced_mask_spec(pattern, operator.index(q_len), operator.index(kv_len), raster_io)
+        return _traced_mask_spec(pattern_key(pattern), operator.index(q_len), operator.index(kv_len), raster_io)
     return eager_mask_spec(pattern, q_len, kv_len, raster_io)
 
 
@@ -149,9 +150,9 @@ def _cached_mask_spec(pattern, q_len, kv_len, raster_io):
 
 
 @torch.compiler.assume_constant_result
-def _traced_mask_spec(pattern, q_len, kv_len, raster_io):
+def _traced_mask_spec(key, q_len, kv_len, raster_io):
     # (run, not traced, by dynamo, where is_compiling() is still True: the eager path directly)
-    return eager_mask_spec(pattern, q_len, kv_len, raster_io)
+    return eager_mask_spec(pattern_from_key(key), q_len, kv_len, raster_io)
 
 
 def _mask_spec(pattern: Pattern, q_len: int, kv_len: int, raster_io: bool) -> MaskSpec | None:

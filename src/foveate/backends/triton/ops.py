@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
+from ...graph_constants import pattern_from_key, pattern_key
 from ...layout import LIST_FIELDS
 from .masks import MaskSpec
 
@@ -31,14 +32,15 @@ def _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num=None, q
 
 
 @torch.compiler.assume_constant_result
-def _traced_plan(pattern, q_len: int, kv_len: int, block: int, device: torch.device, raster_io: bool):
-    """What a compiled graph holds as constants for a static pattern at these lengths: the
-    cached layout's eight list tensors, the mask spec as ints, ``full_runs``. Run (not
-    traced) by dynamo when the graph is traced: ``pattern.build`` is host code with
-    data-dependent checks."""
+def _traced_plan(key: tuple, q_len: int, kv_len: int, block: int, device: torch.device, raster_io: bool):
+    """What a compiled graph holds as constants for a static pattern (given by its
+    :func:`~foveate.graph_constants.pattern_key`) at these lengths: the cached layout's eight
+    list tensors, the mask spec as ints, ``full_runs``. Run (not traced) by dynamo when the
+    graph is traced: ``pattern.build`` is host code with data-dependent checks."""
     from ..base import cached_layout
     from .masks import eager_mask_spec
 
+    pattern = pattern_from_key(key)
     layout = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=device)
     spec = eager_mask_spec(pattern, q_len, kv_len, raster_io)
     return tuple(getattr(layout, name) for name in LIST_FIELDS), tuple(spec.to_ints()), layout.full_runs is True
@@ -51,8 +53,8 @@ def compiled_attention(q, k, v, pattern, q_len: int, kv_len: int, scale: float, 
     ``raster_io``). The graph is specialised on the lengths, so a new sequence length traces
     a new graph with its own layout."""
     # operator.index specialises a symbolic length (dynamo guards on it); int() would not
-    lists, mask, full_runs = _traced_plan(pattern, operator.index(q_len), operator.index(kv_len), block, q.device,
-                                          raster_io)
+    lists, mask, full_runs = _traced_plan(pattern_key(pattern), operator.index(q_len), operator.index(kv_len), block,
+                                          q.device, raster_io)
     return torch.ops.foveate.sparse_attention(q, k, v, *lists, list(mask), float(scale), block, block, full_runs)
 
 

@@ -11,9 +11,11 @@ With ``--gpu-time``, it instead times the 1-D GNA cases of ``foveate bench`` (B=
 tokens) forward and forward+backward both ways: eagerly (``do_bench`` of ``attention()``: host
 and GPU) and as a replayed CUDA graph of the same call (GPU time alone), which tells a
 host-bound case from a GPU-bound one, and the forward+backward's throughput over the
-forward's by each.
+forward's by each. ``--compiled`` adds the same call through ``torch.compile(fullgraph=True)``
+in the default mode and in ``reduce-overhead`` (CUDA graphs), ``do_bench`` and host time per
+call: the host work a compiled model pays.
 
-Usage: ``python benchmarks/host_overhead.py [--calls 300] [--top 15] [--gpu-time]``.
+Usage: ``python benchmarks/host_overhead.py [--calls 300] [--top 15] [--gpu-time [--compiled]]``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def print_profile(fn, calls: int, top: int) -> None:
     pstats.Stats(profile).sort_stats("tottime").print_stats(top)
 
 
-def gpu_time(profile_top: int = 0) -> None:
+def gpu_time(profile_top: int = 0, compiled: bool = False) -> None:
     n = 32768
     print(f"{run_header()}, bf16, B=1, H=1, N={n}, D=128, triton backend")
     q, k, v, grad = (torch.randn(1, 1, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
@@ -66,6 +68,22 @@ def gpu_time(profile_top: int = 0) -> None:
                   f"host {per_call_us(fn, 300):8.1f} us per call", flush=True)
             if profile_top:
                 print_profile(fn, 100, profile_top)
+        if compiled:
+            for mode in ("default", "reduce-overhead"):
+                torch._dynamo.reset()  # one lambda's code for every case and mode: no recompile limit
+                attend = torch.compile(lambda q, k, v, pattern=pattern: foveate.attention(q, k, v, pattern,
+                                                                                          backend="triton"),
+                                       fullgraph=True, mode=mode)
+
+                def compiled_backward(attend=attend):
+                    return torch.autograd.grad(attend(qg, kg, vg), (qg, kg, vg), grad)
+
+                for direction, fn in (("forward", lambda attend=attend: attend(q, k, v)),
+                                      ("forward+backward", compiled_backward)):
+                    for _ in range(3):  # compile (reduce-overhead: record the CUDA graph)
+                        fn()
+                    print(f"{name:26s} {direction:17s} torch.compile {mode:15s} {bench_ms(fn) * 1e3:8.1f} us   "
+                          f"host {per_call_us(fn, 300):8.1f} us per call", flush=True)
         # forward+backward effective throughput over the forward's (3.5x the forward's FLOPs)
         ratios = [3.5 * times["forward"][i] / times["forward+backward"][i] for i in range(2)]
         print(f"{name:26s} forward+backward / forward throughput: eager {ratios[0]:.2f}, GPU time {ratios[1]:.2f}",
@@ -78,11 +96,12 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--gpu-time", action="store_true", help="eager against CUDA-graph time, 1-D GNA cases")
     parser.add_argument("--profile", action="store_true", help="with --gpu-time: profile each case's host time")
+    parser.add_argument("--compiled", action="store_true", help="with --gpu-time: also through torch.compile")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/host_overhead.py needs a CUDA GPU")
     if args.gpu_time:
-        gpu_time(args.top if args.profile else 0)
+        gpu_time(args.top if args.profile else 0, args.compiled)
         return
     pattern, n = P.Neighborhood((1024,), 255), 1024
     q, k, v, grad = (torch.randn(1, 1, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))

@@ -463,3 +463,13 @@ def test_to_flex_block_mask_with_explicit_mask_mod():
     block_mask = layout.to_flex_block_mask(mask_mod)
     assert block_mask.mask_mod is mask_mod
     assert block_mask.to_dense()[0, 0].tolist() == [[1, 0], [1, 1]]
+
+
+def test_row_blocks_is_the_mean_number_of_visited_blocks():
+    from foveate.backends.base import cached_layout
+
+    layout = P.Causal().build(300, 300, block_q=128, block_kv=128, device="cpu")
+    assert layout.row_blocks is None
+    assert layout.find_row_blocks() == pytest.approx((1 + 2 + 3) / 3)
+    assert layout.to("cpu").row_blocks == layout.row_blocks
+    assert cached_layout(P.Causal(), 300, 300, block_q=128, block_kv=128, device="cpu").row_blocks == 2.0

@@ -235,3 +235,50 @@ def test_autograd_function_only_when_gradients_are_recorded(rng, monkeypatch):
     out_grad, lse_grad = run_sparse_attention(leaf, k, v, layout, spec, 0.25)
     assert applied == [1] and out_grad.grad_fn is not None
     assert torch.equal(out, out_no_grad) and torch.equal(out, out_grad.detach()) and torch.equal(lse, lse_grad)
+
+
+TILED_RUNS = [pytest.param(case, id=case.id) for case in BWD_CASES if case.tile is not None]
+
+
+@pytest.mark.parametrize("case", TILED_RUNS)
+def test_tiled_canvas_backward_in_either_order(rng, monkeypatch, case):
+    """A tiled canvas given in raster order: the backward on copies moved into the tiled
+    order (the default) and the one that reads the raster rows in place give bitwise the
+    same gradients (padding, extra keys, GQA, lse's gradient)."""
+    assert len(TILED_RUNS) == 4
+    q, k, v = _inputs(rng, case, F32)
+    d_out = torch.randn(*q.shape[:-1], case.dims[1], generator=rng).to(DEVICE)
+    d_lse = torch.randn(q.shape[:-1], generator=rng).to(DEVICE)
+
+    def run(q, k, v):
+        return foveate.attention(q, k, v, case.pattern, backend="triton", tile=case.tile, return_lse=True)
+
+    grads, moved = {}, []
+    real = bwd_module._backward_in_tiled_order
+    monkeypatch.setattr(bwd_module, "_backward_in_tiled_order", lambda *a: moved.append(1) or real(*a))
+    monkeypatch.setattr(bwd_module, "TILED_ORDER_MIN_ROW_BLOCKS", 0)  # these small layouts visit few blocks
+    for tiled_order in (True, False):
+        monkeypatch.setattr(bwd_module, "TILED_ORDER_BACKWARD", tiled_order)
+        grads[tiled_order] = _kernel_grads(run, q, k, v, d_out, d_lse)
+        assert len(moved) == 1  # the first run moved the tokens, the second did not
+    for a, b in zip(grads[True], grads[False]):
+        assert torch.equal(a, b)
+
+
+def test_the_backward_moves_tokens_only_for_rows_with_enough_blocks():
+    """The choice of :func:`bwd._in_tiled_order`: a raster-order tiled canvas whose layout's
+    query blocks visit at least ``TILED_ORDER_MIN_ROW_BLOCKS`` blocks on average; never for
+    a layout whose row count is not known, nor for tensors already in the layout's order."""
+    from types import SimpleNamespace
+
+    from foveate.tiling import Tiled
+
+    tiled = Tiled(P.Neighborhood((16, 24), 5), (4, 8))
+    n = tiled.default_lengths()[0]
+    raster, in_order = masks.mask_spec(tiled, n, n, raster_io=True), masks.mask_spec(tiled, n, n)
+    least = bwd_module.TILED_ORDER_MIN_ROW_BLOCKS
+    assert bwd_module._in_tiled_order(raster, SimpleNamespace(row_blocks=least))
+    assert not bwd_module._in_tiled_order(raster, SimpleNamespace(row_blocks=least - 0.5))
+    assert not bwd_module._in_tiled_order(raster, SimpleNamespace(row_blocks=None))
+    assert not bwd_module._in_tiled_order(in_order, SimpleNamespace(row_blocks=least))
+    assert raster.in_tiled_order() == in_order and raster.tiled_order().tile == (4, 8)

@@ -81,6 +81,15 @@ class BlockLayout:
         #: (dense, causal and windowed rows; the forward kernel then walks them as a range),
         #: ``False`` when not, ``None`` when not known (:meth:`find_full_runs`).
         self.full_runs: bool | None = None
+        #: The mean number of kv blocks a query block visits (full and partial, over batch rows
+        #: and heads), ``None`` when not known (:meth:`find_row_blocks`).
+        self.row_blocks: float | None = None
+
+    def find_row_blocks(self) -> float:
+        """Set and return :attr:`row_blocks` (one host sync; for layouts used many times)."""
+        if self.row_blocks is None:
+            self.row_blocks = float((self.kv_num_blocks + self.full_kv_num_blocks).float().mean())
+        return self.row_blocks
 
     def find_full_runs(self) -> bool:
         """Set and return :attr:`full_runs` (one host sync; for layouts used many times)."""
@@ -339,7 +348,7 @@ class BlockLayout:
             block_q=self.block_q, block_kv=self.block_kv, q_len=self.q_len, kv_len=self.kv_len,
             mask_mod=self.mask_mod, allowed_pairs=self._allowed_pairs, **fields,
         )
-        moved.full_runs = self.full_runs
+        moved.full_runs, moved.row_blocks = self.full_runs, self.row_blocks
         return moved
 
 

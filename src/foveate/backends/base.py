@@ -124,6 +124,7 @@ def cached_layout(
     if layout is None:
         layout = pattern.build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
         layout.find_full_runs()  # (once per cached layout: the kernels may then skip the lists)
+        layout.find_row_blocks()  # (and the backward choose its token order)
         _LAYOUT_CACHE[key] = layout
         if len(_LAYOUT_CACHE) > _LAYOUT_CACHE_SIZE:
             _LAYOUT_CACHE.popitem(last=False)

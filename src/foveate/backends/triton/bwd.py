@@ -272,6 +272,13 @@ def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sc
     """Gradients of the forward's ``(out, lse)``: returns ``dq, dk, dv`` with the shapes and
     dtypes of ``q, k, v``. ``dlse`` may be ``None`` (no gradient reaches ``lse``). ``layout``
     is the forward's, with its transposed (``q_*``) lists."""
+    if _in_tiled_order(spec, layout):
+        return _backward_in_tiled_order(dout, dlse, q, k, v, out, lse, layout, spec, scale)
+    return _backward_kernels(dout, dlse, q, k, v, out, lse, layout, spec, scale)
+
+
+def _backward_kernels(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, scale: float):
+    """:func:`attention_backward`'s three launches (the tensors in the order ``spec`` says)."""
     batch, heads, q_rows, head_dim = q.shape
     heads_kv, kv_rows, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
     q_len, kv_len = spec.positions(q_rows, kv_rows)
@@ -323,6 +330,49 @@ def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sc
         torch.cuda.current_stream(q.device).wait_stream(side)
     return dq, dk, dv
 
+
+def _in_tiled_order(spec: MaskSpec, layout) -> bool:
+    """Whether the backward moves a raster-order tiled canvas into the tiled order (below)."""
+    row_blocks = getattr(layout, "row_blocks", None) or 0.0
+    return spec.raster_io and TILED_ORDER_BACKWARD and row_blocks >= TILED_ORDER_MIN_ROW_BLOCKS
+
+
+def _backward_in_tiled_order(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, scale: float):
+    """:func:`attention_backward` of a raster-order tiled canvas run on tensors moved into
+    the tiled order and back: the same blocks in the same order, bitwise the same gradients."""
+    order = spec.tiled_order()
+    n, n_tiled = order.num_canvas, order.num_tokens
+
+    def kv_tiles(x):
+        canvas = order.tile_tokens(x[:, :, :n])
+        return torch.cat([canvas, x[:, :, n:]], dim=2) if x.shape[2] > n else canvas
+
+    def kv_untiles(x):
+        canvas = order.untile_tokens(x[:, :, :n_tiled])
+        return torch.cat([canvas, x[:, :, n_tiled:]], dim=2) if x.shape[2] > n_tiled else canvas
+
+    # (padding positions get q = dO = 0 and lse = 0: p = exp(0 - 0) times 0 adds nothing to
+    # dk, dv, and their dq rows are dropped)
+    tiled = [order.tile_tokens(x) for x in (dout, q, out, lse)] + [kv_tiles(k), kv_tiles(v)]
+    dlse_t = order.tile_tokens(dlse) if dlse is not None else None
+    dout_t, q_t, out_t, lse_t, k_t, v_t = tiled
+    dq, dk, dv = _backward_kernels(dout_t, dlse_t, q_t, k_t, v_t, out_t, lse_t, layout, spec.in_tiled_order(), scale)
+    return order.untile_tokens(dq), kv_untiles(dk), kv_untiles(dv)
+
+
+#: Run the backward of a tiled canvas given in raster order (``MaskSpec.raster_io``) on copies
+#: in the tiled order, its gradients moved back, when its query blocks visit at least
+#: ``TILED_ORDER_MIN_ROW_BLOCKS`` kv blocks on average (``BlockLayout.row_blocks``, known for
+#: cached layouts): the kernels then load whole blocks of consecutive rows instead of a tile's
+#: raster segments, which pays for the nine tensors moved (a cost per token) when each token
+#: has enough work (a gain per visited block). H200, bf16, D=128, forward+backward
+#: (``benchmarks/backward_streams.py --setting tiled_order``, 2026-12-01; blocks per query
+#: block in brackets): 3-D Hunyuan strided 1.034x (81), 2-D w80 stride 16 1.010x (50), 3-D
+#: Hunyuan 1.005x (147), 2-D w80 1.001x (68); 3-D k7x15x15 0.969x (33) and 2-D k13 0.840x (8)
+#: lose, and keep the raster loads. The forward gains nothing that way (1.341 / 1.332 ms on
+#: 3-D Hunyuan strided).
+TILED_ORDER_BACKWARD = True
+TILED_ORDER_MIN_ROW_BLOCKS = 48
 
 #: Run the dq kernel on a second CUDA stream, concurrently with the dk/dv kernel (results are
 #: bitwise the same: each writes its own gradients), when it has at least

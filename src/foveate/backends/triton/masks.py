@@ -73,6 +73,18 @@ class MaskSpec:
         """Whether some positions have no memory row: canvas padding under ``raster_io``."""
         return self.raster_io and bool(self.canvas[4])
 
+    def in_tiled_order(self) -> "MaskSpec":
+        """This spec for tensors already in the tiled order (``raster_io`` off)."""
+        head = self.canvas[:len(CANVAS_FIELDS)]
+        return MaskSpec(self.kind, self.band, (*head[:5], 0, *head[6:], *self.canvas[len(CANVAS_FIELDS):]))
+
+    def tiled_order(self):
+        """The :class:`~foveate.tiling.TiledOrder` of a tiled canvas spec."""
+        from ...tiling import TiledOrder
+
+        axes = self.canvas[len(CANVAS_FIELDS):len(CANVAS_FIELDS) + self.canvas[0]]
+        return TiledOrder(tuple(axis[0] for axis in axes), tuple(axis[5] for axis in axes))
+
     def positions(self, q_rows: int, kv_rows: int) -> tuple[int, int]:
         """The kernels' query and key lengths (tiled positions, padding included) for
         tensors of ``q_rows`` and ``kv_rows`` tokens; the same lengths unless ``raster_io``."""

@@ -23,19 +23,19 @@ from .masks import MaskSpec
 
 
 def _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num=None, q_idx=None, full_q_num=None,
-            full_q_idx=None, full_runs=None):
+            full_q_idx=None, full_runs=None, row_blocks=None):
     """The attributes of a BlockLayout that the launchers read."""
     return SimpleNamespace(block_q=block_q, block_kv=block_kv, kv_num_blocks=kv_num, kv_indices=kv_idx,
                            full_kv_num_blocks=full_num, full_kv_indices=full_idx, q_num_blocks=q_num,
                            q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx,
-                           full_runs=full_runs)
+                           full_runs=full_runs, row_blocks=row_blocks)
 
 
 @torch.compiler.assume_constant_result
 def _traced_plan(key: tuple, q_len: int, kv_len: int, block: int, device: torch.device, raster_io: bool):
     """What a compiled graph holds as constants for a static pattern (given by its
     :func:`~foveate.graph_constants.pattern_key`) at these lengths: the cached layout's eight
-    list tensors, the mask spec as ints, ``full_runs``. Run (not traced) by dynamo when the
+    list tensors, the mask spec as ints, ``full_runs``, ``row_blocks``. Run (not traced) by dynamo when the
     graph is traced: ``pattern.build`` is host code with data-dependent checks."""
     from ..base import cached_layout
     from .masks import eager_mask_spec
@@ -43,7 +43,8 @@ def _traced_plan(key: tuple, q_len: int, kv_len: int, block: int, device: torch.
     pattern = pattern_from_key(key)
     layout = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=device)
     spec = eager_mask_spec(pattern, q_len, kv_len, raster_io)
-    return tuple(getattr(layout, name) for name in LIST_FIELDS), tuple(spec.to_ints()), layout.full_runs is True
+    return (tuple(getattr(layout, name) for name in LIST_FIELDS), tuple(spec.to_ints()), layout.full_runs is True,
+            layout.row_blocks or 0.0)
 
 
 def compiled_attention(q, k, v, pattern, q_len: int, kv_len: int, scale: float, block: int, *,
@@ -53,9 +54,10 @@ def compiled_attention(q, k, v, pattern, q_len: int, kv_len: int, scale: float, 
     ``raster_io``). The graph is specialised on the lengths, so a new sequence length traces
     a new graph with its own layout."""
     # operator.index specialises a symbolic length (dynamo guards on it); int() would not
-    lists, mask, full_runs = _traced_plan(pattern_key(pattern), operator.index(q_len), operator.index(kv_len), block,
+    lists, mask, full_runs, row_blocks = _traced_plan(pattern_key(pattern), operator.index(q_len), operator.index(kv_len), block,
                                           q.device, raster_io)
-    return torch.ops.foveate.sparse_attention(q, k, v, *lists, list(mask), float(scale), block, block, full_runs)
+    return torch.ops.foveate.sparse_attention(q, k, v, *lists, list(mask), float(scale), block, block, full_runs,
+                                              row_blocks)
 
 
 @torch.library.custom_op("foveate::sparse_attention", mutates_args=())
@@ -63,11 +65,12 @@ def sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     kv_num: torch.Tensor, kv_idx: torch.Tensor, full_num: torch.Tensor, full_idx: torch.Tensor,
     q_num: torch.Tensor, q_idx: torch.Tensor, full_q_num: torch.Tensor, full_q_idx: torch.Tensor,
-    mask: list[int], scale: float, block_q: int, block_kv: int, full_runs: bool = False,
+    mask: list[int], scale: float, block_q: int, block_kv: int, full_runs: bool = False, row_blocks: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention forward: ``out`` ``(B, Hq, Nq, Dv)``, ``lse`` ``(B, Hq, Nq)``.
     The transposed lists (``q_*``) are unused here and kept for the backward; ``full_runs``
-    is the layout's :attr:`~foveate.layout.BlockLayout.full_runs`."""
+    and ``row_blocks`` are the layout's :attr:`~foveate.layout.BlockLayout.full_runs` and
+    :attr:`~foveate.layout.BlockLayout.row_blocks` (0: not known)."""
     from .fwd import attention_forward
 
     layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, full_runs=full_runs)
@@ -76,7 +79,7 @@ def sparse_attention(
 
 @sparse_attention.register_fake
 def _(q, k, v, kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, mask, scale, block_q,
-      block_kv, full_runs=False):
+      block_kv, full_runs=False, row_blocks=0.0):
     out = q.new_empty((*q.shape[:-1], v.shape[-1]))
     return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
 
@@ -87,12 +90,13 @@ def sparse_attention_backward(
     out: torch.Tensor, lse: torch.Tensor,
     kv_num: torch.Tensor, kv_idx: torch.Tensor, full_num: torch.Tensor, full_idx: torch.Tensor,
     q_num: torch.Tensor, q_idx: torch.Tensor, full_q_num: torch.Tensor, full_q_idx: torch.Tensor,
-    mask: list[int], scale: float, block_q: int, block_kv: int,
+    mask: list[int], scale: float, block_q: int, block_kv: int, row_blocks: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients ``dq, dk, dv`` of :func:`sparse_attention` (``dlse`` may be ``None``)."""
     from .bwd import attention_backward
 
-    layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx)
+    layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx,
+                     row_blocks=row_blocks or None)
     return attention_backward(dout, dlse, q, k, v, out, lse, layout, MaskSpec.from_ints(mask), scale)
 
 
@@ -107,16 +111,16 @@ _LAYOUT_ARGS = len(LIST_FIELDS)  # kv_num .. full_q_idx
 def _setup_context(ctx, inputs, output):
     # (inputs hold every argument, defaults included)
     q, k, v, *layout = inputs[:3 + _LAYOUT_ARGS]
-    mask, scale, block_q, block_kv, _full_runs = inputs[3 + _LAYOUT_ARGS:]
+    mask, scale, block_q, block_kv, _full_runs, row_blocks = inputs[3 + _LAYOUT_ARGS:]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, *layout)
-    ctx.params = (mask, scale, block_q, block_kv)
+    ctx.params = (mask, scale, block_q, block_kv, row_blocks)
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, *layout = ctx.saved_tensors
     dq, dk, dv = torch.ops.foveate.sparse_attention_backward(dout, dlse, q, k, v, out, lse, *layout, *ctx.params)
-    return (dq, dk, dv) + (None,) * (_LAYOUT_ARGS + 5)
+    return (dq, dk, dv) + (None,) * (_LAYOUT_ARGS + 6)
 
 
 torch.library.register_autograd("foveate::sparse_attention", _backward, setup_context=_setup_context)
@@ -160,4 +164,4 @@ def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float):
         return _EagerSparseAttention.apply(q, k, v, layout, spec, float(scale))
     return torch.ops.foveate.sparse_attention(
         q, k, v, *[getattr(layout, name) for name in LIST_FIELDS], spec.to_ints(), float(scale), layout.block_q,
-        layout.block_kv, layout.full_runs is True)
+        layout.block_kv, layout.full_runs is True, getattr(layout, "row_blocks", None) or 0.0)

@@ -205,3 +205,18 @@ def test_recompiles_for_patterns_with_other_ints(rng):
                                  fullgraph=True, backend="aot_eager")
         torch.testing.assert_close(compiled(q, k, v), foveate.attention(q, k, v, pattern, backend="reference"),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_the_operator_keeps_its_layout_view_for_the_same_tensors():
+    """A compiled graph passes the same constant list tensors on every call: the operator's
+    view of them (what the launchers remember on it) is made once; other tensors, or the same
+    tensors with other facts, get their own."""
+    from foveate.backends.triton import ops
+
+    lists = [torch.zeros(1, 1, 2, dtype=torch.int32) for _ in range(8)]
+    first = ops._layout(128, 128, *lists, full_runs=True, row_blocks=3.0)
+    assert ops._layout(128, 128, *lists, full_runs=True, row_blocks=3.0) is first
+    assert ops._layout(128, 128, *lists, full_runs=False, row_blocks=3.0) is not first
+    other = [t.clone() for t in lists]
+    view = ops._layout(128, 128, *other, full_runs=True, row_blocks=3.0)
+    assert view is not first and view.kv_num_blocks is other[0]

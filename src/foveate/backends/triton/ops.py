@@ -12,6 +12,7 @@ recorded (inference).
 
 from __future__ import annotations
 
+import functools
 import operator
 from types import SimpleNamespace
 
@@ -24,11 +25,30 @@ from .masks import MaskSpec
 
 def _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num=None, q_idx=None, full_q_num=None,
             full_q_idx=None, full_runs=None, row_blocks=None):
-    """The attributes of a BlockLayout that the launchers read."""
-    return SimpleNamespace(block_q=block_q, block_kv=block_kv, kv_num_blocks=kv_num, kv_indices=kv_idx,
-                           full_kv_num_blocks=full_num, full_kv_indices=full_idx, q_num_blocks=q_num,
-                           q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx,
-                           full_runs=full_runs, row_blocks=row_blocks)
+    """The attributes of a BlockLayout that the launchers read. A compiled graph passes the
+    same constant tensors on every call: the namespace is kept for them (with what the
+    launchers remember on it, such as the lists' strides)."""
+    lists = (kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx)
+    key = (block_q, block_kv, full_runs, row_blocks, *map(id, lists))
+    known = _LAYOUTS.get(key)
+    if known is not None and all(a is b for a, b in zip(known[0], lists)):
+        return known[1]
+    layout = SimpleNamespace(block_q=block_q, block_kv=block_kv, kv_num_blocks=kv_num, kv_indices=kv_idx,
+                             full_kv_num_blocks=full_num, full_kv_indices=full_idx, q_num_blocks=q_num,
+                             q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx,
+                             full_runs=full_runs, row_blocks=row_blocks)
+    _LAYOUTS[key] = (lists, layout)
+    if len(_LAYOUTS) > 64:
+        _LAYOUTS.pop(next(iter(_LAYOUTS)))
+    return layout
+
+
+_LAYOUTS: dict = {}
+
+
+@functools.lru_cache(maxsize=256)
+def _spec(mask: tuple) -> MaskSpec:
+    return MaskSpec.from_ints(mask)
 
 
 @torch.compiler.assume_constant_result
@@ -74,7 +94,7 @@ def sparse_attention(
     from .fwd import attention_forward
 
     layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, full_runs=full_runs)
-    return attention_forward(q, k, v, layout, MaskSpec.from_ints(mask), scale)
+    return attention_forward(q, k, v, layout, _spec(tuple(mask)), scale)
 
 
 @sparse_attention.register_fake
@@ -97,7 +117,7 @@ def sparse_attention_backward(
 
     layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx,
                      row_blocks=row_blocks or None)
-    return attention_backward(dout, dlse, q, k, v, out, lse, layout, MaskSpec.from_ints(mask), scale)
+    return attention_backward(dout, dlse, q, k, v, out, lse, layout, _spec(tuple(mask)), scale)
 
 
 @sparse_attention_backward.register_fake

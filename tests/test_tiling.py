@@ -516,3 +516,14 @@ def test_candidate_tiles_matches_brute(canvas, size):
 
 def test_candidate_tiles_default_size():
     assert set(candidate_tiles((16, 16))) == {(8, 16), (16, 8)}
+
+
+def test_tile_keys_moves_the_canvas_and_keeps_the_extra_tokens():
+    order = TiledOrder((5, 6), (4, 4))  # padded to 8 x 8
+    x = torch.randn(2, 3, 30 + 7, 4)
+    tiled = order.tile_keys(x)
+    assert tiled.shape == (2, 3, 64 + 7, 4)
+    assert torch.equal(tiled[:, :, :64], order.tile_tokens(x[:, :, :30]))
+    assert torch.equal(tiled[:, :, 64:], x[:, :, 30:])
+    assert torch.equal(order.untile_keys(tiled), x)
+    assert torch.equal(order.untile_keys(order.tile_keys(x[:, :, :30])), x[:, :, :30])

@@ -152,6 +152,19 @@ class TiledOrder:
         x = x.reshape(b, h, self.num_canvas, d)
         return x[..., 0] if squeeze else x
 
+    def tile_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`tile_tokens` of keys or values ``(B, H, N + extra, D)``: the canvas tokens in
+        tiled order, the extra tokens after them as they are."""
+        n = self.num_canvas
+        canvas = self.tile_tokens(x[:, :, :n])
+        return torch.cat([canvas, x[:, :, n:]], dim=2) if x.shape[2] > n else canvas
+
+    def untile_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`tile_keys`."""
+        n = self.num_tokens
+        canvas = self.untile_tokens(x[:, :, :n])
+        return torch.cat([canvas, x[:, :, n:]], dim=2) if x.shape[2] > n else canvas
+
 
 def _triton_takes(order: TiledOrder, x: torch.Tensor) -> bool:
     """Whether ``method="auto"`` moves ``x`` with the Triton kernel: outside ``torch.compile``

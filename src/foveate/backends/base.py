@@ -82,13 +82,7 @@ class Backend:
         permuted into tiled order, run, and permuted back; a backend that can address raster
         rows from tiled positions itself overrides this."""
         tiled_problem, order = tiled(problem, tile)
-        n = order.num_canvas
-
-        def kv_tiles(x):
-            canvas_part = order.tile_tokens(x[:, :, :n])
-            return torch.cat([canvas_part, x[:, :, n:]], dim=2) if x.shape[2] > n else canvas_part
-
-        out, lse = self.forward(order.tile_tokens(q), kv_tiles(k), kv_tiles(v), tiled_problem, scale)
+        out, lse = self.forward(order.tile_tokens(q), order.tile_keys(k), order.tile_keys(v), tiled_problem, scale)
         return order.untile_tokens(out), (order.untile_tokens(lse) if lse is not None else None)
 
     def __repr__(self) -> str:

@@ -341,23 +341,13 @@ def _backward_in_tiled_order(dout, dlse, q, k, v, out, lse, layout, spec: MaskSp
     """:func:`attention_backward` of a raster-order tiled canvas run on tensors moved into
     the tiled order and back: the same blocks in the same order, bitwise the same gradients."""
     order = spec.tiled_order()
-    n, n_tiled = order.num_canvas, order.num_tokens
-
-    def kv_tiles(x):
-        canvas = order.tile_tokens(x[:, :, :n])
-        return torch.cat([canvas, x[:, :, n:]], dim=2) if x.shape[2] > n else canvas
-
-    def kv_untiles(x):
-        canvas = order.untile_tokens(x[:, :, :n_tiled])
-        return torch.cat([canvas, x[:, :, n_tiled:]], dim=2) if x.shape[2] > n_tiled else canvas
-
     # (padding positions get q = dO = 0 and lse = 0: p = exp(0 - 0) times 0 adds nothing to
     # dk, dv, and their dq rows are dropped)
-    tiled = [order.tile_tokens(x) for x in (dout, q, out, lse)] + [kv_tiles(k), kv_tiles(v)]
+    tiled = [order.tile_tokens(x) for x in (dout, q, out, lse)] + [order.tile_keys(k), order.tile_keys(v)]
     dlse_t = order.tile_tokens(dlse) if dlse is not None else None
     dout_t, q_t, out_t, lse_t, k_t, v_t = tiled
     dq, dk, dv = _backward_kernels(dout_t, dlse_t, q_t, k_t, v_t, out_t, lse_t, layout, spec.in_tiled_order(), scale)
-    return order.untile_tokens(dq), kv_untiles(dk), kv_untiles(dv)
+    return order.untile_tokens(dq), order.untile_keys(dk), order.untile_keys(dv)
 
 
 #: Run the backward of a tiled canvas given in raster order (``MaskSpec.raster_io``) on copies

@@ -214,3 +214,25 @@ def test_concurrent_dq_gives_the_same_gradients(pattern, monkeypatch):
         grads[concurrent] = _grads(q, k, v, pattern, d_out, backend="triton")[2:]
     assert len(side_calls) == 1, "the second stream ran the dq kernel once (concurrent=True only)"
     assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
+
+
+@pytest.mark.parametrize("pattern,tile", [
+    (P.Neighborhood((30, 48, 40), (18, 24, 24), stride=(16, 8, 8)), (2, 8, 8)),  # long rows: the default
+    (P.Neighborhood((50, 40), (13, 9), stride=(2, 3), extra_kv=77), (16, 8)),  # padded, extra keys
+], ids=["3d-strided", "2d-padded-extra"])
+def test_tiled_order_backward_gives_the_same_gradients(pattern, tile, monkeypatch):
+    """The backward of a raster-order tiled canvas on copies in the tiled order
+    (``bwd.TILED_ORDER_BACKWARD``, forced for any row length) against the one that reads the
+    raster rows in place: bitwise the same gradients, bf16."""
+    from foveate.backends.triton import bwd
+
+    q_len, kv_len = pattern.default_lengths()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, d_out = (torch.randn(1, 4, q_len, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(2))
+    k, v = (torch.randn(1, 2, kv_len, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(2))
+    monkeypatch.setattr(bwd, "TILED_ORDER_MIN_ROW_BLOCKS", 0)
+    grads = {}
+    for tiled_order in (False, True):
+        monkeypatch.setattr(bwd, "TILED_ORDER_BACKWARD", tiled_order)
+        grads[tiled_order] = _grads(q, k, v, pattern, d_out, backend="triton", tile=tile)[2:]
+    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))

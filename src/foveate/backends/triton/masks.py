@@ -94,9 +94,10 @@ class MaskSpec:
         n_canvas = math.prod(axis[0] for axis in self.canvas[len(CANVAS_FIELDS):])
         return n_tokens, n_tokens + kv_rows - n_canvas
 
-    @property
+    @functools.cached_property
     def constexpr(self) -> tuple[int, ...]:
-        """The kernels' ``MASK`` argument: the flat tuple of :meth:`to_ints`."""
+        """The kernels' ``MASK`` argument: the flat tuple of :meth:`to_ints` (made once: every
+        launch reads it)."""
         return tuple(self.to_ints())
 
     def fields(self) -> dict[str, int]:

@@ -220,3 +220,25 @@ def test_the_operator_keeps_its_layout_view_for_the_same_tensors():
     other = [t.clone() for t in lists]
     view = ops._layout(128, 128, *other, full_runs=True, row_blocks=3.0)
     assert view is not first and view.kv_num_blocks is other[0]
+
+
+def test_compiled_backward_knows_the_layouts_row_blocks(rng, monkeypatch):
+    """The operator carries the cached layout's ``row_blocks`` to the backward, which then
+    chooses its token order as the eager call does (here: the tiled order, the threshold
+    lowered below this small layout's count; an unknown count would count 0)."""
+    import foveate.backends.triton.bwd as bwd
+
+    moved = []
+    real = bwd._backward_in_tiled_order
+    monkeypatch.setattr(bwd, "_backward_in_tiled_order", lambda *a: moved.append(1) or real(*a))
+    monkeypatch.setattr(bwd, "TILED_ORDER_MIN_ROW_BLOCKS", 0.5)
+    q, k, v = _qkv(rng, (16, 24))
+    d_out = torch.randn(q.shape, generator=rng).to(DEVICE)
+
+    def call(q, k, v):
+        return foveate.attention(q, k, v, P.Neighborhood((16, 24), (5, 7)), backend="triton", tile=(8, 16))
+
+    compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
+    for got, want in zip(_run(compiled, q, k, v, d_out), _run(call, q, k, v, d_out)):
+        assert torch.equal(got, want)
+    assert len(moved) == 2  # the compiled backward and the eager one

@@ -360,7 +360,8 @@ def _backward_in_tiled_order(dout, dlse, q, k, v, out, lse, layout, spec: MaskSp
 #: block in brackets): 3-D Hunyuan strided 1.034x (81), 2-D w80 stride 16 1.010x (50), 3-D
 #: Hunyuan 1.005x (147), 2-D w80 1.001x (68); 3-D k7x15x15 0.969x (33) and 2-D k13 0.840x (8)
 #: lose, and keep the raster loads. The forward gains nothing that way (1.341 / 1.332 ms on
-#: 3-D Hunyuan strided).
+#: 3-D Hunyuan strided). The copies hold one more q, k, v, out and dO while the kernels run
+#: (set this to ``False`` to save that memory).
 TILED_ORDER_BACKWARD = True
 TILED_ORDER_MIN_ROW_BLOCKS = 48
 

@@ -343,9 +343,9 @@ def _backward_in_tiled_order(dout, dlse, q, k, v, out, lse, layout, spec: MaskSp
     order = spec.tiled_order()
     # (padding positions get q = dO = 0 and lse = 0: p = exp(0 - 0) times 0 adds nothing to
     # dk, dv, and their dq rows are dropped)
-    tiled = [order.tile_tokens(x) for x in (dout, q, out, lse)] + [order.tile_keys(k), order.tile_keys(v)]
+    dout_t, q_t, out_t, lse_t = (order.tile_tokens(x) for x in (dout, q, out, lse))
+    k_t, v_t = order.tile_keys(k), order.tile_keys(v)
     dlse_t = order.tile_tokens(dlse) if dlse is not None else None
-    dout_t, q_t, out_t, lse_t, k_t, v_t = tiled
     dq, dk, dv = _backward_kernels(dout_t, dlse_t, q_t, k_t, v_t, out_t, lse_t, layout, spec.in_tiled_order(), scale)
     return order.untile_tokens(dq), order.untile_keys(dk), order.untile_keys(dv)
 

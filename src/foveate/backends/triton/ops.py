@@ -55,8 +55,9 @@ def _spec(mask: tuple) -> MaskSpec:
 def _traced_plan(key: tuple, q_len: int, kv_len: int, block: int, device: torch.device, raster_io: bool):
     """What a compiled graph holds as constants for a static pattern (given by its
     :func:`~foveate.graph_constants.pattern_key`) at these lengths: the cached layout's eight
-    list tensors, the mask spec as ints, ``full_runs``, ``row_blocks``. Run (not traced) by dynamo when the
-    graph is traced: ``pattern.build`` is host code with data-dependent checks."""
+    list tensors, the mask spec as ints, ``full_runs`` and ``row_blocks`` (0: not known). Run
+    (not traced) by dynamo when the graph is traced: ``pattern.build`` is host code with
+    data-dependent checks."""
     from ..base import cached_layout
     from .masks import eager_mask_spec
 
@@ -74,8 +75,8 @@ def compiled_attention(q, k, v, pattern, q_len: int, kv_len: int, scale: float, 
     ``raster_io``). The graph is specialised on the lengths, so a new sequence length traces
     a new graph with its own layout."""
     # operator.index specialises a symbolic length (dynamo guards on it); int() would not
-    lists, mask, full_runs, row_blocks = _traced_plan(pattern_key(pattern), operator.index(q_len), operator.index(kv_len), block,
-                                          q.device, raster_io)
+    lists, mask, full_runs, row_blocks = _traced_plan(pattern_key(pattern), operator.index(q_len),
+                                                      operator.index(kv_len), block, q.device, raster_io)
     return torch.ops.foveate.sparse_attention(q, k, v, *lists, list(mask), float(scale), block, block, full_runs,
                                               row_blocks)
 
@@ -116,7 +117,7 @@ def sparse_attention_backward(
     from .bwd import attention_backward
 
     layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx,
-                     row_blocks=row_blocks or None)
+                     row_blocks=row_blocks)
     return attention_backward(dout, dlse, q, k, v, out, lse, layout, _spec(tuple(mask)), scale)
 
 

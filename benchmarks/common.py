@@ -19,18 +19,11 @@ def graph_ms(fn, calls: int = 1) -> float:
     """Milliseconds per call of ``fn`` captured ``calls`` times in a row as one CUDA graph and
     replayed: its GPU time alone (no host work per call; ``fn`` must be capturable, i.e. free
     of host syncs). ``calls > 1`` spreads the graph's own launch (some microseconds) over the
-    calls, as in a model whose host runs ahead: for calls of about 0.1 ms."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return bench_ms(graph.replay) / calls
+    calls, as in a model whose host runs ahead: for calls of about 0.1 ms. Back to back on
+    warm caches (``foveate bench``'s GPU timing clears the L2 cache before each call)."""
+    from foveate.benchmark.timing import gpu_ms
+
+    return gpu_ms(fn, calls=calls, clear_cache=False)
 
 
 def per_call_us(fn, calls: int = 300) -> float:

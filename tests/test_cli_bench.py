@@ -43,7 +43,7 @@ def test_results_schema_and_values(tiny_report):
     records = json.loads((out / "results.json").read_text())
     # every case: baseline and reference, forward and forward+backward
     assert len(records) == len(TINY_SUITE) * 2 * 2
-    required = {"case", "backend", "direction", "ms", "tflops", "speedup", "speed_of_light", "sol_fraction",
+    required = {"case", "backend", "direction", "ms", "timing", "tflops", "speedup", "speed_of_light", "sol_fraction",
                 "rel_error", "status", "device", "torch", "triton", "foveate", "date", "dtype", "q_len", "kv_len"}
     cases = {c.name: c for c in TINY_SUITE}
     for rec in records:
@@ -76,6 +76,62 @@ def test_table_on_stdout_and_json_mode(tmp_path, capsys):
                  "--reps", "1", "--out", str(tmp_path), "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert {r["direction"] for r in records} == {"fwd"} and {r["case"] for r in records} == {"tiny-2d"}
+
+
+def test_timing_column_and_field(tmp_path, capsys):
+    # Off CUDA every call is timed eagerly, also for a case that asks for GPU time.
+    assert main(["bench", "--suite", "tiny", "--backends", "reference", "--no-backward", "--reps", "1",
+                 "--out", str(tmp_path), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {r["timing"] for r in records} == {"eager"}
+    assert "| timing |" in (tmp_path / "report.md").read_text()
+    assert "| eager |" in (tmp_path / "report.md").read_text()
+
+
+def test_gpu_timed_case_runs_eagerly_off_cuda():
+    import dataclasses
+
+    from foveate.benchmark.runner import run_cases
+
+    case = dataclasses.replace(TINY_SUITE[0], timing="gpu")
+    records = run_cases([case], ["reference"], dtype=torch.float32, device=torch.device("cpu"), backward=False,
+                        reps=1, rep_ms=1)
+    assert [r["timing"] for r in records] == ["eager", "eager"] and all(r["ms"] > 0 for r in records)
+
+
+def test_bad_timing_is_refused_before_any_work():
+    from foveate.benchmark.runner import CaseRunner
+    from foveate.benchmark.timing import gpu_ms
+
+    with pytest.raises(ValueError, match="timing='fast'"):
+        CaseRunner(TINY_SUITE[0], dtype=torch.float32, device=torch.device("cpu"), backward=False, reps=1,
+                   rep_ms=1, timing="fast")
+    with pytest.raises(ValueError, match="calls must be >= 1"):
+        gpu_ms(lambda: None, calls=0)
+
+
+@pytest.mark.parametrize("fields,cell", [
+    (dict(timing="eager", eager_ms=None, graph_ms=None), "eager"),
+    (dict(timing="gpu", eager_ms=0.196, graph_ms=0.086), "GPU (or eager 0.196)"),
+    (dict(timing="gpu", eager_ms=0.791, graph_ms=0.870), "eager (or GPU 0.870)"),
+], ids=["eager", "host-bound", "slower-in-graphs"])
+def test_timing_cell_names_the_time_that_counts_first(fields, cell):
+    from foveate.benchmark.report import COLUMNS, _cells
+
+    rec = dict(case="c", backend="triton", direction="fwd", ms=0.1, tflops=1.0, speedup=2.0, speed_of_light=3.0,
+               sol_fraction=0.5, status="ok", rel_error=1e-3, baseline=False, **fields)
+    assert _cells(rec)[COLUMNS.index("timing")] == cell
+
+
+def test_report_of_old_records_reads_them_as_eager(tiny_report, tmp_path, capsys):
+    _, out = tiny_report
+    records = json.loads((out / "results.json").read_text())
+    for rec in records:
+        del rec["timing"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(records))
+    assert main(["bench", "--from-json", str(old), "--out", str(tmp_path / "rebuilt")]) == 0
+    assert "| eager |" in (tmp_path / "rebuilt" / "report.md").read_text()
 
 
 def test_list(capsys):
@@ -133,6 +189,7 @@ def test_wrong_result_is_a_failure_without_time(extra_backends, tmp_path, capsys
     pytest.param(["--backends", "nope"], "backend='nope' is unknown", id="unknown-backend"),
     pytest.param(["--suite", "tiny", "--cases", "nothing-like-this"], "matches no case", id="no-case"),
     pytest.param(["--device", "tpu"], "--device 'tpu'", id="bad-device"),
+    pytest.param(["--device", "cpu", "--suite", "tiny", "--timing", "gpu"], "--timing gpu", id="gpu-timing-on-cpu"),
 ])
 def test_bad_values_exit_2_with_one_line(argv, needle, capsys):
     assert main(["bench", *argv]) == 2

@@ -15,8 +15,20 @@ def _is_baseline(rec: dict) -> bool:
     return rec.get("baseline", rec["backend"].startswith(("sdpa", "cudnn")))
 
 
-COLUMNS = ["case", "backend", "dir", "ms", "TFLOP/s", "speedup", "speed of light", "% of SoL", "check"]
+COLUMNS = ["case", "backend", "dir", "ms", "timing", "TFLOP/s", "speedup", "speed of light", "% of SoL", "check"]
 DIRECTIONS = ("fwd", "fwd+bwd")
+
+
+def _timing(rec: dict) -> str:
+    """The *timing* cell: ``eager``, or under GPU timing both times of the same calls, the one
+    in *ms* first (records from before the field existed were timed eagerly)."""
+    if rec.get("timing", "eager") == "eager":
+        return "eager"
+    times = {"GPU": rec.get("graph_ms"), "eager": rec.get("eager_ms")}
+    if None in times.values():
+        return "GPU"
+    order = sorted(times, key=lambda name: times[name])
+    return f"{order[0]} (or {order[1]} {times[order[1]]:.3f})"
 
 
 def _cells(rec: dict) -> list[str]:
@@ -30,7 +42,7 @@ def _cells(rec: dict) -> list[str]:
     is_baseline = _is_baseline(rec)
     return [
         rec["case"], rec["backend"] + (f" {'x'.join(map(str, rec['tile']))}" if rec.get("tile") else ""),
-        rec["direction"], num("ms", ".3f"), num("tflops", ".3g"),
+        rec["direction"], num("ms", ".3f"), _timing(rec), num("tflops", ".3g"),
         num("speedup", ".2f") + ("x" if rec.get("speedup") is not None else ""),
         "" if is_baseline else f"{rec['speed_of_light']:.2f}x",
         "" if rec.get("sol_fraction") is None else f"{100 * rec['sol_fraction']:.0f}%", check,
@@ -79,7 +91,10 @@ def write_report(records: list[dict], out_dir: str, command: str) -> list[str]:
     md = [
         "# foveate bench", "", _title(records), "", f"Command: `{command}`", "",
         "Speedups are over the dense baseline of each case in the same run (cuDNN SDPA on CUDA; causal "
-        "SDPA for causal cases), warm medians. Effective TFLOP/s count only the allowed pairs "
+        "SDPA for causal cases), warm medians; *timing* says how: *eager*, the calls' host and GPU time; "
+        "*GPU* / *eager*, for cases whose calls may be bound by the host, the lower of their eager time and of "
+        "their GPU work alone (the calls replayed as a CUDA graph, each after a clear of the L2 cache), the "
+        "other one in brackets. Effective TFLOP/s count only the allowed pairs "
         "(forward 4·pairs·D, forward+backward 3.5× that). *Speed of light* is the simulator's bound of "
         "the layout (blocks of a dense kernel / visited blocks); *% of SoL* is the measured speedup over "
         "that bound (for causal cases, the bound relative to the causal baseline). Every timed result "

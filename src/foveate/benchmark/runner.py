@@ -4,16 +4,16 @@ dense baseline in the same process.
 Conventions (DESIGN.md, Benchmarks): effective TFLOP/s count only allowed pairs, forward
 ``4 * pairs * D`` and forward+backward 3.5 times that; the dense baseline of a causal case
 is causal SDPA, of any other case dense SDPA on the same shape (cuDNN on CUDA where it
-takes the problem); times are warm medians. A backend whose result is wrong is reported
-as a failure, never with a time.
+takes the problem); times are warm medians, every run of a case timed the same way
+(:mod:`.timing`: eagerly; for cases whose calls may be bound by the host, also by their GPU
+work alone, the lower of the two counting). A backend whose result is wrong is reported as
+a failure, never with a time.
 """
 
 from __future__ import annotations
 
 import datetime
 import platform
-import statistics
-import time
 from typing import Callable, Iterator
 
 import torch
@@ -22,6 +22,7 @@ import foveate
 
 from ..simulator import choose_tile, simulate
 from .suites import Case, dense_pairs
+from .timing import TIMINGS, eager_ms, gpu_ms
 
 #: Relative L2 error allowed against the float32 reference (out; gradients get twice this).
 TOLERANCE = {torch.float32: 2e-3, torch.float16: 5e-3, torch.bfloat16: 2e-2}
@@ -42,21 +43,6 @@ def environment(device: torch.device) -> dict:
         device=name, torch=torch.__version__, triton=triton_version, foveate=foveate.__version__,
         python=platform.python_version(), date=datetime.date.today().isoformat(),
     )
-
-
-def measure(fn: Callable[[], object], device: torch.device, *, reps: int, rep_ms: int) -> float:
-    """Warm median time of ``fn()`` in milliseconds (``triton.testing.do_bench`` on CUDA)."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median"))
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def sdpa_baseline(case: Case, *, cudnn: bool) -> tuple[str, Callable]:
@@ -90,9 +76,14 @@ class CaseRunner:
     """Inputs, reference and baseline of one case, shared by every backend."""
 
     def __init__(self, case: Case, *, dtype: torch.dtype, device: torch.device, backward: bool,
-                 reps: int, rep_ms: int):
+                 reps: int, rep_ms: int, timing: str | None = None):
         self.case, self.dtype, self.device, self.backward = case, dtype, device, backward
         self.reps, self.rep_ms = reps, rep_ms
+        timing = timing or case.timing
+        if timing not in TIMINGS:
+            raise ValueError(f"timing={timing!r}: expected one of {TIMINGS}")
+        # GPU time needs CUDA graphs; elsewhere every call is timed eagerly
+        self.timing = timing if device.type == "cuda" else "eager"
         gen = torch.Generator(device=device).manual_seed(0)
         shape = lambda h, n: (case.batch, h, n, case.head_dim)  # noqa: E731
         self.q = torch.randn(shape(case.heads, case.q_len), generator=gen, device=device, dtype=dtype)
@@ -144,6 +135,18 @@ class CaseRunner:
             return out, torch.autograd.grad(out, (q, k, v), self.grad)
         return run
 
+    def _time(self, direction: str, fn) -> dict:
+        """The record fields of ``fn(q, k, v)`` timed in ``direction`` by the case's timing:
+        ``ms``; under GPU timing the lower of the eager time (``eager_ms``) and the GPU work
+        alone (``graph_ms``): host-bound calls take their GPU time, and a call that runs slower
+        captured in a graph (cuDNN's forward: about 10 % on an H200) its eager time."""
+        run = self._fwd(fn) if direction == "fwd" else self._fwd_bwd(fn)
+        eager = eager_ms(run, self.device, reps=self.reps, rep_ms=self.rep_ms)
+        if self.timing == "gpu":
+            graph = gpu_ms(run, rep_ms=self.rep_ms)
+            return dict(ms=min(eager, graph), eager_ms=eager, graph_ms=graph)
+        return dict(ms=eager)
+
     def record(self, backend: str, direction: str, *, baseline: bool = False, **fields) -> dict:
         case, sim = self.case, self.sim
         pairs = case.batch * case.heads * (dense_pairs(case) if baseline else sim.pairs_useful)
@@ -153,7 +156,7 @@ class CaseRunner:
             backend=backend, direction=direction, dtype=str(self.dtype).replace("torch.", ""),
             batch=case.batch, heads=case.heads, heads_kv=case.heads_kv, q_len=case.q_len,
             kv_len=case.kv_len, head_dim=case.head_dim, tile=None if baseline else self._tile_of(backend),
-            baseline=baseline,
+            baseline=baseline, timing=self.timing, eager_ms=None, graph_ms=None,
             density=sim.density, blocks_visited=sim.blocks_visited, speed_of_light=sim.speedup_bound,
             status="ok", reason=None, ms=None, tflops=None, speedup=None, sol_fraction=None, rel_error=None,
         )
@@ -171,13 +174,12 @@ class CaseRunner:
             note = None
             for cudnn in (True, False) if self.device.type == "cuda" else (False,):
                 name, fn = sdpa_baseline(self.case, cudnn=cudnn)
-                run = self._fwd(fn) if direction == "fwd" else self._fwd_bwd(fn)
                 try:
-                    ms = measure(run, self.device, reps=self.reps, rep_ms=self.rep_ms)
+                    times = self._time(direction, fn)
                     break
                 except RuntimeError as err:  # cuDNN declines the shape: SDPA's own choice
                     note = f"cuDNN declined: {str(err).splitlines()[0]}"
-            yield self.record(name, direction, ms=ms, speedup=1.0, reason=note, baseline=True)
+            yield self.record(name, direction, **times, speedup=1.0, reason=note, baseline=True)
 
     def run_flex_dense(self, baseline_ms: dict[str, float]) -> Iterator[dict]:
         """FlexAttention on the dense (or causal) problem of the case: the second baseline."""
@@ -186,13 +188,12 @@ class CaseRunner:
         fn = lambda q, k, v: foveate.attention(q, k, v, pattern, backend="flex")  # noqa: E731
         name = f"flex {'causal' if causal else 'dense'}"
         for direction in ("fwd", "fwd+bwd") if self.backward else ("fwd",):
-            run = self._fwd(fn) if direction == "fwd" else self._fwd_bwd(fn)
             try:
-                ms = measure(run, self.device, reps=self.reps, rep_ms=self.rep_ms)
+                times = self._time(direction, fn)
             except ValueError as err:  # e.g. no backward on CPU
                 yield self.record(name, direction, baseline=True, status="unsupported", reason=str(err))
                 continue
-            yield self.record(name, direction, ms=ms, speedup=baseline_ms[direction] / ms, baseline=True)
+            yield self.record(name, direction, **times, speedup=baseline_ms[direction] / times["ms"], baseline=True)
 
     def run_backend(self, backend: str, baseline_ms: dict[str, float]) -> Iterator[dict]:
         fn = lambda q, k, v: foveate.attention(q, k, v, self.case.pattern, backend=backend)  # noqa: E731
@@ -210,12 +211,12 @@ class CaseRunner:
                 yield self.record(backend, direction, status="wrong", rel_error=err,
                                   reason=f"relative error {err:.3g} > {tol:g} against the reference")
                 continue
-            ms = measure(run, self.device, reps=self.reps, rep_ms=self.rep_ms)
-            speedup = baseline_ms[direction] / ms
+            times = self._time(direction, fn)
+            speedup = baseline_ms[direction] / times["ms"]
             # The speed of light counts blocks of a dense kernel; a causal baseline does only
             # part of that work.
             bound = self.sim.speedup_bound * dense_pairs(self.case) / (self.case.q_len * self.case.kv_len)
-            yield self.record(backend, direction, ms=ms, rel_error=err, speedup=speedup,
+            yield self.record(backend, direction, **times, rel_error=err, speedup=speedup,
                               sol_fraction=speedup / bound)
 
 
@@ -225,16 +226,18 @@ def default_backends(device: torch.device) -> list[str]:
     return [n for n in names if n != "reference"] if device.type == "cuda" else names
 
 
-def run_cases(cases, backends, *, dtype, device, backward, reps, rep_ms, flex_dense=False,
+def run_cases(cases, backends, *, dtype, device, backward, reps, rep_ms, flex_dense=False, timing=None,
               progress=None) -> list[dict]:
     """All records of all cases; ``progress(description)`` is called before each step.
-    With ``flex_dense``, FlexAttention on each case's dense problem is a second baseline."""
+    With ``flex_dense``, FlexAttention on each case's dense problem is a second baseline;
+    ``timing`` (``"eager"`` or ``"gpu"``) overrides each case's own."""
     env = environment(device)
     records = []
     for case in cases:
         if progress:
             progress(f"{case.name}: baseline")
-        runner = CaseRunner(case, dtype=dtype, device=device, backward=backward, reps=reps, rep_ms=rep_ms)
+        runner = CaseRunner(case, dtype=dtype, device=device, backward=backward, reps=reps, rep_ms=rep_ms,
+                            timing=timing)
         base = list(runner.run_baseline())
         records += base
         baseline_ms = {r["direction"]: r["ms"] for r in base}

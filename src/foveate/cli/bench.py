@@ -41,6 +41,10 @@ def add_parser(sub) -> None:
     p.add_argument("--len", type=_positive, dest="length", help="override the length of 1-D sequence cases")
     p.add_argument("--reps", type=_positive, default=5, help="timed repetitions on CPU (median)")
     p.add_argument("--rep-ms", type=_positive, default=100, help="milliseconds of timing per measurement on CUDA")
+    p.add_argument("--timing", choices=["case", "eager", "gpu"], default="case",
+                   help="eager: host and GPU time of each call; gpu: also the GPU work alone (calls replayed as a "
+                        "CUDA graph), the lower of the two counting; case (default): each case's own (gpu for "
+                        "host-bound cases)")
     p.add_argument("--no-backward", action="store_true", help="forward only")
     p.add_argument("--flex-dense", action="store_true",
                    help="also time FlexAttention on each case's dense (causal) problem, a second baseline")
@@ -83,10 +87,13 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         backends.get(name)  # unknown names fail here, before any work
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if args.timing == "gpu" and device.type != "cuda":
+        raise ValueError("--timing gpu: GPU time is measured with CUDA graphs, and the device is not CUDA")
 
     with _progress(len(cases) * (len(names) + 1 + args.flex_dense), quiet=False) as step:
         records = run_cases(cases, names, dtype=dtype, device=device, backward=not args.no_backward,
-                            reps=args.reps, rep_ms=args.rep_ms, flex_dense=args.flex_dense, progress=step)
+                            reps=args.reps, rep_ms=args.rep_ms, flex_dense=args.flex_dense,
+                            timing=None if args.timing == "case" else args.timing, progress=step)
     command = "foveate " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "foveate bench"
     for rec in records:
         rec["command"] = command

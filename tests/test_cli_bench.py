@@ -114,13 +114,41 @@ def test_bad_timing_is_refused_before_any_work():
     (dict(timing="eager", eager_ms=None, graph_ms=None), "eager"),
     (dict(timing="gpu", eager_ms=0.196, graph_ms=0.086), "GPU (or eager 0.196)"),
     (dict(timing="gpu", eager_ms=0.791, graph_ms=0.870), "eager (or GPU 0.870)"),
-], ids=["eager", "host-bound", "slower-in-graphs"])
+    (dict(timing="gpu", eager_ms=0.791, graph_ms=None), "eager (no GPU time)"),
+], ids=["eager", "host-bound", "slower-in-graphs", "not-capturable"])
 def test_timing_cell_names_the_time_that_counts_first(fields, cell):
     from foveate.benchmark.report import COLUMNS, _cells
 
     rec = dict(case="c", backend="triton", direction="fwd", ms=0.1, tflops=1.0, speedup=2.0, speed_of_light=3.0,
                sol_fraction=0.5, status="ok", rel_error=1e-3, baseline=False, **fields)
     assert _cells(rec)[COLUMNS.index("timing")] == cell
+
+
+def test_gpu_timing_falls_back_to_eager_when_capture_fails(monkeypatch):
+    """A run that cannot be captured into a CUDA graph (a host sync) keeps its eager time and
+    says why; the others are not affected."""
+    from foveate.benchmark import runner as runner_module
+
+    def no_capture(run, **kw):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setattr(runner_module, "gpu_ms", no_capture)
+    runner = runner_module.CaseRunner(TINY_SUITE[0], dtype=torch.float32, device=torch.device("cpu"),
+                                      backward=False, reps=1, rep_ms=1)
+    runner.timing = "gpu"  # as on CUDA
+    (base,) = runner.run_baseline()
+    (rec,) = runner.run_backend("reference", {"fwd": base["ms"]})
+    for r in (base, rec):
+        assert r["status"] == "ok" and r["ms"] == r["eager_ms"] > 0 and r["graph_ms"] is None
+        assert r["reason"] == ("no GPU time (graph capture failed: operation not permitted when stream is "
+                               "capturing): eager time")
+
+
+def test_case_refuses_an_unknown_timing():
+    from foveate.benchmark.suites import Case
+
+    with pytest.raises(ValueError, match="timing='fast'"):
+        Case("c", None, 1, 16, 64, timing="fast")
 
 
 def test_report_of_old_records_reads_them_as_eager(tiny_report, tmp_path, capsys):

@@ -142,10 +142,14 @@ class CaseRunner:
         captured in a graph (cuDNN's forward: about 10 % on an H200) its eager time."""
         run = self._fwd(fn) if direction == "fwd" else self._fwd_bwd(fn)
         eager = eager_ms(run, self.device, reps=self.reps, rep_ms=self.rep_ms)
-        if self.timing == "gpu":
+        if self.timing != "gpu":
+            return dict(ms=eager)
+        try:
             graph = gpu_ms(run, rep_ms=self.rep_ms)
-            return dict(ms=min(eager, graph), eager_ms=eager, graph_ms=graph)
-        return dict(ms=eager)
+        except RuntimeError as err:  # not capturable (a host sync): the eager time, said so
+            return dict(ms=eager, eager_ms=eager, reason=f"no GPU time (graph capture failed: "
+                                                          f"{str(err).splitlines()[0]}): eager time")
+        return dict(ms=min(eager, graph), eager_ms=eager, graph_ms=graph)
 
     def record(self, backend: str, direction: str, *, baseline: bool = False, **fields) -> dict:
         case, sim = self.case, self.sim
@@ -179,7 +183,9 @@ class CaseRunner:
                     break
                 except RuntimeError as err:  # cuDNN declines the shape: SDPA's own choice
                     note = f"cuDNN declined: {str(err).splitlines()[0]}"
-            yield self.record(name, direction, **times, speedup=1.0, reason=note, baseline=True)
+            if note is not None:
+                times = dict(times, reason="; ".join(filter(None, (note, times.get("reason")))))
+            yield self.record(name, direction, **times, speedup=1.0, baseline=True)
 
     def run_flex_dense(self, baseline_ms: dict[str, float]) -> Iterator[dict]:
         """FlexAttention on the dense (or causal) problem of the case: the second baseline."""

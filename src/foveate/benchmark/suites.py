@@ -34,6 +34,10 @@ class Case:
     timing: str = "eager"
 
     def __post_init__(self):
+        from .timing import TIMINGS
+
+        if self.timing not in TIMINGS:
+            raise ValueError(f"case {self.name!r}: timing={self.timing!r}, expected one of {TIMINGS}")
         if self.q_len is None:
             if self.pattern is None or self.pattern.default_lengths() is None:
                 raise ValueError(f"case {self.name!r}: q_len is required for a sequence pattern")

@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/mask_cost.py needs a CUDA GPU")
     header = f"{run_header()}, bf16, B=1, D=128, triton kernels (forward; backward = dq + dk/dv + delta)"
     print(header, flush=True)
     records = []

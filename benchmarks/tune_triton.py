@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="fwd,dq,dkdv")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/tune_triton.py needs a CUDA GPU")
     kinds = args.kinds.split(",")
     grid = {"fwd": FWD, "dq": DQ, "dkdv": DKDV}
     names = list(problems(args.head_dim))

@@ -75,47 +75,44 @@ class FlexBackend(Backend):
 
     def forward(self, q, k, v, problem, scale):
         if torch.compiler.is_compiling():
-            return self._compiled_forward(q, k, v, problem, scale)
-        layout = self.layout(problem, q.device)
-        block_mask = _FLEX_MASKS.get(id(layout))
-        if block_mask is None or block_mask[0] is not layout:
-            block_mask = (layout, layout.to_flex_block_mask())
-            _FLEX_MASKS[id(layout)] = block_mask
-            if len(_FLEX_MASKS) > 64:
-                _FLEX_MASKS.pop(next(iter(_FLEX_MASKS)))
-        block_mask = block_mask[1]
+            # Inside a caller's graph: FlexAttention is traced into it, on a BlockMask made in
+            # the graph from the layout's lists, which are constants of the graph.
+            from torch.nn.attention.flex_attention import flex_attention as flex
+
+            block_mask = self._traced_block_mask(problem, q.device)
+        else:
+            flex, block_mask = _compiled_flex(), self._block_mask(problem, q.device)
         if not problem.requires_grad:
             # Under no_grad, inputs may still carry requires_grad; FlexAttention on CPU refuses
             # those even though no graph is recorded.
             q, k, v = q.detach(), k.detach(), v.detach()
-        result = _compiled_flex()(
-            q, k, v, block_mask=block_mask, scale=scale,
-            enable_gqa=problem.heads_q != problem.heads_kv, return_lse=problem.return_lse,
-        )
+        result = flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=problem.heads_q != problem.heads_kv,
+                      return_lse=problem.return_lse)
         if problem.return_lse:
             out, lse = result
             return out, lse.float()
         return result, None
 
-    def _compiled_forward(self, q, k, v, problem, scale):
-        """:meth:`forward` inside a ``torch.compile`` graph: the layout's lists are constants
-        of the graph (:func:`_traced_flex_lists`), the BlockMask is made from them in the
-        graph, and FlexAttention is traced as part of the caller's graph."""
-        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+    def _block_mask(self, problem, device):
+        """The BlockMask of the problem's cached layout (made once per layout)."""
+        layout = self.layout(problem, device)
+        known = _FLEX_MASKS.get(id(layout))
+        if known is None or known[0] is not layout:
+            known = _FLEX_MASKS[id(layout)] = (layout, layout.to_flex_block_mask())
+            if len(_FLEX_MASKS) > 64:
+                _FLEX_MASKS.pop(next(iter(_FLEX_MASKS)))
+        return known[1]
+
+    def _traced_block_mask(self, problem, device):
+        """:meth:`_block_mask` inside a ``torch.compile`` graph: the lists of
+        :func:`_traced_flex_lists` in a BlockMask made in the graph."""
+        from torch.nn.attention.flex_attention import BlockMask
 
         q_len, kv_len = operator.index(problem.q_len), operator.index(problem.kv_len)
-        lists = _traced_flex_lists(pattern_key(problem.pattern), q_len, kv_len, self.block_size, q.device)
-        block_mask = BlockMask(seq_lengths=(q_len, kv_len), **dict(zip(LIST_FIELDS, lists)),
-                               BLOCK_SIZE=(self.block_size, self.block_size),
-                               mask_mod=problem.pattern.mask_mod(q_len, kv_len))
-        if not problem.requires_grad:
-            q, k, v = q.detach(), k.detach(), v.detach()
-        result = flex_attention(q, k, v, block_mask=block_mask, scale=scale,
-                                enable_gqa=problem.heads_q != problem.heads_kv, return_lse=problem.return_lse)
-        if problem.return_lse:
-            out, lse = result
-            return out, lse.float()
-        return result, None
+        lists = _traced_flex_lists(pattern_key(problem.pattern), q_len, kv_len, self.block_size, device)
+        return BlockMask(seq_lengths=(q_len, kv_len), **dict(zip(LIST_FIELDS, lists)),
+                         BLOCK_SIZE=(self.block_size, self.block_size),
+                         mask_mod=problem.pattern.mask_mod(q_len, kv_len))
 
 
 @torch.compiler.assume_constant_result

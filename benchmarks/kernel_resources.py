@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
-import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -33,6 +31,7 @@ from triton.compiler import ASTSource
 from foveate import patterns as P
 from foveate.backends.triton import bwd, fwd
 from foveate.backends.triton.masks import mask_spec
+from foveate.backends.triton.offline import ptxas_report
 from foveate.simulator import choose_tile
 from foveate.tiling import Tiled
 
@@ -89,22 +88,6 @@ def compile_kernel(kernel: str, config, mask: str, head_dim: int, arch: int):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(jit, signature, constexprs, attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages))
-
-
-def ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
-    """``(registers, spill store bytes)`` from ``ptxas -v`` on ``ptx``."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
-    try:
-        suffix = "a" if arch == 90 else ""
-        text = subprocess.run([ptxas, f"-arch=sm_{arch}{suffix}", "-v", f.name, "-o", os.devnull],
-                              capture_output=True, text=True, check=True).stderr
-    finally:
-        os.unlink(f.name)
-    regs = re.search(r"Used (\d+) registers", text)
-    spills = re.search(r"(\d+) bytes spill stores", text)
-    return int(regs.group(1)) if regs else -1, int(spills.group(1)) if spills else 0
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import torch
 import foveate
 from foveate import patterns as P
 
-from naive import dense_mask
+from naive import dense_mask, mask_from_mod
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -273,3 +273,87 @@ def test_gpu_ms_takes_the_cache_clears_off():
     x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     one, four = gpu_ms(lambda: x @ x, calls=1), gpu_ms(lambda: x @ x, calls=4)
     assert 0.9 < one / four < 1.1, (one, four)
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+_BLOCKS_WITH_EMPTY_ROW = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) < 0.3
+_BLOCKS_WITH_EMPTY_ROW[0, 0, 3] = False
+
+
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("pattern,batch,hq,hkv,q_len,kv_len,dim,block,bnhd", [
+    pytest.param(None, 2, 2, 2, 1024, 1024, 128, 128, False, id="dense"),
+    pytest.param(P.Causal(), 1, 2, 2, 1000, 1000, 128, 128, False, id="causal-ragged"),
+    pytest.param(P.Causal(), 1, 2, 2, 512, 2048, 128, 128, False, id="causal-bottom-right"),
+    pytest.param(P.SlidingWindow(300, 200), 1, 2, 2, 2048, 2048, 128, 128, False, id="sliding"),
+    pytest.param(P.Neighborhood((4096,), 1025, stride=128), 1, 2, 2, 4096, 4096, 128, 128, False, id="1d-strided"),
+    pytest.param(P.Neighborhood((3000,), 301, dilation=2, causal=True), 1, 1, 1, 3000, 3000, 128, 128, False,
+                 id="1d-dilated-causal-ragged"),
+    pytest.param(P.Neighborhood((64, 64), 13), 1, 2, 2, 4096, 4096, 128, 128, False, id="2d-raster"),
+    pytest.param(P.Blocks(_BLOCKS_WITH_EMPTY_ROW), 2, 3, 3, 2048, 2048, 128, 128, False, id="blocks-empty-row"),
+    pytest.param(P.Causal(), 1, 8, 2, 2048, 2048, 128, 128, False, id="causal-gqa"),
+    pytest.param(P.SlidingWindow(511, 511), 1, 4, 4, 2048, 2048, 64, 128, False, id="sliding-d64"),
+    pytest.param(P.Causal(), 2, 4, 4, 2048, 2048, 128, 128, True, id="causal-bnhd-strided"),
+    pytest.param(P.SlidingWindow(700, 300), 1, 2, 2, 2048, 2048, 128, 256, False, id="layout-blocks-256"),
+])
+def test_hopper_forward_matches_reference(pattern, batch, hq, hkv, q_len, kv_len, dim, block, bnhd, dtype):
+    """The warp-specialized Hopper forward (``fwd_hopper``): out and lse against the float32
+    reference with the FlashAttention rule, -inf and 0 exactly on empty rows."""
+    from foveate.backends.base import cached_layout
+    from foveate.backends.reference import reference_attention
+    from foveate.backends.triton import fwd_hopper
+    from foveate.backends.triton.fwd import attention_forward
+    from foveate.backends.triton.masks import mask_spec
+
+    pattern = pattern or P.Dense()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def make(heads, n):
+        if bnhd:  # (B, N, H, D) memory, seen as (B, H, N, D): strided, no copy
+            return torch.randn(batch, n, heads, dim, device="cuda", generator=gen).transpose(1, 2)
+        return torch.randn(batch, heads, n, dim, device="cuda", generator=gen)
+
+    q, k, v = make(hq, q_len), make(hkv, kv_len), make(hkv, kv_len)
+    low = [t.to(dtype) if not bnhd else t.transpose(1, 2).to(dtype).transpose(1, 2) for t in (q, k, v)]
+    layout = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=q.device)
+    spec = mask_spec(pattern, q_len, kv_len)
+    assert fwd_hopper.hopper_reason(*low, layout, spec) is None
+    scale = dim ** -0.5
+    out, lse = attention_forward(*low, layout, spec, scale, kernel="hopper")
+    ref_out, ref_lse = reference_attention(q, k, v, pattern.mask_mod(q_len, kv_len), scale)
+    mask = mask_from_mod(pattern.mask_mod(q_len, kv_len), batch, hq, q_len, kv_len).cuda()
+    sdpa = torch.nn.functional.scaled_dot_product_attention(*low, attn_mask=mask, scale=scale,
+                                                            enable_gqa=hq != hkv).float().nan_to_num(0.0)
+    rows = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isinf(lse), ~rows) and bool((out[~rows] == 0).all())
+    base = (sdpa - ref_out).abs().max().item()
+    err = (out.float() - ref_out).abs().max().item()
+    assert err <= 2 * base + 1e-3, f"out: error {err:.3g} vs PyTorch's {base:.3g}"
+    # lse: the reference's own error when computed (in float32) from the rounded inputs
+    low_ref_lse = reference_attention(*(t.float() for t in low), pattern.mask_mod(q_len, kv_len), scale)[1]
+    lse_base = (low_ref_lse[rows] - ref_lse[rows]).abs().max().item()
+    lse_err = (lse[rows] - ref_lse[rows]).abs().max().item()
+    assert lse_err <= 2 * lse_base + 1e-3, f"lse: error {lse_err:.3g} vs {lse_base:.3g}"
+
+
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU")
+def test_auto_runs_the_hopper_forward_where_it_can(monkeypatch):
+    """``attention()`` on a Hopper GPU: the Hopper forward for bf16/fp16 in position order, the
+    portable one for float32 and for tiled canvases on raster tensors."""
+    from foveate.backends.triton import fwd_hopper
+
+    calls = []
+    real = fwd_hopper.attention_forward_hopper
+    monkeypatch.setattr(fwd_hopper, "attention_forward_hopper", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 4096, 128, device="cuda", generator=gen) for _ in range(3))
+    low = [t.to(torch.bfloat16) for t in (q, k, v)]
+    foveate.attention(*low, P.Causal(), backend="triton")
+    assert len(calls) == 1
+    foveate.attention(q, k, v, P.Causal(), backend="triton")  # float32
+    foveate.attention(*low, P.Neighborhood((64, 64), 13), backend="triton", tile=(8, 16))
+    assert len(calls) == 1

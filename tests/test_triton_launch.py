@@ -108,3 +108,28 @@ def test_a_function_without_params_takes_tritons_path(kernel):
     x = torch.zeros(64)
     assert _launch(kernel, x)[0] == "triton"
     assert _launch(kernel, x)[0] == "triton"
+
+
+def test_tma_descriptors_are_keyed_by_what_triton_specialises_on():
+    """Two descriptors get the same launch key exactly when Triton compiles the same kernel
+    for them: dtype, block shape and shared layout count, the tensor's shape and strides not."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    def desc(shape, rows, dtype=torch.bfloat16):
+        t = torch.empty(*shape, dtype=dtype)
+        block = [1, 1, rows, shape[3]]
+        layout = gl.NVMMASharedLayout.get_default_for(block, {torch.bfloat16: gl.bfloat16,
+                                                              torch.float16: gl.float16}[dtype])
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+    descs = [desc((1, 1, 1024, 128), 64), desc((2, 3, 1000, 128), 64), desc((1, 1, 1024, 128), 128),
+             desc((1, 1, 1024, 64), 64), desc((1, 1, 1024, 128), 64, torch.float16)]
+    triton_says = [native_specialize_impl(BaseBackend, d, False, True, True)[0] for d in descs]
+    keys = [triton_launch._key([d]) for d in descs]
+    for i in range(len(descs)):
+        for j in range(len(descs)):
+            assert (keys[i] == keys[j]) == (triton_says[i] == triton_says[j]), (i, j)
+    assert keys[0] == keys[1] and len(set(keys)) == 4

@@ -41,10 +41,12 @@ _BOUND: dict[int, _Bound] = {}
 
 def _key(values) -> tuple:
     """What Triton specialises ``values`` on: a tensor's dtype and 16-byte alignment, an int's
-    value (== 1, % 16, i32 / i64), not a float's; a bool apart from the int 1 (equal as keys)."""
+    value (== 1, % 16, i32 / i64), not a float's; a bool apart from the int 1 (equal as keys);
+    a TMA tensor descriptor's dtype, block shape and shared layout (not its shape or strides)."""
     # (plain ints first: the commonest, and isinstance(x, torch.Tensor) is slow for non-tensors)
     return tuple([a if type(a) is int else (a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else
-                  float if type(a) is float else (bool, a) if type(a) is bool else a for a in values])
+                  float if type(a) is float else (bool, a) if type(a) is bool else
+                  (a.base.dtype, tuple(a.block_shape), a.layout) if hasattr(a, "block_shape") else a for a in values])
 
 
 def cdiv(a: int, b: int) -> int:

@@ -4,7 +4,9 @@ On CUDA it compiles the kernels with Triton; on CPU it runs them in Triton's int
 ``TRITON_INTERPRET=1`` is set before Triton is imported (tests; slow), and only when named.
 Layout: ``masks`` (the pattern's mask inside the kernels, and the memory row of each
 position: tiled canvases run on raster-order tensors, the permutation fused into the kernels),
-``fwd`` and ``bwd`` (kernels and launchers), ``tuning`` (tiles and warps per GPU and head
+``fwd`` and ``bwd`` (kernels and launchers; ``fwd_hopper``: the warp-specialized forward that
+``fwd.attention_forward`` runs on Hopper GPUs where it can, ``offline``: its compilation
+without a GPU), ``tuning`` (tiles and warps per GPU and head
 dim), ``ops`` (custom operators with autograd, what the backend calls).
 """
 

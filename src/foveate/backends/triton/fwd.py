@@ -10,6 +10,10 @@ mask spec as coordinate arithmetic (:func:`masks.allowed_block`); online softmax
 float32 accumulation; writes ``out`` and the natural-log ``lse`` (``-inf`` and output 0 where
 a query sees no key). Grouped-query attention maps query head ``h`` to kv head ``h // group``.
 
+On Hopper GPUs :func:`attention_forward` runs the warp-specialized kernel of
+:mod:`.fwd_hopper` instead wherever that kernel takes the inputs (same lists, masks and
+results; FlashAttention-3's schedule, which ``tl`` code does not reach in Triton 3.6).
+
 The kernel walks *positions* (the layout's token order); every load and store goes through
 :func:`masks.token_rows` to the memory row of a position, which is the position itself except
 for a tiled canvas run on raster-order tensors (``MaskSpec.raster_io``).
@@ -195,12 +199,34 @@ def bounds_flags(spec: MaskSpec, q_len: int, kv_len: int, block_q: int, block_kv
 
 
 def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m: int | None = None,
-                      block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None):
+                      block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+                      kernel: str = "auto"):
     """Launch the forward kernel. ``q`` ``(B, Hq, Nq, D)``, ``k`` ``(B, Hkv, Nkv, D)``, ``v``
     ``(B, Hkv, Nkv, Dv)``; ``layout``'s blocks are multiples of the kernel's tiles: ``block_m``
     query rows per program, ``block_n`` keys per step (defaults: :func:`tuning.forward_config`).
     Returns ``out`` ``(B, Hq, Nq, Dv)`` (q's dtype) and ``lse`` ``(B, Hq, Nq)`` float32, in the
-    order of ``q`` (raster order under ``spec.raster_io``, the layout being in tiled order)."""
+    order of ``q`` (raster order under ``spec.raster_io``, the layout being in tiled order).
+
+    ``kernel``: ``"auto"`` runs the warp-specialized Hopper kernel (:mod:`.fwd_hopper`) on the
+    inputs it takes when no tile is given, else this module's kernel; ``"portable"`` always
+    this module's; ``"hopper"`` the Hopper kernel or a ``ValueError`` saying why not."""
+    if kernel not in FORWARD_KERNELS:
+        raise ValueError(f"kernel must be one of {FORWARD_KERNELS}, got {kernel!r}")
+    if kernel == "auto" and not USE_HOPPER:
+        kernel = "portable"
+    if kernel != "portable":
+        if any(x is not None for x in (block_m, block_n, num_warps, num_stages)):
+            why = "its tiles and warps are fixed"
+        elif not q.is_cuda:
+            why = "not a CUDA tensor"
+        else:
+            from .fwd_hopper import attention_forward_hopper, hopper_reason
+
+            why = hopper_reason(q, k, v, layout, spec)
+            if why is None:
+                return attention_forward_hopper(q, k, v, layout, spec, scale)
+        if kernel == "hopper":
+            raise ValueError(f"kernel='hopper' cannot run these inputs: {why}")
     batch, heads, q_rows, head_dim = q.shape
     kv_rows, head_dim_v = k.shape[2], v.shape[3]
     q_len, kv_len = spec.positions(q_rows, kv_rows)
@@ -225,9 +251,16 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
     return out, lse
 
 
+#: What ``attention_forward(kernel=...)`` may be.
+FORWARD_KERNELS = ("auto", "portable", "hopper")
+
+#: Whether ``kernel="auto"`` runs the Hopper kernel where it can (off: the portable kernel
+#: everywhere, as the portable kernel's tests and side-by-side benchmarks want).
+USE_HOPPER = True
+
 #: Whether the forward walks the full blocks as ranges on layouts known to hold runs of them
 #: (``BlockLayout.full_runs``, found once for cached layouts).
 USE_FULL_RUNS = True
 
 
-__all__ = ["attention_forward", "block_lists", "bounds_flags", "head_block", "layout_strides"]
+__all__ = ["FORWARD_KERNELS", "attention_forward", "block_lists", "bounds_flags", "head_block", "layout_strides"]

@@ -427,6 +427,12 @@ def _below(d, width):
 
 
 @triton.jit
+def _below_width(d, WIDTH: tl.constexpr):
+    """``0 <= d < WIDTH`` for a compile-time ``WIDTH >= 0``, as one unsigned comparison."""
+    return d.to(tl.uint32, bitcast=True) < WIDTH
+
+
+@triton.jit
 def _band_block(rows, start, offs, MASK: tl.constexpr):
     """:func:`_band_allowed` for queries ``rows`` and keys ``start + offs``: ``[M, N]``."""
     OFFSET: tl.constexpr = MASK[_OFFSET]
@@ -434,7 +440,7 @@ def _band_block(rows, start, offs, MASK: tl.constexpr):
     RIGHT: tl.constexpr = MASK[_RIGHT]
     p = rows + (OFFSET - start)  # the query's position, relative to the block's first key
     if MASK[_HAS_LEFT] and MASK[_HAS_RIGHT]:
-        return _below(offs[None, :] - (p - LEFT)[:, None], tl.full([1, 1], LEFT + RIGHT + 1, tl.int32))
+        return _below_width(offs[None, :] - (p - LEFT)[:, None], LEFT + RIGHT + 1)
     elif MASK[_HAS_RIGHT]:
         return offs[None, :] <= (p + RIGHT)[:, None]
     elif MASK[_HAS_LEFT]:
@@ -451,7 +457,7 @@ def _band_block_t(start, offs, cols, MASK: tl.constexpr):
     RIGHT: tl.constexpr = MASK[_RIGHT]
     rel = cols - (OFFSET + start)  # key - (first query's position): allowed iff -LEFT <= rel - offs <= RIGHT
     if MASK[_HAS_LEFT] and MASK[_HAS_RIGHT]:
-        return _below((rel + LEFT)[:, None] - offs[None, :], tl.full([1, 1], LEFT + RIGHT + 1, tl.int32))
+        return _below_width((rel + LEFT)[:, None] - offs[None, :], LEFT + RIGHT + 1)
     elif MASK[_HAS_RIGHT]:
         return offs[None, :] >= (rel - RIGHT)[:, None]
     elif MASK[_HAS_LEFT]:
@@ -481,7 +487,7 @@ def _axis_window(x, lg, MASK: tl.constexpr, A: tl.constexpr):
         else:
             leader = tl.minimum((x // S) * S + S // 2, lg - 1)
         start = tl.minimum(tl.maximum(leader - W // 2, 0), lg - W)
-        width = tl.zeros_like(start) + W
+        width = start * 0 + W  # (zeros_like would need a layout under Gluon; this folds away)
     return start, width
 
 

@@ -15,7 +15,6 @@ Usage: ``python benchmarks/hopper_forward.py [--json FILE] [--markdown FILE]``.
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
@@ -63,8 +62,7 @@ def main() -> None:
             fn()
             torch.cuda.synchronize()
             times[kernel] = (bench_ms(fn), gpu_ms(fn))
-        visited = layout.kv_num_blocks.sum().item() + layout.full_kv_num_blocks.sum().item()
-        fraction = visited / math.ceil(n / 128) ** 2
+        fraction = layout.block_density()
         best = {kernel: min(pair) for kernel, pair in times.items()}
         sol = best["cudnn"] * fraction
         record = dict(case=name, heads=heads, tokens=n, visited_fraction=fraction,

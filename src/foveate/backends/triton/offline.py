@@ -5,7 +5,6 @@ device time: does a kernel compile for that architecture, how many registers, do
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import subprocess
@@ -54,8 +53,7 @@ def compile_hopper_forward(spec: MaskSpec, *, head_dim: int = 128, dtype: torch.
     constexprs = dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim, LAYOUT_BLOCK_Q=layout_block,
                       LAYOUT_BLOCK_KV=layout_block, EVEN_N=even_n, MASK=H._mask_constants(spec), FULL_RUNS=full_runs,
                       STAGES=H.STAGES if stages is None else stages)
-    params = inspect.signature(H._fwd_kernel.fn).parameters
-    signature = {p: types.get(p, "constexpr" if p in constexprs else "i32") for p in params}
+    signature = {p: types.get(p, "constexpr" if p in constexprs else "i32") for p in H._fwd_kernel.arg_names}
     src = GluonASTSource(H._fwd_kernel, signature, constexprs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 

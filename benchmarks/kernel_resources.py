@@ -30,6 +30,7 @@ from triton.compiler import ASTSource
 
 from foveate import patterns as P
 from foveate.backends.triton import bwd, fwd
+from foveate.backends.triton.common import head_block
 from foveate.backends.triton.masks import mask_spec
 from foveate.backends.triton.offline import ptxas_report
 from foveate.simulator import choose_tile
@@ -39,25 +40,34 @@ BF16, F32, I32 = "bf16", "fp32", "i32"
 #: Pointer arguments and their element types, per kernel.
 KERNELS = {
     "fwd": (fwd._fwd_kernel, dict(Q=BF16, K=BF16, V=BF16, O=BF16, LSE=F32, KV_NUM=I32, KV_IDX=I32, FULL_NUM=I32,
-                                  FULL_IDX=I32)),
+                                  FULL_IDX=I32, BITS=I32, BIT_ROWS=I32)),
     "dq": (bwd._dq_kernel, dict(Q=BF16, K=BF16, V=BF16, DO=BF16, DQ=BF16, LSE=F32, DELTA=F32, KV_NUM=I32,
-                                KV_IDX=I32, FULL_NUM=I32, FULL_IDX=I32)),
+                                KV_IDX=I32, FULL_NUM=I32, FULL_IDX=I32, BITS=I32, BIT_ROWS=I32)),
     "dkdv": (bwd._dkdv_kernel, dict(Q=BF16, K=BF16, V=BF16, DO=BF16, DK=BF16, DV=BF16, LSE=F32, DELTA=F32,
-                                    Q_NUM=I32, Q_IDX=I32, FULL_NUM=I32, FULL_IDX=I32)),
+                                    Q_NUM=I32, Q_IDX=I32, FULL_NUM=I32, FULL_IDX=I32, BITS=I32, BIT_COLS=I32)),
 }
 FLOATS = ("qk_scale", "scale")
 #: Integer arguments that are not multiples of 16 in general (head counts, the lists' strides).
-_NOT_ALIGNED = re.compile(r"^(H|H_KV|GROUP|(f?num|f?idx)_s[a-z]+)$")
+_NOT_ALIGNED = re.compile(r"^(H|H_KV|GROUP|(f?num|f?idx|bits)_s[a-z]+)$")
 
 
 def _masks():
     nb2, nb3 = P.Neighborhood((128, 128), 13), P.Neighborhood((16, 64, 64), (7, 15, 15))
+    video = P.Neighborhood((16, 64, 64), (7, 15, 15)) & P.Neighborhood((16, 64, 64), (16, 64, 64),
+                                                                      causal=(True, False, False))
     return {
         "dense": (P.Dense(), 8192),
         "causal": (P.Causal(), 8192),
         "2d": (Tiled(nb2, choose_tile(nb2, block_q=128, block_kv=128)), 128 * 128),
         "3d": (Tiled(nb3, choose_tile(nb3, block_q=128, block_kv=128)), 16 * 64 * 64),
+        "sinks": ((P.SlidingWindow(2047) | P.Sinks(128)) & P.Causal(), 8192),
+        "3d-composed": (Tiled(video, (2, 8, 8)), 16 * 64 * 64),
+        "bitmask": (P.Mask(_prefix_lm), 8192),
     }
+
+
+def _prefix_lm(b, h, q_idx, kv_idx):
+    return (kv_idx <= q_idx) | (kv_idx < 1024)
 
 
 def compile_kernel(kernel: str, config, mask: str, head_dim: int, arch: int):
@@ -65,8 +75,8 @@ def compile_kernel(kernel: str, config, mask: str, head_dim: int, arch: int):
     jit, pointers = KERNELS[kernel]
     bm, bn, warps, stages = config
     pattern, n = _masks()[mask]
-    constexprs = dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim, BLOCK_D=fwd.head_block(head_dim),
-                      BLOCK_DV=fwd.head_block(head_dim), LAYOUT_BLOCK_Q=128, LAYOUT_BLOCK_KV=128,
+    constexprs = dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim, BLOCK_D=head_block(head_dim),
+                      BLOCK_DV=head_block(head_dim), LAYOUT_BLOCK_Q=128, LAYOUT_BLOCK_KV=128,
                       BLOCK_M=bm, BLOCK_N=bn, EVEN_M=True, EVEN_N=True, PAD_KEYS=False, IEEE=False,
                       MASK=mask_spec(pattern, n, n).constexpr)
     if "FULL_RUNS" in jit.arg_names:  # (the list walk of the full blocks, as before the range walk)

@@ -230,10 +230,21 @@ def tiled_mask_indexed(raster_mask: torch.Tensor, canvas, tile, extra_kv: int = 
     return torch.cat([rows[:, k_src] & k_real[None, :], rows[:, n_canvas:]], dim=1)
 
 
+def sinks_mask(q_len: int, kv_len: int, n: int) -> torch.Tensor:
+    """Every query sees the first ``n`` keys."""
+    return _from_rows([[j < n for j in range(kv_len)] for _ in range(q_len)], q_len, kv_len)
+
+
+def user_mask(fn, q_len: int, kv_len: int, b: int = 0, h: int = 0) -> torch.Tensor:
+    """A user's ``mask_mod`` (its own definition) on every (query, key) pair: an index grid."""
+    q_idx, kv_idx = torch.arange(q_len)[:, None], torch.arange(kv_len)[None, :]
+    return torch.broadcast_to(fn(torch.tensor(b), torch.tensor(h), q_idx, kv_idx), (q_len, kv_len)).clone()
+
+
 def pattern_mask(pattern, q_len: int, kv_len: int) -> torch.Tensor:
-    """The brute-force ``(q_len, kv_len)`` mask of a foveate Dense, Causal, SlidingWindow or
-    Neighborhood (raster order), or of a Tiled Neighborhood (tiled order); reads only the
-    patterns' parameters."""
+    """The brute-force ``(q_len, kv_len)`` mask of a foveate Dense, Causal, SlidingWindow,
+    Sinks, Mask or Neighborhood (raster order), of unions and intersections of them, or of a
+    Tiled Neighborhood or composition (tiled order); reads only the patterns' parameters."""
     name = type(pattern).__name__
     if name == "Dense":
         return dense_mask(q_len, kv_len)
@@ -241,9 +252,20 @@ def pattern_mask(pattern, q_len: int, kv_len: int) -> torch.Tensor:
         return causal_mask(q_len, kv_len)
     if name == "SlidingWindow":
         return sliding_window_mask(q_len, kv_len, pattern.left, pattern.right)
+    if name == "Sinks":
+        return sinks_mask(q_len, kv_len, pattern.n)
+    if name == "Mask":
+        return user_mask(pattern.fn, q_len, kv_len)
+    if name in ("Union", "Intersection"):
+        parts = [pattern_mask(p, q_len, kv_len) for p in pattern.parts]
+        out = parts[0]
+        for part in parts[1:]:
+            out = (out | part) if name == "Union" else (out & part)
+        return out
     if name == "Tiled":
         base = pattern.base
-        mask = tiled_mask(neighborhood_mask_of(base), base.canvas, pattern.tile, base.extra_kv)
+        n = math.prod(base.canvas)
+        mask = tiled_mask(pattern_mask(base, n, n + base.extra_kv), base.canvas, pattern.tile, base.extra_kv)
     elif name == "Neighborhood":
         mask = neighborhood_mask_of(pattern)
     else:

@@ -191,7 +191,7 @@ def test_functions_run_when_tracing_get_python_constants_only(rng, monkeypatch):
         call = lambda q, k, v, p=pattern, b=backend: foveate.attention(q, k, v, p, backend=b, tile="auto")  # noqa
         torch.testing.assert_close(torch.compile(call, fullgraph=True, backend="aot_eager")(q, k, v), call(q, k, v),
                                    rtol=1e-5, atol=1e-6)
-    assert {"_traced_plan", "_traced_mask_spec", "_traced_choose_tile", "_traced_flex_lists"} <= set(seen)
+    assert {"_traced_plan", "_traced_bitmask_reason", "_traced_choose_tile", "_traced_flex_lists"} <= set(seen)
 
 
 def test_recompiles_for_patterns_with_other_ints(rng):

@@ -19,6 +19,21 @@ from naive import dense_mask, mask_from_mod
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
+
+def _prefix_lm(b, h, q_idx, kv_idx):
+    return (kv_idx <= q_idx) | (kv_idx < 300)
+
+
+_DOC_IDS = torch.repeat_interleave(torch.arange(5), torch.tensor([700, 13, 900, 1, 434]))  # 2048 tokens
+
+
+def _documents(b, h, q_idx, kv_idx):
+    docs = _DOC_IDS.to(q_idx.device)
+    return (docs[q_idx] == docs[kv_idx]) & (kv_idx <= q_idx)
+
+
+_VIDEO = (P.Neighborhood((8, 24, 20), (3, 7, 5)) & P.Neighborhood((8, 24, 20), (8, 24, 20), causal=(True, False, False)))
+
 CASES = [
     pytest.param(P.Causal(), 1000, 1300, 8, 2, 64, None, id="causal-gqa-ragged"),
     pytest.param(P.SlidingWindow(255, 64), 2048, 2048, 4, 4, 128, None, id="sliding"),
@@ -52,7 +67,13 @@ def _grads(q, k, v, pattern, d_out, **kw):
 
 
 TRAINING = [pytest.param("flex", *case.values, id=f"flex-{case.id}") for case in CASES] + [
-    pytest.param("triton", *case.values, id=f"triton-{case.id}") for case in CASES if case.id != "union"] + [
+    pytest.param("triton", *case.values, id=f"triton-{case.id}") for case in CASES] + [
+    # every path of the kernels' masks: composed predicates, and bitmasks evaluated from mask_mod
+    pytest.param("triton", (P.SlidingWindow(200) | P.Sinks(16)) & P.Causal(), 2000, 2000, 8, 2, 128, None,
+                 id="triton-composed-streaming-gqa"),
+    pytest.param("triton", _VIDEO, None, None, 4, 2, 64, "auto", id="triton-composed-3d-tiled"),
+    pytest.param("triton", P.Mask(_prefix_lm), 1500, 1500, 4, 4, 128, None, id="triton-bitmask-prefix-lm"),
+    pytest.param("triton", P.Mask(_documents), 2048, 2048, 4, 1, 64, None, id="triton-bitmask-documents-mqa"),
     pytest.param("triton", None, 4096, 4096, 4, 4, 128, None, id="triton-dense-d128"),
     pytest.param("triton", P.Causal(), 2000, 2000, 8, 2, 256, None, id="triton-causal-gqa-d256"),
     pytest.param("triton", P.Neighborhood((64, 64), (13, 13)), None, None, 4, 4, 80, "auto", id="triton-2d-d80"),
@@ -181,11 +202,12 @@ def test_triton_forward_matches_reference(pattern, q_len, kv_len, hq, hkv, dim, 
 
 
 @pytest.mark.parametrize("pattern", [P.Causal(), P.SlidingWindow(255, 0), P.Neighborhood((32, 32), 7),
-                                     P.Blocks(torch.eye(8, dtype=torch.bool)[None, None])], ids=repr)
+                                     P.Blocks(torch.eye(8, dtype=torch.bool)[None, None]), P.Causal() | P.Sinks(4),
+                                     P.Mask(_prefix_lm)], ids=repr)
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_auto_picks_triton_on_cuda(pattern, requires_grad):
-    """On CUDA, `auto` runs the Triton kernels for every pattern they can mask, inference and
-    training alike."""
+    """On CUDA, `auto` runs the Triton kernels for every pattern, inference and training alike
+    (compositions and mask_mod-only patterns too)."""
     from foveate.backends import Problem, select
 
     n = 1024
@@ -299,6 +321,10 @@ _BLOCKS_WITH_EMPTY_ROW[0, 0, 3] = False
     pytest.param(P.SlidingWindow(511, 511), 1, 4, 4, 2048, 2048, 64, 128, False, id="sliding-d64"),
     pytest.param(P.Causal(), 2, 4, 4, 2048, 2048, 128, 128, True, id="causal-bnhd-strided"),
     pytest.param(P.SlidingWindow(700, 300), 1, 2, 2, 2048, 2048, 128, 256, False, id="layout-blocks-256"),
+    pytest.param((P.SlidingWindow(300) | P.Sinks(40)) & P.Causal(), 1, 4, 2, 2000, 2000, 128, 128, False,
+                 id="composed-streaming"),
+    pytest.param(P.Neighborhood((64, 64), 13) & P.Neighborhood((64, 64), (64, 64), causal=(True, False)), 1, 2, 2,
+                 4096, 4096, 64, 128, False, id="composed-2d-raster"),
 ])
 def test_hopper_forward_matches_reference(pattern, batch, hq, hkv, q_len, kv_len, dim, block, bnhd, dtype):
     """The warp-specialized Hopper forward (``fwd_hopper``): out and lse against the float32
@@ -357,3 +383,29 @@ def test_auto_runs_the_hopper_forward_where_it_can(monkeypatch):
     foveate.attention(q, k, v, P.Causal(), backend="triton")  # float32
     foveate.attention(*low, P.Neighborhood((64, 64), 13), backend="triton", tile=(8, 16))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("pattern,tile", [(P.SlidingWindow(300, 100), None),
+                                          (P.Neighborhood((32, 48), (9, 13), extra_kv=5), (8, 16))],
+                         ids=["window", "2d-tiled-extra"])
+def test_forced_bitmask_equals_the_structured_path(pattern, tile):
+    """The same pattern from the bitmask (``policy.force_bitmask``) and from its kernel mask
+    description: bf16, forward and backward, equal up to the kernels' rounding (the same blocks
+    in the same order: the masks agree exactly, so the results do too, bitwise on the portable
+    kernels; the structured forward may take the Hopper kernel)."""
+    from foveate.backends.triton import fwd
+
+    n = 2048 if pattern.canvas is None else None
+    q_len, kv_len, gen, (q, k, v) = _inputs(pattern, n, n, 4, 2, 128)
+    low = [t.to(torch.bfloat16) for t in (q, k, v)]
+    d_out = torch.randn(2, 4, q_len, 128, device="cuda", generator=gen, dtype=torch.bfloat16)
+    use_hopper = fwd.USE_HOPPER
+    try:
+        fwd.USE_HOPPER = False  # both on the portable kernels: bitwise
+        structured = _grads(*low, pattern, d_out, backend="triton", tile=tile)
+        with foveate.policy.override(force_bitmask=True):
+            forced = _grads(*low, pattern, d_out, backend="triton", tile=tile)
+    finally:
+        fwd.USE_HOPPER = use_hopper
+    for name, a, b in zip(["out", "lse", "dq", "dk", "dv"], structured, forced):
+        assert torch.equal(a, b), name

@@ -409,8 +409,8 @@ NB3 = P.Neighborhood(canvas=(2, 3, 4), kernel=2)
         pytest.param(NB2, (2, None), id="none-entry"),
         pytest.param(P.Causal(), (4,), id="causal-1d-pattern"),
         pytest.param(P.SlidingWindow(3), (2,), id="sliding-1d-pattern"),
-        pytest.param(NB2 | P.Neighborhood(canvas=(4, 6), kernel=(1, 6)), (2, 2), id="union"),
-        pytest.param(NB2 & P.Causal(), (2, 2), id="intersection"),
+        pytest.param(NB2 | P.Sinks(2), (2, 2), id="union-with-sinks"),
+        pytest.param(NB2 & P.Causal(), (2, 2), id="intersection-with-causal"),
     ],
 )
 def test_bad_tile_raises(rng, pattern, tile):
@@ -430,13 +430,17 @@ def test_bad_tile_raises(rng, pattern, tile):
 
 @pytest.mark.parametrize("canvas", [pytest.param((4, 6), id="multiples"), pytest.param((5, 5), id="padded")])
 @pytest.mark.parametrize("op", ["union", "intersection"])
-def test_composition_build_refuses_tile(canvas, op):
-    """Only Neighborhood patterns can be tiled: a composition's build(tile=...) must refuse
-    (its mask_mod and its generic evaluation of partial blocks are in raster order)."""
-    a, b = P.Neighborhood(canvas=canvas, kernel=3), P.Neighborhood(canvas=canvas, kernel=(3, 1))
+def test_compositions_of_canvas_patterns_tile_exactly(canvas, op):
+    """A composition of canvas patterns builds its tiled layout from its parts' tiled layouts,
+    its undecided pairs evaluated by the tiled mask: block by block the brute-force layout of
+    the tiled brute-force mask (padding, extra keys)."""
+    a = P.Neighborhood(canvas=canvas, kernel=3, extra_kv=2)
+    b = P.Neighborhood(canvas=canvas, kernel=(3, 1), causal=(True, False), extra_kv=2)
     comp = a | b if op == "union" else a & b
-    with pytest.raises(ValueError, match="tile"):
-        comp.build(*comp.default_lengths(), block_q=4, block_kv=4, tile=(2, 2))
+    tiled = Tiled(comp, (2, 2))
+    q_len, kv_len = tiled.default_lengths()
+    layout = comp.build(*comp.default_lengths(), block_q=4, block_kv=4, tile=(2, 2))
+    check_layout(layout, brute.pattern_mask(tiled, q_len, kv_len), 4, 4, f"{op} tiled")
 
 
 @pytest.mark.parametrize("tile", [(4, 4), (8, 8), (8, 32), (2, 32)], ids=["16", "64", "256", "64-long"])

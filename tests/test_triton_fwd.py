@@ -26,6 +26,7 @@ import torch
 import foveate
 from foveate import patterns as P
 from foveate.backends import Problem, select
+from foveate.backends.triton import common
 from foveate.backends.triton import fwd as fwd_module
 from foveate.backends.triton import masks
 from foveate.layout import BlockLayout
@@ -476,7 +477,7 @@ def test_raster_io_equals_the_permuted_run(rng, name, pattern, tile, block_m, bl
 def test_raster_io_needs_a_tiled_pattern_with_power_of_two_sides():
     from foveate.tiling import Tiled
 
-    with pytest.raises(ValueError, match="raster_io needs a Tiled pattern"):
+    with pytest.raises(ValueError, match=r"raster_io needs a pattern in a tiled order \(Tiled\)"):
         masks.mask_spec(NB2, 320, 320, raster_io=True)
     odd = Tiled(_nbhd(canvas=(12, 12), kernel=(3, 3)), (3, 4))
     with pytest.raises(ValueError, match="powers of two"):
@@ -499,7 +500,6 @@ def _problem(pattern=None, **kw):
 
 # (id, make_qkv keyword arguments, pattern, words the message must contain)
 REFUSALS = [
-    ("composition", {}, P.Causal() | P.SlidingWindow(4), r"no kernel mask.*compositions"),
     ("head-dim-20", {"head_dim": 20}, P.Causal(), r"head_dim=20.*multiple of 8"),
     ("head-dim-264", {"head_dim": 264}, P.Causal(), r"head_dim=264.*\[8, 256\]"),
     ("head-dim-v-36", {"head_dim_v": 36}, P.Dense(), r"head_dim_v=36.*multiple of 8"),
@@ -546,7 +546,7 @@ def test_supports_reasons():
     assert "head_dim=12" in triton_backend.supports(_problem(head_dim=12))
     assert "head_dim=512" in triton_backend.supports(_problem(head_dim=512))
     assert "head_dim_v=20" in triton_backend.supports(_problem(head_dim_v=20))
-    assert triton_backend.supports(_problem(P.Causal() & P.SlidingWindow(8))) is not None
+    assert triton_backend.supports(_problem(P.Causal() & P.SlidingWindow(8))) is None  # composed in the kernel
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="about CPU problems on a machine without a GPU")
@@ -593,7 +593,7 @@ def test_the_triton_kernel_really_runs(rng, spy):
     launch = spy.kernel.launches[0]
     assert launch["grid"] == (2, 2 * 2)  # (q blocks, batch x query heads)
     fields = masks.MaskSpec.from_ints(launch["kwargs"]["MASK"]).fields()
-    assert fields["MASK_KIND"] == masks.BAND and fields["HAS_RIGHT"]
+    assert [leaf["KIND"] for leaf in fields["leaves"]] == ["band"] and fields["leaves"][0]["HAS_RIGHT"]
     assert call["q"] is q
     ref = foveate.attention(q, k, v, P.Causal(), backend="reference")
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -607,16 +607,16 @@ def test_block_lists_are_remembered_per_layout_tensors():
     call returns the remembered tuple, and a layout holding other tensors gets them anew."""
     layout = P.SlidingWindow(100, 0).build(300, 300, block_q=64, block_kv=64)
     for transposed in (False, True):
-        lists, strides = fwd_module.block_lists(layout, transposed=transposed)
+        lists, strides = common.block_lists(layout, transposed=transposed)
         prefix = "q" if transposed else "kv"
         assert lists[1] is getattr(layout, f"{prefix}_indices")
-        assert strides == tuple(s for t in lists for s in fwd_module.layout_strides(t))
+        assert strides == tuple(s for t in lists for s in common.layout_strides(t))
         assert strides[:3] == (0, 0, lists[0].stride(2))  # (1, 1, n) counts: broadcast batch, heads
-        assert fwd_module.block_lists(layout, transposed=transposed) is fwd_module.block_lists(
+        assert common.block_lists(layout, transposed=transposed) is common.block_lists(
             layout, transposed=transposed)
     wider = layout.kv_indices.expand(2, 3, -1, -1)  # a per-(batch, head) view in its place
     layout.kv_indices = wider
-    lists, strides = fwd_module.block_lists(layout)
+    lists, strides = common.block_lists(layout)
     assert lists[1] is wider and strides[3:6] == (wider.stride(0), wider.stride(1), wider.stride(2))
 
 

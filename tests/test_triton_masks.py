@@ -1,104 +1,38 @@
-"""The Triton kernels' block masks, element by element, against brute-force masks.
+"""The Triton kernels' structured block masks (one leaf: band and window), element by element,
+against brute-force masks.
 
-``masks.allowed_block(rows, start, offs, MASK)`` (queries ``rows`` against the key block
-``start + offs``: the forward and dq loops) and ``masks.allowed_block_t(start, offs, cols, MASK)``
-(the query block ``start + offs`` against keys ``cols``, keys by queries: the dk/dv loops) run in
-a probe kernel over every (query block, key block) pair of a problem; the assembled
-``(q_len, kv_len)`` mask must equal the loop definitions of ``brute.py`` (band masks, the
-neighborhood mask in raster order, and ``brute.tiled_mask`` of it for the tiled order), never
-foveate's own ``mask_mod``.
+The block forms run in a probe kernel over every (query block, key block) pair of a problem
+(``mask_probe.py``); the assembled ``(q_len, kv_len)`` mask must equal the loop definitions of
+``brute.py`` (band masks, the neighborhood mask in raster order, and ``brute.tiled_mask`` of it
+for the tiled order), never foveate's own ``mask_mod``.
 
-The cases reach every path of the two functions: the band forms (``MASK[0] == 0``), the split
-forms of canvas masks (``SPLIT``: 1-D raster order, or tiles with power-of-two sides and blocks
-inside one tile, including blocks that start inside a tile) and the fall-back to
-``allowed``/``allowed_t`` (2-D/3-D raster order, a tile side that is not a power of two, blocks
-larger than the tile). Without a GPU the probe runs in Triton's interpreter (``conftest.py``).
+The cases reach every path of the leaves' block forms: the band forms, the split forms of
+window masks (``SPLIT``: 1-D raster order, or tiles with power-of-two sides and blocks inside one
+tile, including blocks that start inside a tile) and the fall-back to ``window.allowed`` (2-D/3-D
+raster order, a tile side that is not a power of two, blocks larger than the tile). Compositions
+and bitmasks: ``test_triton_kernel_masks.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 
 import pytest
-import torch
-import triton
-import triton.language as tl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from foveate import patterns as P
 from foveate.backends.triton import masks
+from foveate.backends.triton.masks import spec as S
+from foveate.patterns.kernel_mask import Band
 from foveate.tiling import Tiled
 
 import brute
 from kernel_spy import needs_triton
+from mask_probe import assert_masks_equal, probe
 from strategies import neighborhood_params
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BLOCKS = (16, 32, 64)
-
-
-# -- the probe ---------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _probe_kernel(out_ptr, stride, MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  TRANSPOSED: tl.constexpr):
-    """Block (pid_m, pid_n) of the mask, as the kernels' loops compute it, into ``out`` (queries
-    by keys)."""
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    start_m = tl.program_id(0) * BLOCK_M
-    start_n = tl.program_id(1) * BLOCK_N
-    rows = start_m + offs_m
-    cols = start_n + offs_n
-    if TRANSPOSED:  # [BLOCK_N, BLOCK_M], stored transposed
-        ok = masks.allowed_block_t(start_m, offs_m, cols, MASK)
-        tl.store(out_ptr + rows[None, :] * stride + cols[:, None], ok.to(tl.int8))
-    else:  # [BLOCK_M, BLOCK_N]
-        ok = masks.allowed_block(rows, start_n, offs_n, MASK)
-        tl.store(out_ptr + rows[:, None] * stride + cols[None, :], ok.to(tl.int8))
-
-
-@contextlib.contextmanager
-def _fallback_calls():
-    """Counts the calls of the generic ``allowed``/``allowed_t`` (the fall-back of the block
-    forms) while the probe runs; ``None`` on a GPU (compiled kernels are not Python calls)."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        yield None
-        return
-    calls = []
-    real = {name: getattr(masks, name) for name in ("allowed", "allowed_t")}
-
-    def counted(fn):
-        def call(*args, **kwargs):
-            calls.append(fn)
-            return fn(*args, **kwargs)
-        return call
-
-    try:
-        for name, fn in real.items():
-            setattr(masks, name, counted(fn))
-        yield calls
-    finally:
-        for name, fn in real.items():
-            setattr(masks, name, fn)
-
-
-def probe(spec: masks.MaskSpec, q_len: int, kv_len: int, block_m: int, block_n: int, transposed: bool):
-    """``(mask, fallback)``: the ``(q_len, kv_len)`` bool mask of ``allowed_block`` (or
-    ``allowed_block_t``) over whole blocks of ``block_m`` queries and ``block_n`` keys, cropped
-    to the lengths, and whether it fell back to ``allowed``/``allowed_t`` (``None``: unknown)."""
-    q_pad, kv_pad = triton.cdiv(q_len, block_m) * block_m, triton.cdiv(kv_len, block_n) * block_n
-    out = torch.full((q_pad, kv_pad), -1, dtype=torch.int8, device=DEVICE)
-    with _fallback_calls() as calls:
-        _probe_kernel[(q_pad // block_m, kv_pad // block_n)](
-            out, kv_pad, MASK=spec.constexpr, BLOCK_M=block_m, BLOCK_N=block_n, TRANSPOSED=transposed)
-    out = out.cpu()
-    assert ((out == 0) | (out == 1)).all(), "the probe left elements unwritten"
-    return out[:q_len, :kv_len].bool(), None if calls is None else bool(calls)
 
 
 # -- expected masks ----------------------------------------------------------------------------------
@@ -112,18 +46,11 @@ def lengths(pattern) -> tuple[int, int]:
     return n, n + pattern.extra_kv
 
 
-def assert_masks_equal(got: torch.Tensor, want: torch.Tensor, what: str, spec: masks.MaskSpec):
-    assert got.shape == want.shape, what
-    wrong = (got != want).nonzero().tolist()
-    assert not wrong, (f"{what}: {len(wrong)} of {want.numel()} elements differ; first (query, key, expected): "
-                       f"{[(i, j, bool(want[i, j])) for i, j in wrong[:8]]}; spec {spec.fields()}")
-
-
-def check(spec: masks.MaskSpec, want: torch.Tensor, block: int, fixed: int = 64, fast: bool = True):
+def check(spec: masks.MaskSpec, want, block: int, fixed: int = 64, fast: bool = True):
     """Both block forms equal ``want``: ``allowed_block`` walking key blocks of ``block`` for
     query blocks of ``fixed``, and ``allowed_block_t`` walking query blocks of ``block`` for key
     blocks of ``fixed`` (the walked block decides the path; the fixed side is any positions);
-    with ``fast``, neither falls back to ``allowed``/``allowed_t`` (else both do)."""
+    with ``fast``, neither falls back to ``window.allowed`` (else both do)."""
     q_len, kv_len = want.shape
     for transposed, name, blocks in ((False, "allowed_block", (fixed, block)),
                                      (True, "allowed_block_t", (block, fixed))):
@@ -131,6 +58,7 @@ def check(spec: masks.MaskSpec, want: torch.Tensor, block: int, fixed: int = 64,
         got, fallback = probe(spec, q_len, kv_len, *blocks, transposed)
         assert_masks_equal(got, want, what, spec)
         assert fallback in (None, not fast), f"{what}: not the {'fast' if fast else 'generic'} path; {spec.fields()}"
+
 
 
 def check_pattern(pattern, block: int, fixed: int = 64, fast: bool = True, q_len=None, kv_len=None):
@@ -171,14 +99,14 @@ BAND_CASES = [
 @pytest.mark.parametrize("block,fixed", [(16, 64), (32, 16), (64, 32)])
 @pytest.mark.parametrize("pattern,q_len,kv_len", [c[1:] for c in BAND_CASES], ids=[c[0] for c in BAND_CASES])
 def test_band(pattern, q_len, kv_len, block, fixed):
-    assert check_pattern(pattern, block, fixed, q_len=q_len, kv_len=kv_len).kind == masks.BAND
+    assert check_pattern(pattern, block, fixed, q_len=q_len, kv_len=kv_len).kinds == ("band",)
 
 
 @needs_triton
 @pytest.mark.parametrize("q_len,kv_len", [(120, 120), (60, 130), (130, 60)])
 def test_band_without_right_bound(q_len, kv_len):
     """The left-bounded band with no right bound (no pattern has it; the spec is built directly)."""
-    spec = masks._band(kv_len - q_len, 25, None, q_len, kv_len)
+    spec = masks.lower(Band(kv_len - q_len, 25, None), q_len, kv_len)
     check(spec, brute.sliding_window_mask(q_len, kv_len, 25, q_len + kv_len), 16, 32)
 
 
@@ -319,8 +247,8 @@ def test_spec_split_and_round_trip(pattern, split_field):
         spec = masks.mask_spec(pattern, *lengths(pattern), raster_io=raster_io)
         assert split(spec) == split_field
         ints = spec.to_ints()
-        assert len(ints) == masks.FLAT_SIZE and list(spec.constexpr) == ints
+        assert list(spec.constexpr) == ints and spec.kinds == ("window",)
         assert masks.MaskSpec.from_ints(ints) == spec
         # where the kernels read the fields of the flat tuple
-        assert ints[masks._SPLIT.value] == split_field and ints[masks._RASTER_IO.value] == raster_io
-        assert ints[masks._AXES.value] == canvas[0]
+        assert ints[S.SPLIT] == split_field and ints[S.RASTER_IO] == raster_io
+        assert ints[S.AXES + S.AXIS_L] == canvas[0]

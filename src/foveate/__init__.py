@@ -8,8 +8,10 @@
 from . import backends, patterns
 from .api import attention
 from .layout import BlockLayout
+from .settings import policy
 from .simulator import SimulationRecord, simulate
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "patterns", "backends", "simulate", "SimulationRecord", "BlockLayout", "__version__"]
+__all__ = ["attention", "patterns", "backends", "simulate", "SimulationRecord", "BlockLayout", "policy",
+           "__version__"]

@@ -321,6 +321,24 @@ class BlockLayout:
         b, h = self.batch_heads
         return self.allowed_pairs() / (b * h * self.q_len * self.kv_len)
 
+    def partial_bitmask(self):
+        """The packed bits of the partial blocks (:mod:`foveate.bitmask`: the Triton kernels'
+        mask for patterns without a kernel mask description), evaluated from :attr:`mask_mod`
+        on the layout's device when first asked for, then kept with the layout."""
+        bits = self.__dict__.get("_bitmask")
+        if bits is None:
+            from .bitmask import build_bitmask
+
+            bits = self.__dict__["_bitmask"] = build_bitmask(self)
+        return bits
+
+    def bitmask_bytes(self) -> int:
+        """The memory :meth:`partial_bitmask` takes (whether built or not): ``block_q *
+        block_kv / 8`` bytes per partial block, plus its index tensors."""
+        from .bitmask import bitmask_bytes
+
+        return bitmask_bytes(self)
+
     def to_flex_block_mask(self, mask_mod: MaskMod | None = None):
         """A FlexAttention ``BlockMask`` with the same blocks; ``mask_mod`` defaults to the layout's."""
         from torch.nn.attention.flex_attention import BlockMask
@@ -477,34 +495,44 @@ def layout_from_mask_mod(
     block_kv: int = 128,
     device: torch.device | str = "cpu",
     candidates: tuple[torch.Tensor, torch.Tensor] | None = None,
+    batch_heads: tuple[int, int] = (1, 1),
 ) -> BlockLayout:
     """The generic builder: evaluate ``mask_mod`` on every block pair (or on ``candidates``,
     a ``(q_block, kv_block)`` pair of 1-D tensors known to contain every visited pair).
 
-    Costs ``O(q_len * kv_len)`` mask evaluations without candidates, in bounded memory;
-    structured patterns have analytic builders instead.
+    ``batch_heads``: the layout's leading axes ``(B|1, H|1)``; ``mask_mod`` is evaluated for
+    every ``(b, h)`` of them (``(1, 1)``: once, with ``b = h = 0``, for every batch and head).
+    Costs ``O(q_len * kv_len)`` mask evaluations per ``(b, h)`` without candidates, in bounded
+    memory; structured patterns have analytic builders instead.
     """
     device = torch.device(device)
     nq, nkv = -(-q_len // block_q), -(-kv_len // block_kv)
     dims = (block_q, block_kv, q_len, kv_len)
+    n_bh = batch_heads[0] * batch_heads[1]
     if candidates is None:
         rows_per_chunk = max(1, (1 << 22) // nkv)
         parts = []
-        for lo in range(0, nq, rows_per_chunk):
-            qb = torch.arange(lo, min(nq, lo + rows_per_chunk), device=device)
-            qb, kb = qb.repeat_interleave(nkv), torch.arange(nkv, device=device).repeat(qb.numel())
-            parts.append(_classify(mask_mod, qb, kb, dims))
-        qb, kb, full, allowed = (torch.cat(t) for t in zip(*parts))
+        for row0 in range(0, n_bh * nq, rows_per_chunk):
+            rows = torch.arange(row0, min(n_bh * nq, row0 + rows_per_chunk), device=device)
+            rows, kb = rows.repeat_interleave(nkv), torch.arange(nkv, device=device).repeat(rows.numel())
+            parts.append(_classify(mask_mod, rows, kb, dims, nq, batch_heads[1]))
+        row, kb, full, allowed = (torch.cat(t) for t in zip(*parts))
     else:
-        qb, kb, full, allowed = _classify(mask_mod, candidates[0].to(device), candidates[1].to(device), dims)
+        qb, kb = candidates[0].to(device), candidates[1].to(device)
+        bh = torch.arange(n_bh, device=device).repeat_interleave(qb.numel())
+        rows = bh * nq + qb.long().repeat(n_bh)
+        row, kb, full, allowed = _classify(mask_mod, rows, kb.long().repeat(n_bh), dims, nq, batch_heads[1])
     return BlockLayout.from_pairs(
-        qb, kb, full, block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
+        row, kb, full, batch_heads=batch_heads, block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
         mask_mod=mask_mod, allowed_pairs=int(allowed.sum()),
     )
 
 
-def _classify(mask_mod, qb, kb, dims):
-    allowed = count_allowed(mask_mod, qb, kb, dims)
+def _classify(mask_mod, rows, kb, dims, nq, num_heads):
+    """The visited pairs among ``rows`` (``(b * num_heads + h) * nq + q_block``) x ``kb``:
+    ``(rows, kb, full, allowed counts)``."""
+    qb = rows % nq
+    allowed = count_allowed(mask_mod, qb, kb, dims, heads=rows // nq, num_heads=num_heads)
     keep = allowed > 0
-    qb, kb, allowed = qb[keep], kb[keep], allowed[keep]
-    return qb, kb, allowed == block_areas(qb, kb, dims), allowed
+    rows, qb, kb, allowed = rows[keep], qb[keep], kb[keep], allowed[keep]
+    return rows, kb, allowed == block_areas(qb, kb, dims), allowed

@@ -9,7 +9,7 @@ import functools
 from dataclasses import asdict, dataclass
 
 from .layout import block_areas
-from .patterns import Neighborhood, Pattern
+from .patterns import Intersection, Pattern, Union
 from .patterns.canvas_layout import block_counts
 from .tiling import Tiled, candidate_tiles
 
@@ -41,6 +41,8 @@ class SimulationRecord:
     pairs_computed: int
     speedup_bound: float
     heads: int = 1
+    kernel_mask: bool = True
+    bitmask_bytes: int = 0
 
     @property
     def blocks_visited(self) -> int:
@@ -111,6 +113,7 @@ def simulate(
         tile=tuple(tile) if tile is not None else None, blocks_total=total, blocks_full=n_full,
         blocks_partial=visited - n_full, pairs_useful=useful, pairs_computed=computed,
         speedup_bound=total / visited if visited else float("inf"), heads=heads,
+        kernel_mask=target.kernel_mask(t_q, t_kv) is not None, bitmask_bytes=layout.bitmask_bytes(),
     )
 
 
@@ -118,18 +121,17 @@ def simulate(
 def choose_tile(pattern: Pattern, *, block_q: int = 128, block_kv: int = 128) -> tuple[int, ...] | None:
     """The tile for ``tile="auto"``: among tile shapes of ``block_q`` tokens, the one whose
     layout visits the fewest blocks, then has the fewest partial blocks; ``None`` (raster
-    order) when no tile beats raster order, or the pattern is not a 2-D/3-D neighborhood.
+    order) when no tile beats raster order, or the pattern is not a 2-D/3-D canvas pattern that
+    can be tiled (a neighborhood, or a composition of them).
+
+    A composition is ranked by the blocks its parts' layouts decide, without evaluating its
+    mask on the pairs they leave undecided (counted visited and partial).
     """
-    if not isinstance(pattern, Neighborhood) or len(pattern.canvas) < 2 or block_q != block_kv:
+    if not pattern.can_tile or len(pattern.canvas) < 2 or block_q != block_kv:
         return None
 
     def cost(tile):
-        counts = block_counts(pattern, block_q=block_q, block_kv=block_kv, tile=tile)
-        if counts is None:  # raster order whose blocks are not tiles: build it
-            n = pattern.default_lengths()
-            layout = pattern.build(*n, block_q=block_q, block_kv=block_kv)
-            counts = layout.num_visited(), int(layout.full_kv_num_blocks.sum())
-        visited, full = counts
+        visited, full = _tile_counts(pattern, tile, block_q)
         return visited, visited - full
 
     best, best_cost = None, cost(None)
@@ -138,6 +140,19 @@ def choose_tile(pattern: Pattern, *, block_q: int = 128, block_kv: int = 128) ->
         if c < best_cost:
             best, best_cost = tile, c
     return best
+
+
+def _tile_counts(pattern: Pattern, tile, block: int) -> tuple[int, int]:
+    """``(visited, full)`` blocks of ``pattern`` in the order of ``tile`` (``None``: raster),
+    exact for a neighborhood, for a composition before its undecided pairs are evaluated
+    (:meth:`~foveate.patterns.compose.Union.listed_block_counts`)."""
+    if isinstance(pattern, (Union, Intersection)):
+        return pattern.listed_block_counts(block=block, tile=tile)
+    counts = block_counts(pattern, block_q=block, block_kv=block, tile=tile)
+    if counts is None:  # raster order whose blocks are not tiles: build it
+        layout = pattern.build(*pattern.default_lengths(), block_q=block, block_kv=block)
+        counts = layout.num_visited(), int(layout.full_kv_num_blocks.sum())
+    return counts
 
 
 __all__ = ["simulate", "SimulationRecord", "choose_tile"]

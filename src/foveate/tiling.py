@@ -24,6 +24,7 @@ import torch
 
 from .kernel_choice import use_triton
 from .patterns.base import Pattern
+from .patterns.kernel_mask import Tiles
 
 
 def _row_major_strides(shape) -> list[int]:
@@ -180,7 +181,8 @@ def _triton_takes(order: TiledOrder, x: torch.Tensor) -> bool:
 
 @dataclass(frozen=True, repr=False)
 class Tiled(Pattern):
-    """``base`` (a canvas pattern) seen in the tiled token order of ``tile``.
+    """``base`` (a canvas pattern that can be tiled: a Neighborhood or a composition of
+    them) seen in the tiled token order of ``tile``.
 
     Lengths: ``q_len = prod(padded canvas)``, ``kv_len = q_len + base.extra_kv``; ``k`` and
     ``v`` are the padded canvas in tiled order followed by the extra tokens.
@@ -190,10 +192,9 @@ class Tiled(Pattern):
     tile: tuple[int, ...] = field()
 
     def __post_init__(self):
-        from .patterns import Neighborhood
-
-        if not isinstance(self.base, Neighborhood):
-            raise ValueError(f"tile={self.tile!r}: only Neighborhood patterns can be tiled, not {self.base!r}")
+        if not isinstance(self.base, Pattern) or not self.base.can_tile:
+            raise ValueError(f"tile={self.tile!r}: only canvas patterns (Neighborhood and compositions of them) "
+                             f"can be tiled, not {self.base!r}")
         tile = tuple(self.tile) if isinstance(self.tile, list) else self.tile
         self.base._check_tile(tile)
         object.__setattr__(self, "tile", tile)
@@ -228,6 +229,12 @@ class Tiled(Pattern):
             return ok | (kv_idx >= n_tiled) if extra else ok
 
         return mask_mod
+
+    def kernel_mask(self, q_len: int, kv_len: int) -> Tiles | None:
+        self.check_lengths(q_len, kv_len)
+        n_canvas = self.order.num_canvas
+        inner = self.base.kernel_mask(n_canvas, n_canvas + self.base.extra_kv)
+        return None if inner is None else Tiles(inner, self.base.canvas, self.tile, self.base.extra_kv)
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
         if tile is not None:

@@ -3,6 +3,7 @@
     dense        --len N [--kv-len M]
     causal       --len N [--kv-len M]
     sliding      --left L [--right R] --len N [--kv-len M]
+    sinks        --n S --len N [--kv-len M]
     neighborhood --canvas 64 64 --kernel 13 13 [--dilation 1 1] [--stride 1 1]
                  [--causal 0 0] [--extra-kv E]
 
@@ -28,7 +29,7 @@ from typing import Callable
 from .. import patterns as P
 from .selection_inputs import SYNTHETIC_HELP, add_input_options
 
-KINDS = ("dense", "causal", "sliding", "neighborhood")
+KINDS = ("dense", "causal", "sliding", "sinks", "neighborhood")
 #: Content-selected kinds: their blocks depend on the inputs.
 SELECTED_KINDS = ("topk", "topp", "moba", "xattention")
 
@@ -62,6 +63,8 @@ def add_pattern_subparsers(
             if kind == "sliding":
                 p.add_argument("--left", type=int, required=True)
                 p.add_argument("--right", type=int, default=0)
+            if kind == "sinks":
+                p.add_argument("--n", type=int, required=True, help="the first N keys, seen by every query")
             p.add_argument("--len", type=int, required=True, help="query length")
             p.add_argument("--kv-len", type=int, default=None, help="key length (default: --len)")
         add_options(p)
@@ -146,8 +149,12 @@ def pattern_from_args(args: argparse.Namespace) -> tuple[P.Pattern, int, int]:
         )
         q_len, kv_len = pattern.default_lengths()
         return pattern, q_len, kv_len
-    pattern = {"dense": P.Dense, "causal": P.Causal}.get(args.pattern)
-    pattern = pattern() if pattern else P.SlidingWindow(args.left, args.right)
+    if args.pattern == "sinks":
+        pattern = P.Sinks(args.n)
+    elif args.pattern == "sliding":
+        pattern = P.SlidingWindow(args.left, args.right)
+    else:
+        pattern = {"dense": P.Dense, "causal": P.Causal}[args.pattern]()
     q_len = args.len
     kv_len = args.kv_len if args.kv_len is not None else q_len
     pattern.check_lengths(q_len, kv_len)

@@ -9,11 +9,15 @@ from .blocks import Blocks
 from .causal import Causal
 from .compose import Intersection, Union
 from .dense import Dense
+from .kernel_mask import KernelMask
+from .mask import Mask
 from .neighborhood import Neighborhood
 from .selected import BlockTopK, BlockTopP, MoBA, SelectedBlocks, XAttention
+from .sinks import Sinks
 from .sliding import SlidingWindow
 
 __all__ = [
-    "Pattern", "MaskMod", "Blocks", "Dense", "Causal", "SlidingWindow", "Neighborhood", "Union", "Intersection",
+    "Pattern", "MaskMod", "KernelMask", "Blocks", "Dense", "Causal", "SlidingWindow", "Sinks", "Neighborhood",
+    "Mask", "Union", "Intersection",
     "BlockTopK", "BlockTopP", "MoBA", "XAttention", "SelectedBlocks",
 ]

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from ..layout import BlockLayout
+from .kernel_mask import KernelMask
 
 #: ``mask_mod(b, h, q_idx, kv_idx) -> BoolTensor``; the arguments are integer tensors that
 #: broadcast against each other (flat token indices in raster order, from 0).
@@ -74,6 +75,19 @@ class Pattern:
         """The FlexAttention-style mask for these lengths: ``mm(b, h, q_idx, kv_idx) -> bool``."""
         raise NotImplementedError
 
+    def kernel_mask(self, q_len: int, kv_len: int) -> "KernelMask | None":
+        """The mask of the pairs inside partial blocks, as fused kernels take it: a
+        :mod:`~foveate.patterns.kernel_mask` description (kinds and integers), or ``None`` when
+        the pattern has none (the Triton backend then evaluates :meth:`mask_mod` into a packed
+        bitmask of its partial blocks). It must allow exactly what :meth:`mask_mod` allows."""
+        return None
+
+    @property
+    def can_tile(self) -> bool:
+        """Whether :meth:`build` takes a ``tile`` (canvas patterns whose layouts know the tiled
+        order: Neighborhood and compositions of them)."""
+        return False
+
     # -- compiled form -----------------------------------------------------------------
     def build(
         self,
@@ -116,6 +130,9 @@ class Pattern:
     def _check_tile(self, tile) -> None:
         if self.canvas is None:
             raise ValueError(f"tile={tile!r}: {self!r} is not a canvas pattern; use tile=None")
+        if not self.can_tile:
+            raise ValueError(f"tile={tile!r}: {self!r} cannot be tiled (every part of a composition must be a "
+                             "canvas pattern); use tile=None")
         if (
             not isinstance(tile, tuple)
             or len(tile) != len(self.canvas)

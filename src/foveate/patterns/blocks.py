@@ -9,6 +9,7 @@ import torch
 from ..graph_constants import register_blocks
 from ..layout import BlockLayout, block_areas
 from .base import Pattern, as_int
+from .kernel_mask import Band
 
 
 class Blocks(Pattern):
@@ -88,6 +89,10 @@ class Blocks(Pattern):
     def mask_mod(self, q_len: int, kv_len: int):
         self.check_lengths(q_len, kv_len)
         return self._mask_mod_on(self.mask)
+
+    def kernel_mask(self, q_len: int, kv_len: int) -> Band:
+        self.check_lengths(q_len, kv_len)
+        return Band(kv_len - q_len, None, None)  # every listed block is full: never masked
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
         if tile is not None:

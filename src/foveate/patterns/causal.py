@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .band import band_mask_mod, build_band_layout
 from .base import Pattern
+from .kernel_mask import Band
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,10 @@ class Causal(Pattern):
     def mask_mod(self, q_len: int, kv_len: int):
         self.check_lengths(q_len, kv_len)
         return band_mask_mod(q_len, kv_len, None, 0)
+
+    def kernel_mask(self, q_len: int, kv_len: int) -> Band:
+        self.check_lengths(q_len, kv_len)
+        return Band(kv_len - q_len, None, 0)
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
         return build_band_layout(

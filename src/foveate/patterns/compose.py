@@ -2,7 +2,9 @@
 
 The layout of a composition comes from its parts' layouts: a block pair's state is known
 from the parts' states except where it is not (two partial blocks), and only those pairs
-are evaluated with the combined ``mask_mod``.
+are evaluated with the combined ``mask_mod``. A composition of canvas patterns can be tiled
+(its parts' tiled layouts combined the same way). Its kernel mask combines its parts' (any
+part without one leaves the composition without one).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 
 from ..layout import BlockLayout, block_areas, count_allowed
 from .base import Pattern
+from .kernel_mask import AllOf, AnyOf, KernelMask
 
 
 @dataclass(frozen=True, repr=False)
@@ -66,15 +69,32 @@ class _Composite(Pattern):
 
         return mask_mod
 
-    def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
-        if tile is not None:
-            # The parts would be tiled but the combined mask (and its evaluation of partial
-            # blocks) is in raster order.
-            raise ValueError(f"tile={tile!r}: compositions cannot be tiled, only Neighborhood patterns")
-        layouts = [
-            p.build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
-            for p in self.parts
-        ]
+    @property
+    def can_tile(self) -> bool:  # type: ignore[override]
+        return self.canvas is not None and all(p.can_tile for p in self.parts)
+
+    def coords_allowed(self, q_coords, k_coords) -> torch.Tensor:
+        """Elementwise on canvas coordinates (every part a canvas pattern): the parts'
+        ``coords_allowed`` combined."""
+        out = self.parts[0].coords_allowed(q_coords, k_coords)
+        for p in self.parts[1:]:
+            out = self._combine(out, p.coords_allowed(q_coords, k_coords))
+        return out
+
+    def kernel_mask(self, q_len: int, kv_len: int) -> KernelMask | None:
+        masks = [p.kernel_mask(q_len, kv_len) for p in self.parts]
+        if any(m is None for m in masks):
+            return None  # the kernels then evaluate the composed mask_mod into a bitmask
+        return self._node(tuple(masks))
+
+    def _part_layouts(self, q_len, kv_len, block_q, block_kv, device, tile):
+        return [p.build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
+                for p in self.parts]
+
+    def _combined_pairs(self, layouts):
+        """The block pairs of the composition from its parts' layouts: ``(q block, kv block,
+        full, keep, unknown)`` per pair listed by any part; ``unknown`` pairs (their state is not
+        decided by the parts' states) are kept and partial until evaluated."""
         nkv = layouts[0].num_kv_blocks
         # Per pair over all parts: how many parts list it, and how many list it as full.
         keys, fulls = [], []
@@ -87,9 +107,31 @@ class _Composite(Pattern):
         listed.index_add_(0, inverse, torch.ones_like(inverse))
         full_in = torch.zeros_like(listed)
         full_in.index_add_(0, inverse, torch.cat(fulls).long())
-        qb, kb = key // nkv, key % nkv
         full, keep, unknown = self._decide(listed, full_in, len(layouts))
-        mask_mod = self.mask_mod(q_len, kv_len)
+        return key // nkv, key % nkv, full, keep, unknown
+
+    def listed_block_counts(self, *, block: int = 128, tile=None) -> tuple[int, int]:
+        """``(visited, full)`` blocks of the layout (canvas lengths, ``block`` x ``block``) before
+        the pairs its parts leave undecided are evaluated: those count as visited and partial
+        (an upper bound of the visited blocks, cheap: no mask is evaluated here; the tile
+        choice ranks tiles by it)."""
+        q_len, kv_len = self.default_lengths()
+        _, _, full, keep, unknown = self._combined_pairs(
+            self._part_layouts(q_len, kv_len, block, block, torch.device("cpu"), tile))
+        return int(keep.sum()), int((full & keep & ~unknown).sum())
+
+    def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
+        layouts = self._part_layouts(q_len, kv_len, block_q, block_kv, device, tile)
+        # (in the tiled order the layouts cover the padded canvas; the combined mask is then
+        # the tiled one)
+        q_len, kv_len = layouts[0].q_len, layouts[0].kv_len
+        if tile is None:
+            mask_mod = self.mask_mod(q_len, kv_len)
+        else:
+            from ..tiling import Tiled
+
+            mask_mod = Tiled(self, tile).mask_mod(q_len, kv_len)
+        qb, kb, full, keep, unknown = self._combined_pairs(layouts)
         dims = (block_q, block_kv, q_len, kv_len)
         if unknown.any():
             count = count_allowed(mask_mod, qb[unknown], kb[unknown], dims)
@@ -106,6 +148,7 @@ class Union(_Composite):
     """Pairs allowed by any part."""
 
     _symbol = "|"
+    _node = AnyOf
 
     @staticmethod
     def _combine(a, b):
@@ -124,6 +167,7 @@ class Intersection(_Composite):
     """Pairs allowed by every part."""
 
     _symbol = "&"
+    _node = AllOf
 
     @staticmethod
     def _combine(a, b):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from .base import Pattern, as_int, per_axis
+from .kernel_mask import Window
 
 
 def axis_window(x: torch.Tensor, length: int, kernel: int, dilation: int, stride: int, causal: bool):
@@ -153,6 +154,13 @@ class Neighborhood(Pattern):
         return ok
 
     # -- compiled form -----------------------------------------------------------------
+    can_tile = True
+
+    def kernel_mask(self, q_len: int, kv_len: int) -> Window:
+        self.check_lengths(q_len, kv_len)
+        axes = tuple((kernel, dilation, stride, causal) for _, kernel, dilation, stride, causal in self.axes)
+        return Window(self.canvas, axes, self.extra_kv)
+
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
         from .canvas_layout import build_canvas_layout
 

@@ -38,6 +38,7 @@ from ..selection.scores import check_stride
 from ..tiling import Tiled, TiledOrder
 from .band import band_mask_mod
 from .base import Pattern, as_int
+from .kernel_mask import Band
 from .causal import Causal
 from .neighborhood import Neighborhood
 
@@ -149,6 +150,13 @@ class SelectedBlocks(Pattern):
             return out & causal(b, h, q_idx, kv_idx) if causal is not None else out
 
         return mask_mod
+
+    def kernel_mask(self, q_len: int, kv_len: int) -> Band | None:
+        self.check_lengths(q_len, kv_len)
+        if self.order is not None and self.order.has_padding:
+            return None  # padded keys inside blocks: :attr:`runnable` masks them as a tiled canvas
+        # whole blocks, causal inside when asked
+        return Band(kv_len - q_len, None, 0 if self.causal else None)
 
     # -- compiled form -------------------------------------------------------------------
     def block_grid(self, block_q: int, block_kv: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .band import band_mask_mod, build_band_layout
 from .base import Pattern, as_int
+from .kernel_mask import Band
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class SlidingWindow(Pattern):
     def mask_mod(self, q_len: int, kv_len: int):
         self.check_lengths(q_len, kv_len)
         return band_mask_mod(q_len, kv_len, self.left, self.right)
+
+    def kernel_mask(self, q_len: int, kv_len: int) -> Band:
+        self.check_lengths(q_len, kv_len)
+        return Band(kv_len - q_len, self.left, self.right)
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
         return build_band_layout(

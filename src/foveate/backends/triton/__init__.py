@@ -12,12 +12,15 @@ dim), ``ops`` (custom operators with autograd, what the backend calls).
 
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
 
+from ...graph_constants import pattern_from_key, pattern_key
 from ...kernel_choice import triton_importable
-from ..base import Backend, Problem
+from ...settings import policy
+from ..base import Backend, Problem, cached_layout
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -37,8 +40,6 @@ class TritonBackend(Backend):
         reason = self.block_reason(problem)
         if reason is not None:
             return reason
-        from .masks import mask_spec
-
         if problem.device.type == "cpu" and not _interpreting():
             return "on CPU only under TRITON_INTERPRET=1"
         if problem.device.type not in ("cpu", "cuda"):
@@ -48,9 +49,12 @@ class TritonBackend(Backend):
         for name, dim in (("head_dim", problem.head_dim), ("head_dim_v", problem.head_dim_v)):
             if dim % 8 or not 8 <= dim <= 256:
                 return f"{name}={dim}: must be a multiple of 8 in [8, 256]"
-        if mask_spec(problem.pattern, problem.q_len, problem.kv_len) is None:
-            return f"no kernel mask for {problem.pattern!r} (compositions and custom masks go to flex)"
-        return None
+        if torch.compiler.is_compiling():  # (host work: run when the graph is traced, a constant of it)
+            return _traced_bitmask_reason(pattern_key(problem.pattern), operator.index(problem.q_len),
+                                          operator.index(problem.kv_len), self.block_size, problem.device,
+                                          policy.bitmask_budget, policy.force_bitmask)
+        return _bitmask_reason(problem.pattern, problem.q_len, problem.kv_len, self.block_size, problem.device,
+                               policy.bitmask_budget, policy.force_bitmask)
 
     def auto_reason(self, problem: Problem) -> str | None:
         if problem.device.type == "cpu":
@@ -66,7 +70,7 @@ class TritonBackend(Backend):
                                           self.block_size)
             return out, (lse if problem.return_lse else None)
         layout = self.layout(problem, q.device)
-        spec = mask_spec(problem.pattern, problem.q_len, problem.kv_len)
+        spec = mask_spec(problem.pattern, problem.q_len, problem.kv_len, blocks=(self.block_size,) * 2)
         out, lse = run_sparse_attention(q, k, v, layout, spec, scale)
         return out, (lse if problem.return_lse else None)
 
@@ -83,6 +87,28 @@ class TritonBackend(Backend):
                                           scale, self.block_size, raster_io=True)
             return out, (lse if problem.return_lse else None)
         layout = self.layout(tiled_problem, q.device)
-        spec = mask_spec(tiled_problem.pattern, tiled_problem.q_len, tiled_problem.kv_len, raster_io=True)
+        spec = mask_spec(tiled_problem.pattern, tiled_problem.q_len, tiled_problem.kv_len, raster_io=True,
+                         blocks=(self.block_size,) * 2)
         out, lse = run_sparse_attention(q, k, v, layout, spec, scale)
         return out, (lse if problem.return_lse else None)
+
+
+def _bitmask_reason(pattern, q_len: int, kv_len: int, block: int, device, budget: int, force: bool) -> str | None:
+    """Why a pattern whose partial blocks are masked from a bitmask (no kernel mask
+    description, or ``force``) cannot run: its bitmask is over ``budget`` bytes; else ``None``."""
+    from .masks import eager_mask_spec
+
+    if not eager_mask_spec(pattern, q_len, kv_len, False, (block, block), force).uses_bits:
+        return None
+    need = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=device).bitmask_bytes()
+    if need > budget:
+        return (f"the bitmask of {pattern!r}'s partial blocks (it has no kernel mask description) takes "
+                f"{need / 2**20:.1f} MiB, over foveate.policy.bitmask_budget = {budget / 2**20:.1f} MiB")
+    return None
+
+
+@torch.compiler.assume_constant_result
+def _traced_bitmask_reason(key, *args) -> str | None:
+    """:func:`_bitmask_reason` of the pattern of ``key`` (:func:`~foveate.graph_constants.pattern_key`),
+    run (not traced) when a ``torch.compile`` graph is traced."""
+    return _bitmask_reason(pattern_from_key(key), *args)

@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 
 from ...triton_launch import cdiv, launch as fast_launch
-from .fwd import LOG2E, block_lists, bounds_flags, head_block
-from .masks import MaskSpec, allowed_block, allowed_block_t, tile_rows, token_rows
+from .common import LOG2E, block_lists, bounds_flags, head_block, mask_operands
+from .masks import HAS_BITS, MaskSpec, allowed_block, allowed_block_t, block_bits, tile_rows, token_rows
 from .tiles import load_tile, store_tile
 from .tuning import backward_config, launch
 
@@ -65,7 +65,7 @@ def _delta_kernel(O, DO, DLSE, DELTA,
 def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
                HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_N: tl.constexpr, PAD_KEYS: tl.constexpr,
-               IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr):
+               IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr, BITS):
     offs_n = start_n + offs_n0
     pad: tl.constexpr = MASKED and PAD_KEYS
     rows_n = token_rows(start_n, offs_n0, rows_n0, kv_rows, MASK, pad)
@@ -82,7 +82,7 @@ def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, rows_n0, 
         dp = tl.dot(do, tl.trans(v))
     p = tl.math.exp2(qk * qk_scale - lse2[:, None])
     if MASKED:
-        p = tl.where(allowed_block(offs_m, start_n, offs_n0, MASK), p, 0.0)
+        p = tl.where(allowed_block(offs_m, start_n, offs_n0, MASK, BITS), p, 0.0)
     if not EVEN_N:
         p = tl.where(offs_n[None, :] < kv_len, p, 0.0)
     ds = p * (dp - delta[:, None])
@@ -96,7 +96,7 @@ def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, rows_n0, 
 @triton.jit
 def _dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA,
-    KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
+    KV_NUM, KV_IDX, FULL_NUM, FULL_IDX, BITS, BIT_ROWS,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -104,6 +104,7 @@ def _dq_kernel(
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_lb, stride_lh, stride_lm,
     num_sb, num_sh, num_sm, idx_sb, idx_sh, idx_sm, fnum_sb, fnum_sh, fnum_sm, fidx_sb, fidx_sh, fidx_sm,
+    bits_sb, bits_sh, bits_sm,
     H, GROUP, q_len, kv_len, q_rows, kv_rows, qk_scale, scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -146,13 +147,15 @@ def _dq_kernel(
         for sub in tl.static_range(LAYOUT_BLOCK_KV // BLOCK_N):
             dq = _dq_update(dq, q, do, lse2, delta, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0,
                             offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
-                            HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, IEEE, False, MASK)
+                            HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, IEEE, False, MASK, BITS)
+    if MASK[HAS_BITS]:  # the row's partial blocks have consecutive bits, from this one
+        BITS = block_bits(BITS, tl.load(BIT_ROWS + b * bits_sb + h * bits_sh + qb * bits_sm), MASK)
     for j in range(0, n_part):
         kv_start = tl.load(part_row + j) * LAYOUT_BLOCK_KV
         for sub in tl.static_range(LAYOUT_BLOCK_KV // BLOCK_N):
             dq = _dq_update(dq, q, do, lse2, delta, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0,
                             offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
-                            HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, IEEE, True, MASK)
+                            HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, IEEE, True, MASK, block_bits(BITS, j, MASK))
     dq = dq * scale
     store_tile(DQ + b * stride_dqb + h * stride_dqh + rows_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
                dq.to(DQ.dtype.element_ty), rows_m, offs_d, q_rows, HEAD_DIM, EVEN_M, even_d)
@@ -162,7 +165,7 @@ def _dq_kernel(
 def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, rows_m0, offs_d, offs_dv,
                  stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, q_rows, qk_scale,
                  HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_M: tl.constexpr, IEEE: tl.constexpr,
-                 MASKED: tl.constexpr, MASK: tl.constexpr):
+                 MASKED: tl.constexpr, MASK: tl.constexpr, BITS):
     rows_m = token_rows(start_m, offs_m0, rows_m0, q_rows, MASK, True)
     q = load_tile(Q + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, rows_m, offs_d, q_rows, HEAD_DIM,
                   EVEN_M, HEAD_DIM == offs_d.shape[0])
@@ -182,7 +185,7 @@ def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, rows
         qk_t = tl.dot(k, tl.trans(q))
     p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
     if MASKED:
-        p_t = tl.where(allowed_block_t(start_m, offs_m0, offs_n, MASK), p_t, 0.0)
+        p_t = tl.where(allowed_block_t(start_m, offs_m0, offs_n, MASK, BITS), p_t, 0.0)
     if IEEE:
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision="ieee")
         dp_t = tl.dot(v, tl.trans(do), input_precision="ieee")
@@ -200,7 +203,7 @@ def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, rows
 @triton.jit
 def _dkdv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA,
-    Q_NUM, Q_IDX, FULL_NUM, FULL_IDX,
+    Q_NUM, Q_IDX, FULL_NUM, FULL_IDX, BITS, BIT_COLS,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -209,6 +212,7 @@ def _dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_lb, stride_lh, stride_lm,
     num_sb, num_sh, num_sn, idx_sb, idx_sh, idx_sn, fnum_sb, fnum_sh, fnum_sn, fidx_sb, fidx_sh, fidx_sn,
+    bits_sb, bits_sh, bits_sn,
     H_KV, GROUP, q_len, kv_len, q_rows, kv_rows, qk_scale, scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -254,13 +258,20 @@ def _dkdv_kernel(
             for sub in tl.static_range(LAYOUT_BLOCK_Q // BLOCK_M):
                 dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n,
                                       offs_m0, rows_m0, offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod,
-                                      stride_lm, q_rows, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, False, MASK)
+                                      stride_lm, q_rows, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, False, MASK,
+                                      BITS)
+        bit_cols = BIT_COLS + b * bits_sb + h * bits_sh + kvb * bits_sn
         for i in range(0, n_part):
             q_start = tl.load(part_row + i) * LAYOUT_BLOCK_Q
+            if MASK[HAS_BITS]:  # the block's bits, by its number in the forward's order
+                bits_i = block_bits(BITS, tl.load(bit_cols + i), MASK)
+            else:
+                bits_i = BITS
             for sub in tl.static_range(LAYOUT_BLOCK_Q // BLOCK_M):
                 dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n,
                                       offs_m0, rows_m0, offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod,
-                                      stride_lm, q_rows, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, True, MASK)
+                                      stride_lm, q_rows, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, True, MASK,
+                                      bits_i)
     dk = dk * scale
     store_tile(DK + b * stride_dkb + hk * stride_dkh + rows_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
                dk.to(DK.dtype.element_ty), rows_n, offs_d, kv_rows, HEAD_DIM, even_n, even_d)
@@ -306,6 +317,8 @@ def _backward_kernels(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sca
     qk_scale = scale * LOG2E
     kv_lists, kv_strides = block_lists(layout)
     q_lists, q_strides = block_lists(layout, transposed=True)
+    bits, bit_rows, *bit_row_strides = mask_operands(layout, spec, q.device)
+    _, bit_cols, *bit_col_strides = mask_operands(layout, spec, q.device, transposed=True)
     flags = bounds_flags(spec, q_len, kv_len, layout.block_q, layout.block_kv)
     concurrent = (CONCURRENT_DQ and q.is_cuda
                   and cdiv(q_len, cfg.dq.block_m) * batch * heads >= CONCURRENT_MIN_PROGRAMS)
@@ -314,14 +327,14 @@ def _backward_kernels(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sca
         side.wait_stream(torch.cuda.current_stream(q.device))
     with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
         launch(_dq_kernel, cfg.dq, lambda c: (cdiv(q_len, c.block_m), batch * heads),
-               (q, k, v, dout, dq, lse, delta, *kv_lists,
+               (q, k, v, dout, dq, lse, delta, *kv_lists, bits, bit_rows,
                 *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *lse.stride(), *kv_strides,
-                heads, group, q_len, kv_len, q_rows, kv_rows, qk_scale, scale),
+                *bit_row_strides, heads, group, q_len, kv_len, q_rows, kv_rows, qk_scale, scale),
                dict(common, **flags), inner="n")
     launch(_dkdv_kernel, cfg.dkdv, lambda c: (cdiv(kv_len, c.block_n), batch * heads_kv),
-           (q, k, v, dout, dk, dv, lse, delta, *q_lists,
+           (q, k, v, dout, dk, dv, lse, delta, *q_lists, bits, bit_cols,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *lse.stride(),
-            *q_strides,
+            *q_strides, *bit_col_strides,
             heads_kv, group, q_len, kv_len, q_rows, kv_rows, qk_scale, scale),
            dict(common, **flags), inner="m")
     if side is not None:

@@ -26,21 +26,21 @@ import triton
 import triton.language as tl
 
 from ...triton_launch import cdiv
-from .masks import MaskSpec, allowed_block, tile_rows, token_rows
+from .common import LOG2E, block_lists, bounds_flags, head_block, mask_operands
+from .masks import HAS_BITS, MaskSpec, allowed_block, block_bits, tile_rows, token_rows
 from .tiles import load_tile, store_tile
 from .tuning import KernelConfig, forward_config, launch
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
 def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                   stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
                   HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_N: tl.constexpr, PAD_KEYS: tl.constexpr,
-                  BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr):
+                  BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr, BITS):
     """Online-softmax update with the ``BLOCK_N`` keys from position ``start_n``; ``MASKED``:
-    they belong to a partial block. ``PAD_KEYS``: partial blocks may hold canvas padding, which
-    has no memory row (full blocks never do). ``rows_n0 = tile_rows(offs_n0)``."""
+    they belong to a partial block (whose bits, for a bitmask spec, are at ``BITS``).
+    ``PAD_KEYS``: partial blocks may hold canvas padding, which has no memory row (full blocks
+    never do). ``rows_n0 = tile_rows(offs_n0)``."""
     offs_n = start_n + offs_n0
     pad: tl.constexpr = MASKED and PAD_KEYS
     rows_n = token_rows(start_n, offs_n0, rows_n0, kv_rows, MASK, pad)
@@ -59,7 +59,7 @@ def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, rows_n0, off
         # as its reference so that exp2 gives 0, not NaN.
         qk = qk * qk_scale
         if MASKED:
-            qk = tl.where(allowed_block(offs_m, start_n, offs_n0, MASK), qk, float("-inf"))
+            qk = tl.where(allowed_block(offs_m, start_n, offs_n0, MASK, BITS), qk, float("-inf"))
         if not EVEN_N:
             qk = tl.where(offs_n[None, :] < kv_len, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -84,13 +84,14 @@ def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, rows_n0, off
 @triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE,
-    KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
+    KV_NUM, KV_IDX, FULL_NUM, FULL_IDX, BITS, BIT_ROWS,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_lb, stride_lh, stride_lm,
     num_sb, num_sh, num_sm, idx_sb, idx_sh, idx_sm, fnum_sb, fnum_sh, fnum_sm, fidx_sb, fidx_sh, fidx_sm,
+    bits_sb, bits_sh, bits_sm,
     H, GROUP, q_len, kv_len, q_rows, kv_rows, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -133,7 +134,7 @@ def _fwd_kernel(
             acc, m_i, l_i = _block_update(
                 acc, m_i, l_i, q, K, V, kv_start, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
-                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK)
+                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK, BITS)
     else:
         for j in range(0, n_full):
             kv_start = tl.load(full_row + j) * LAYOUT_BLOCK_KV
@@ -141,14 +142,16 @@ def _fwd_kernel(
                 acc, m_i, l_i = _block_update(
                     acc, m_i, l_i, q, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
-                    HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK)
+                    HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK, BITS)
+    if MASK[HAS_BITS]:  # the row's partial blocks have consecutive bits, from this one
+        BITS = block_bits(BITS, tl.load(BIT_ROWS + b * bits_sb + h * bits_sh + qb * bits_sm), MASK)
     for j in range(0, n_part):  # partial blocks: the pattern's mask
         kv_start = tl.load(part_row + j) * LAYOUT_BLOCK_KV
         for sub in tl.static_range(LAYOUT_BLOCK_KV // BLOCK_N):
             acc, m_i, l_i = _block_update(
                 acc, m_i, l_i, q, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
-                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, True, MASK)
+                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, True, MASK, block_bits(BITS, j, MASK))
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -159,43 +162,6 @@ def _fwd_kernel(
         tl.store(LSE + b * stride_lb + h * stride_lh + rows_m * stride_lm, lse)
     else:
         tl.store(LSE + b * stride_lb + h * stride_lh + rows_m * stride_lm, lse, mask=rows_m < q_rows)
-
-
-def layout_strides(t: torch.Tensor) -> tuple[int, int, int]:
-    """Strides of the (B|1, H|1, nq, ...) leading axes, 0 on broadcast axes."""
-    shape, stride = t.shape, t.stride()
-    return (0 if shape[0] == 1 else stride[0], 0 if shape[1] == 1 else stride[1], 0 if shape[2] == 1 else stride[2])
-
-
-def block_lists(layout, *, transposed: bool = False) -> tuple[tuple, tuple]:
-    """The kernels' view of a layout's lists: ``(partial count, partial indices, full count,
-    full indices)`` per query block (per kv block when ``transposed``: the backward's dk/dv),
-    and their 12 leading-axis strides in the same order. Remembered on the layout (a call
-    runs it once forward and twice backward) for as long as it holds the same tensors."""
-    if transposed:
-        lists = (layout.q_num_blocks, layout.q_indices, layout.full_q_num_blocks, layout.full_q_indices)
-    else:
-        lists = (layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices)
-    memo = layout.__dict__.setdefault("_kernel_lists", {})
-    known = memo.get(transposed)
-    if known is not None and all(a is b for a, b in zip(known[0], lists)):
-        return known
-    known = memo[transposed] = lists, tuple(s for t in lists for s in layout_strides(t))
-    return known
-
-
-def head_block(dim: int) -> int:
-    """The power-of-two register width that holds a head dim (at least 16, for tl.dot)."""
-    return max(16, 1 << (dim - 1).bit_length())  # plain Python: this runs on every call
-
-
-def bounds_flags(spec: MaskSpec, q_len: int, kv_len: int, block_q: int, block_kv: int) -> dict:
-    """The kernels' bounds constexprs for ``q_len`` x ``kv_len`` positions: ``EVEN_M`` /
-    ``EVEN_N``, every position of a ``block_q`` / ``block_kv`` block is before the end and has
-    a memory row (full key blocks always have rows); ``PAD_KEYS``, partial key blocks may hold
-    positions without one (canvas padding under ``raster_io``), so their loads are checked."""
-    return dict(EVEN_M=q_len % block_q == 0 and not spec.padded_io, EVEN_N=kv_len % block_kv == 0,
-                PAD_KEYS=spec.padded_io)
 
 
 def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m: int | None = None,
@@ -238,11 +204,12 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
     if layout.block_q % bm or layout.block_kv % bn:
         raise ValueError(f"kernel tiles {bm}x{bn} must divide the layout's blocks {layout.block_q}x{layout.block_kv}")
     lists, list_strides = block_lists(layout)
+    bits, bit_rows, *bit_strides = mask_operands(layout, spec, q.device)
     # IEEE: Triton's fp32 dot would use tf32 on GPUs; fp32 inputs keep full precision.
     launch(_fwd_kernel, KernelConfig(bm, bn, num_warps, num_stages),
            lambda c: (cdiv(q_len, c.block_m), batch * heads),
-           (q, k, v, out, lse, *lists,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *list_strides,
+           (q, k, v, out, lse, *lists, bits, bit_rows,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *list_strides, *bit_strides,
             heads, heads // k.shape[1], q_len, kv_len, q_rows, kv_rows, scale * LOG2E),
            dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=head_block(head_dim),
                 BLOCK_DV=head_block(head_dim_v), LAYOUT_BLOCK_Q=layout.block_q, LAYOUT_BLOCK_KV=layout.block_kv,
@@ -263,4 +230,4 @@ USE_HOPPER = True
 USE_FULL_RUNS = True
 
 
-__all__ = ["FORWARD_KERNELS", "attention_forward", "block_lists", "bounds_flags", "head_block", "layout_strides"]
+__all__ = ["FORWARD_KERNELS", "attention_forward"]

@@ -39,8 +39,8 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ...triton_launch import cdiv
 from ...triton_launch import launch as fast_launch
-from .fwd import LOG2E, block_lists
-from .masks import MaskSpec, allowed_block
+from .common import LOG2E, block_lists, mask_operands
+from .masks import HAS_BITS, MaskSpec, allowed_block, block_bits
 from .tuning import _capability
 
 BLOCK_M = gl.constexpr(128)  # query rows per program: two consumer warpgroups of HALF_M rows
@@ -111,19 +111,28 @@ def _loader(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, k_ready, v_
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, i, rows, offs_n, n_full_tiles, full_row, part_row, kv_len, qk_scale,
+def _softmax_step(s, m_i, l_i, i, rows, offs_n, n_full_tiles, full_row, part_row, bits_row, kv_len, qk_scale,
                   LAYOUT_BLOCK_KV: gl.constexpr, FULL_RUNS: gl.constexpr, EVEN_N: gl.constexpr,
                   MASK: gl.constexpr):
     """Online softmax of tile ``i``'s scores ``s``: ``(p, m_new, alpha, l_new)``, ``alpha`` the
     factor that moves the running output from ``m_i`` to ``m_new``. Partial tiles (and the tile
-    that crosses ``kv_len``) are masked; full tiles take the scale in one FMA per element."""
+    that crosses ``kv_len``) are masked; full tiles take the scale in one FMA per element.
+    ``bits_row``: the bits of the row's first partial block (a bitmask spec)."""
     masked = i >= n_full_tiles
     if not EVEN_N:
         start = _tile_start(i, n_full_tiles, full_row, part_row, LAYOUT_BLOCK_KV, FULL_RUNS)
         masked = masked | (start + BLOCK_N > kv_len)
     if masked:
         start = _tile_start(i, n_full_tiles, full_row, part_row, LAYOUT_BLOCK_KV, FULL_RUNS)
-        ok = allowed_block(rows, start, offs_n, MASK) & ((start + offs_n) < kv_len)[None, :]
+        in_range = ((start + offs_n) < kv_len)[None, :]
+        if MASK[HAS_BITS]:
+            # only partial blocks have bits: a full tile masked for crossing kv_len reads none
+            ok = (rows[:, None] >= 0) & in_range
+            if i >= n_full_tiles:
+                bits = block_bits(bits_row, (i - n_full_tiles) // (LAYOUT_BLOCK_KV // BLOCK_N), MASK)
+                ok = ok & allowed_block(rows, start, offs_n, MASK, bits)
+        else:
+            ok = allowed_block(rows, start, offs_n, MASK, bits_row) & in_range
         s = gl.where(ok, s * qk_scale, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, 1))
         m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
@@ -139,7 +148,7 @@ def _softmax_step(s, m_i, l_i, i, rows, offs_n, n_full_tiles, full_row, part_row
 
 @gluon.jit
 def _consumer(o_desc, q_bufs, k_bufs, v_bufs, q_ready, k_ready, v_ready, k_empty, v_empty,
-              LSE, stride_lb, stride_lh, stride_lm, b, h, m0, n_tiles, n_full_tiles, full_row, part_row,
+              LSE, stride_lb, stride_lh, stride_lm, b, h, m0, n_tiles, n_full_tiles, full_row, part_row, bits_row,
               q_len, kv_len, qk_scale, HALF: gl.constexpr, HEAD_DIM: gl.constexpr, HEAD_DIM_V: gl.constexpr,
               LAYOUT_BLOCK_KV: gl.constexpr, FULL_RUNS: gl.constexpr, EVEN_N: gl.constexpr, MASK: gl.constexpr,
               STAGES: gl.constexpr):
@@ -171,7 +180,7 @@ def _consumer(o_desc, q_bufs, k_bufs, v_bufs, q_ready, k_ready, v_ready, k_empty
         s = warpgroup_mma_wait(0, deps=(s, ))
         mbarrier.arrive(k_empty.index(0), count=1)
         p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i, 0, rows, offs_n, n_full_tiles, full_row, part_row,
-                                           kv_len, qk_scale, LAYOUT_BLOCK_KV, FULL_RUNS, EVEN_N, MASK)
+                                           bits_row, kv_len, qk_scale, LAYOUT_BLOCK_KV, FULL_RUNS, EVEN_N, MASK)
         for i in range(1, n_tiles):
             stage = i % STAGES
             prev = (i - 1) % STAGES
@@ -186,7 +195,7 @@ def _consumer(o_desc, q_bufs, k_bufs, v_bufs, q_ready, k_ready, v_ready, k_empty
             s = warpgroup_mma_wait(1, deps=(s, ))
             mbarrier.arrive(k_empty.index(stage), count=1)
             p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i, i, rows, offs_n, n_full_tiles, full_row, part_row,
-                                               kv_len, qk_scale, LAYOUT_BLOCK_KV, FULL_RUNS, EVEN_N, MASK)
+                                               bits_row, kv_len, qk_scale, LAYOUT_BLOCK_KV, FULL_RUNS, EVEN_N, MASK)
             acc, p_op = warpgroup_mma_wait(0, deps=(acc, p_op))
             mbarrier.arrive(v_empty.index(prev), count=1)
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
@@ -210,10 +219,10 @@ def _consumer(o_desc, q_bufs, k_bufs, v_bufs, q_ready, k_ready, v_ready, k_empty
 
 
 @gluon.jit
-def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, LSE, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
+def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, LSE, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX, BITS, BIT_ROWS,
                 stride_lb, stride_lh, stride_lm,
                 num_sb, num_sh, num_sm, idx_sb, idx_sh, idx_sm, fnum_sb, fnum_sh, fnum_sm, fidx_sb, fidx_sh, fidx_sm,
-                H, GROUP, q_len, kv_len, qk_scale,
+                bits_sb, bits_sh, bits_sm, H, GROUP, q_len, kv_len, qk_scale,
                 HEAD_DIM: gl.constexpr, HEAD_DIM_V: gl.constexpr, LAYOUT_BLOCK_Q: gl.constexpr,
                 LAYOUT_BLOCK_KV: gl.constexpr, EVEN_N: gl.constexpr, MASK: gl.constexpr, FULL_RUNS: gl.constexpr,
                 STAGES: gl.constexpr):
@@ -229,6 +238,10 @@ def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, LSE, KV_NUM, KV_IDX, FULL_NUM, F
     n_tiles = n_full_tiles + gl.load(KV_NUM + b * num_sb + h * num_sh + qb * num_sm) * SUB
     full_row = FULL_IDX + b * fidx_sb + h * fidx_sh + qb * fidx_sm
     part_row = KV_IDX + b * idx_sb + h * idx_sh + qb * idx_sm
+    if MASK[HAS_BITS]:  # the row's partial blocks have consecutive bits, from this one
+        bits_row = block_bits(BITS, gl.load(BIT_ROWS + b * bits_sb + h * bits_sh + qb * bits_sm), MASK)
+    else:
+        bits_row = BITS
 
     dtype: gl.constexpr = q_desc.dtype
     q_bufs = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
@@ -250,11 +263,11 @@ def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, LSE, KV_NUM, KV_IDX, FULL_NUM, F
     gl.warp_specialize([
         (_consumer, (o_desc, q_bufs, k_bufs, v_bufs, q_ready, k_ready, v_ready, k_empty, v_empty,
                      LSE, stride_lb, stride_lh, stride_lm, b, h, m0, n_tiles, n_full_tiles, full_row, part_row,
-                     q_len, kv_len, qk_scale, 0, HEAD_DIM, HEAD_DIM_V, LAYOUT_BLOCK_KV, FULL_RUNS, EVEN_N, MASK,
+                     bits_row, q_len, kv_len, qk_scale, 0, HEAD_DIM, HEAD_DIM_V, LAYOUT_BLOCK_KV, FULL_RUNS, EVEN_N, MASK,
                      STAGES)),
         (_consumer, (o_desc, q_bufs, k_bufs, v_bufs, q_ready, k_ready, v_ready, k_empty, v_empty,
                      LSE, stride_lb, stride_lh, stride_lm, b, h, m0, n_tiles, n_full_tiles, full_row, part_row,
-                     q_len, kv_len, qk_scale, 1, HEAD_DIM, HEAD_DIM_V, LAYOUT_BLOCK_KV, FULL_RUNS, EVEN_N, MASK,
+                     bits_row, q_len, kv_len, qk_scale, 1, HEAD_DIM, HEAD_DIM_V, LAYOUT_BLOCK_KV, FULL_RUNS, EVEN_N, MASK,
                      STAGES)),
         (_loader, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_ready, k_ready, v_ready, k_empty, v_empty,
                    b, h, hk, m0, n_tiles, n_full_tiles, full_row, part_row, LAYOUT_BLOCK_KV, FULL_RUNS, STAGES)),
@@ -298,6 +311,8 @@ def hopper_reason(q, k, v, layout, spec: MaskSpec, capability: tuple[int, int] |
         return f"head dims {q.shape[3]}/{v.shape[3]} (64 or 128, the same for q, k and v)"
     if spec.raster_io:
         return "tiled positions on raster-order tensors (its loads are TMA boxes of consecutive rows)"
+    if spec.uses_bits:
+        return "a bitmask mask (its bits' loads are written for the portable kernel)"
     if layout.block_q % BLOCK_M.value or layout.block_kv % BLOCK_N.value:
         return f"layout blocks {layout.block_q}x{layout.block_kv} (multiples of {BLOCK_M.value}x{BLOCK_N.value})"
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -314,10 +329,11 @@ def attention_forward_hopper(q, k, v, layout, spec: MaskSpec, scale: float, *, s
     out = torch.empty(batch, heads, q_len, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
     lists, list_strides = block_lists(layout)
+    bits, bit_rows, *bit_strides = mask_operands(layout, spec, q.device)
     fast_launch(
         _fwd_kernel, (cdiv(q_len, BLOCK_M.value), batch * heads),
         (_descriptor(q, HALF_M.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value),
-         _descriptor(out, HALF_M.value), lse, *lists, *lse.stride(), *list_strides,
+         _descriptor(out, HALF_M.value), lse, *lists, bits, bit_rows, *lse.stride(), *list_strides, *bit_strides,
          heads, heads // k.shape[1], q_len, kv_len, scale * LOG2E),
         dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, LAYOUT_BLOCK_Q=layout.block_q, LAYOUT_BLOCK_KV=layout.block_kv,
              EVEN_N=kv_len % BLOCK_N.value == 0, MASK=_mask_constants(spec),

@@ -49,7 +49,7 @@ def compile_hopper_forward(spec: MaskSpec, *, head_dim: int = 128, dtype: torch.
     q_desc = f"tensordesc<{name}{block_q},{q_layout!r}>"
     kv_desc = f"tensordesc<{name}{block_kv},{kv_layout!r}>"
     types = dict(q_desc=q_desc, k_desc=kv_desc, v_desc=kv_desc, o_desc=q_desc, LSE="*fp32", KV_NUM="*i32",
-                 KV_IDX="*i32", FULL_NUM="*i32", FULL_IDX="*i32", qk_scale="fp32")
+                 KV_IDX="*i32", FULL_NUM="*i32", FULL_IDX="*i32", BITS="*i32", BIT_ROWS="*i32", qk_scale="fp32")
     constexprs = dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim, LAYOUT_BLOCK_Q=layout_block,
                       LAYOUT_BLOCK_KV=layout_block, EVEN_N=even_n, MASK=H._mask_constants(spec), FULL_RUNS=full_runs,
                       STAGES=H.STAGES if stages is None else stages)

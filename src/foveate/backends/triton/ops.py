@@ -20,15 +20,18 @@ import torch
 
 from ...graph_constants import pattern_from_key, pattern_key
 from ...layout import LIST_FIELDS
+from ...settings import policy
+from ...bitmask import PartialBitmask
 from .masks import MaskSpec
 
 
 def _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num=None, q_idx=None, full_q_num=None,
-            full_q_idx=None, full_runs=None, row_blocks=None):
-    """The attributes of a BlockLayout that the launchers read. A compiled graph passes the
+            full_q_idx=None, full_runs=None, row_blocks=None, bits=(None, None, None)):
+    """The attributes of a BlockLayout that the launchers read (``bits``: the tensors of its
+    :class:`~foveate.bitmask.PartialBitmask`, for a bitmask spec). A compiled graph passes the
     same constant tensors on every call: the namespace is kept for them (with what the
     launchers remember on it, such as the lists' strides)."""
-    lists = (kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx)
+    lists = (kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, *bits)
     key = (block_q, block_kv, full_runs, row_blocks, *map(id, lists))
     known = _LAYOUTS.get(key)
     if known is not None and all(a is b for a, b in zip(known[0], lists)):
@@ -37,6 +40,9 @@ def _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num=None, q
                              full_kv_num_blocks=full_num, full_kv_indices=full_idx, q_num_blocks=q_num,
                              q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx,
                              full_runs=full_runs, row_blocks=row_blocks)
+    if bits[0] is not None:
+        partial = PartialBitmask(*bits)
+        layout.partial_bitmask = lambda: partial
     _LAYOUTS[key] = (lists, layout)
     if len(_LAYOUTS) > 64:
         _LAYOUTS.pop(next(iter(_LAYOUTS)))
@@ -52,20 +58,23 @@ def _spec(mask: tuple) -> MaskSpec:
 
 
 @torch.compiler.assume_constant_result
-def _traced_plan(key: tuple, q_len: int, kv_len: int, block: int, device: torch.device, raster_io: bool):
+def _traced_plan(key: tuple, q_len: int, kv_len: int, block: int, device: torch.device, raster_io: bool,
+                 force_bitmask: bool):
     """What a compiled graph holds as constants for a static pattern (given by its
     :func:`~foveate.graph_constants.pattern_key`) at these lengths: the cached layout's eight
-    list tensors, the mask spec as ints, ``full_runs`` and ``row_blocks`` (0: not known). Run
-    (not traced) by dynamo when the graph is traced: ``pattern.build`` is host code with
+    list tensors, the mask spec as ints, ``full_runs``, ``row_blocks`` (0: not known) and the
+    three tensors of the partial bitmask (``None`` unless the spec reads bits). Run (not
+    traced) by dynamo when the graph is traced: ``pattern.build`` is host code with
     data-dependent checks."""
     from ..base import cached_layout
     from .masks import eager_mask_spec
 
     pattern = pattern_from_key(key)
     layout = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=device)
-    spec = eager_mask_spec(pattern, q_len, kv_len, raster_io)
+    spec = eager_mask_spec(pattern, q_len, kv_len, raster_io, (block, block), force_bitmask)
+    bits = layout.partial_bitmask() if spec.uses_bits else None
     return (tuple(getattr(layout, name) for name in LIST_FIELDS), tuple(spec.to_ints()), layout.full_runs is True,
-            layout.row_blocks or 0.0)
+            layout.row_blocks or 0.0, (bits.words, bits.row_start, bits.col_slot) if bits else (None, None, None))
 
 
 def compiled_attention(q, k, v, pattern, q_len: int, kv_len: int, scale: float, block: int, *,
@@ -75,10 +84,11 @@ def compiled_attention(q, k, v, pattern, q_len: int, kv_len: int, scale: float, 
     ``raster_io``). The graph is specialised on the lengths, so a new sequence length traces
     a new graph with its own layout."""
     # operator.index specialises a symbolic length (dynamo guards on it); int() would not
-    lists, mask, full_runs, row_blocks = _traced_plan(pattern_key(pattern), operator.index(q_len),
-                                                      operator.index(kv_len), block, q.device, raster_io)
+    lists, mask, full_runs, row_blocks, bits = _traced_plan(pattern_key(pattern), operator.index(q_len),
+                                                            operator.index(kv_len), block, q.device, raster_io,
+                                                            policy.force_bitmask)
     return torch.ops.foveate.sparse_attention(q, k, v, *lists, list(mask), float(scale), block, block, full_runs,
-                                              row_blocks)
+                                              row_blocks, *bits)
 
 
 @torch.library.custom_op("foveate::sparse_attention", mutates_args=())
@@ -87,20 +97,23 @@ def sparse_attention(
     kv_num: torch.Tensor, kv_idx: torch.Tensor, full_num: torch.Tensor, full_idx: torch.Tensor,
     q_num: torch.Tensor, q_idx: torch.Tensor, full_q_num: torch.Tensor, full_q_idx: torch.Tensor,
     mask: list[int], scale: float, block_q: int, block_kv: int, full_runs: bool = False, row_blocks: float = 0.0,
+    bit_words: torch.Tensor | None = None, bit_rows: torch.Tensor | None = None, bit_cols: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention forward: ``out`` ``(B, Hq, Nq, Dv)``, ``lse`` ``(B, Hq, Nq)``.
     The transposed lists (``q_*``) are unused here and kept for the backward; ``full_runs``
     and ``row_blocks`` are the layout's :attr:`~foveate.layout.BlockLayout.full_runs` and
-    :attr:`~foveate.layout.BlockLayout.row_blocks` (0: not known)."""
+    :attr:`~foveate.layout.BlockLayout.row_blocks` (0: not known); ``bit_*`` the layout's
+    partial bitmask (:class:`~foveate.bitmask.PartialBitmask`) for a spec that reads one."""
     from .fwd import attention_forward
 
-    layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, full_runs=full_runs)
+    layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, full_runs=full_runs,
+                     bits=(bit_words, bit_rows, bit_cols))
     return attention_forward(q, k, v, layout, _spec(tuple(mask)), scale)
 
 
 @sparse_attention.register_fake
 def _(q, k, v, kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, mask, scale, block_q,
-      block_kv, full_runs=False, row_blocks=0.0):
+      block_kv, full_runs=False, row_blocks=0.0, bit_words=None, bit_rows=None, bit_cols=None):
     out = q.new_empty((*q.shape[:-1], v.shape[-1]))
     return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
 
@@ -112,12 +125,13 @@ def sparse_attention_backward(
     kv_num: torch.Tensor, kv_idx: torch.Tensor, full_num: torch.Tensor, full_idx: torch.Tensor,
     q_num: torch.Tensor, q_idx: torch.Tensor, full_q_num: torch.Tensor, full_q_idx: torch.Tensor,
     mask: list[int], scale: float, block_q: int, block_kv: int, row_blocks: float = 0.0,
+    bit_words: torch.Tensor | None = None, bit_rows: torch.Tensor | None = None, bit_cols: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients ``dq, dk, dv`` of :func:`sparse_attention` (``dlse`` may be ``None``)."""
     from .bwd import attention_backward
 
     layout = _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx,
-                     row_blocks=row_blocks)
+                     row_blocks=row_blocks, bits=(bit_words, bit_rows, bit_cols))
     return attention_backward(dout, dlse, q, k, v, out, lse, layout, _spec(tuple(mask)), scale)
 
 
@@ -132,16 +146,18 @@ _LAYOUT_ARGS = len(LIST_FIELDS)  # kv_num .. full_q_idx
 def _setup_context(ctx, inputs, output):
     # (inputs hold every argument, defaults included)
     q, k, v, *layout = inputs[:3 + _LAYOUT_ARGS]
-    mask, scale, block_q, block_kv, _full_runs, row_blocks = inputs[3 + _LAYOUT_ARGS:]
+    mask, scale, block_q, block_kv, _full_runs, row_blocks, *bits = inputs[3 + _LAYOUT_ARGS:]
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, *layout)
+    ctx.save_for_backward(q, k, v, out, lse, *layout, *bits)
     ctx.params = (mask, scale, block_q, block_kv, row_blocks)
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, *layout = ctx.saved_tensors
-    dq, dk, dv = torch.ops.foveate.sparse_attention_backward(dout, dlse, q, k, v, out, lse, *layout, *ctx.params)
-    return (dq, dk, dv) + (None,) * (_LAYOUT_ARGS + 6)
+    q, k, v, out, lse, *rest = ctx.saved_tensors
+    layout, bits = rest[:_LAYOUT_ARGS], rest[_LAYOUT_ARGS:]
+    dq, dk, dv = torch.ops.foveate.sparse_attention_backward(dout, dlse, q, k, v, out, lse, *layout, *ctx.params,
+                                                             *bits)
+    return (dq, dk, dv) + (None,) * (_LAYOUT_ARGS + 9)
 
 
 torch.library.register_autograd("foveate::sparse_attention", _backward, setup_context=_setup_context)
@@ -183,6 +199,8 @@ def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float):
 
             return attention_forward(q, k, v, layout, spec, float(scale))
         return _EagerSparseAttention.apply(q, k, v, layout, spec, float(scale))
+    bits = layout.partial_bitmask() if spec.uses_bits else None
     return torch.ops.foveate.sparse_attention(
         q, k, v, *[getattr(layout, name) for name in LIST_FIELDS], spec.to_ints(), float(scale), layout.block_q,
-        layout.block_kv, layout.full_runs is True, getattr(layout, "row_blocks", None) or 0.0)
+        layout.block_kv, layout.full_runs is True, getattr(layout, "row_blocks", None) or 0.0,
+        *((bits.words, bits.row_start, bits.col_slot) if bits else (None, None, None)))

@@ -1,0 +1,111 @@
+"""Packed bitmasks of a layout's partial blocks: the kernels' mask for any ``mask_mod``.
+
+A pattern without a kernel mask description (:meth:`Pattern.kernel_mask
+<foveate.patterns.Pattern.kernel_mask>` is ``None``: a user's ``mask_mod``, a composition
+with such a part) still runs on the fused kernels: full blocks need no mask at all, and each
+partial block gets its mask as bits, ``block_q`` rows of ``ceil(block_kv / 32)`` int32 words
+(bit ``c % 32`` of word ``c // 32`` of row ``r``: query ``r`` and key ``c`` of the block, from
+its first position). The bits are evaluated from ``mask_mod`` on the device, over the partial
+blocks only (never an ``Nq x Nkv`` tensor), so memory is proportional to the partial blocks:
+``block_q * block_kv / 8`` bytes each (2 KiB at 128 x 128), plus one int32 per query block
+and per transposed list entry to find them.
+
+Blocks are numbered in the order of the layout's partial lists (row by row, each row's blocks
+ascending): a forward or dq program finds its ``j``-th partial block at ``row_start[b, h, qb]
++ j``; a dk/dv program, walking the transposed lists, at ``col_slot[b, h, kb, i]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+#: Elements of the boolean scratch evaluated at once (as the layout builders do).
+_EVAL_ELEMS = 1 << 23
+
+
+@dataclass(frozen=True)
+class PartialBitmask:
+    """The bits of a layout's partial blocks.
+
+    ``words``: int32 ``(n_partial, block_q, ceil(block_kv / 32))``; ``row_start``: int32, the
+    shape of ``kv_num_blocks`` ``(B|1, H|1, nq)``, the number of the first partial block of each
+    row; ``col_slot``: int32, the shape of ``q_indices`` ``(B|1, H|1, nkv, width)``, the number
+    of each listed block of the transposed partial lists (0 past a list's count)."""
+
+    words: torch.Tensor
+    row_start: torch.Tensor
+    col_slot: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.words, self.row_start, self.col_slot))
+
+
+def words_per_row(block_kv: int) -> int:
+    """int32 words of one query row of a block."""
+    return -(-block_kv // 32)
+
+
+def bitmask_bytes(layout) -> int:
+    """The memory :func:`build_bitmask` takes for ``layout``, without building it (one host
+    sync, remembered on the layout)."""
+    n_partial = layout.__dict__.get("_n_partial")
+    if n_partial is None:
+        n_partial = layout.__dict__["_n_partial"] = int(layout.kv_num_blocks.sum())
+    words = n_partial * layout.block_q * words_per_row(layout.block_kv) * 4
+    return words + layout.kv_num_blocks.numel() * 4 + layout.q_indices.numel() * 4
+
+
+def build_bitmask(layout, mask_mod=None) -> PartialBitmask:
+    """The bits of ``layout``'s partial blocks, evaluated from ``mask_mod`` (default: the
+    layout's own) on the layout's device, in chunks of bounded memory."""
+    mask_mod = layout.mask_mod if mask_mod is None else mask_mod
+    if mask_mod is None:
+        raise ValueError("build_bitmask needs a mask_mod: the layout has none")
+    device = layout.device
+    bq, bkv, q_len, kv_len = layout.block_q, layout.block_kv, layout.q_len, layout.kv_len
+    nq, nkv = layout.num_q_blocks, layout.num_kv_blocks
+    heads = layout.batch_heads[1]
+    width = words_per_row(bkv)
+
+    counts = layout.kv_num_blocks.reshape(-1).long()
+    idx = layout.kv_indices.reshape(counts.numel(), -1).long()
+    listed = torch.arange(idx.shape[1], device=device)[None, :] < counts[:, None]
+    row, j = listed.nonzero(as_tuple=True)  # slot order: row by row, each row's list in order
+    kb = idx[row, j]
+    row_start = (torch.cumsum(counts, 0) - counts).to(torch.int32).view(layout.kv_num_blocks.shape)
+
+    words = torch.empty(row.numel(), bq, width, dtype=torch.int32, device=device)
+    step = max(1, _EVAL_ELEMS // (bq * width * 32))
+    q_off = torch.arange(bq, device=device, dtype=torch.int32)[None, :, None]
+    k_off = torch.arange(width * 32, device=device, dtype=torch.int32)[None, None, :]
+    shifts = torch.arange(8, device=device, dtype=torch.uint8)
+    for lo in range(0, row.numel(), step):
+        r = row[lo:lo + step].to(torch.int32)[:, None, None]
+        qi = (r % nq) * bq + q_off
+        ki = kb[lo:lo + step].to(torch.int32)[:, None, None] * bkv + k_off
+        bh = r // nq
+        inside = (qi < q_len) & (ki < kv_len) & (k_off < bkv)
+        allowed = mask_mod(bh // heads, bh % heads, qi.clamp(max=q_len - 1), ki.clamp(max=kv_len - 1))
+        bits = (allowed & inside).to(torch.uint8).view(-1, bq, width * 4, 8)
+        # 8 keys to a byte, little-endian: byte b of a row holds keys 8b..8b+7, so the int32 view
+        # of 4 bytes holds keys 32w..32w+31 at bits 0..31
+        packed = (bits << shifts).sum(-1, dtype=torch.uint8)
+        words[lo:lo + step] = packed.view(torch.int32)
+
+    # Transposed lists: the number of each (q block, kv block) pair, found among the forward's
+    # pairs (which are in ascending (row, kv block) order, the order of the slots).
+    fwd_keys = row * nkv + kb
+    t_counts = layout.q_num_blocks.reshape(-1).long()
+    t_idx = layout.q_indices.reshape(t_counts.numel(), -1).long()
+    t_listed = torch.arange(t_idx.shape[1], device=device)[None, :] < t_counts[:, None]
+    t_row = torch.arange(t_counts.numel(), device=device)[:, None]  # (b * H + h) * nkv + kv block
+    t_keys = ((t_row // nkv) * nq + t_idx) * nkv + t_row % nkv
+    found = torch.searchsorted(fwd_keys, t_keys.clamp(max=fwd_keys[-1] if fwd_keys.numel() else 0))
+    col_slot = torch.where(t_listed, found, 0).to(torch.int32).view(layout.q_indices.shape)
+    return PartialBitmask(words.contiguous(), row_start.contiguous(), col_slot.contiguous())
+
+
+__all__ = ["PartialBitmask", "bitmask_bytes", "build_bitmask", "words_per_row"]

@@ -325,6 +325,8 @@ _BLOCKS_WITH_EMPTY_ROW[0, 0, 3] = False
                  id="composed-streaming"),
     pytest.param(P.Neighborhood((64, 64), 13) & P.Neighborhood((64, 64), (64, 64), causal=(True, False)), 1, 2, 2,
                  4096, 4096, 64, 128, False, id="composed-2d-raster"),
+    pytest.param(P.Mask(_prefix_lm), 1, 4, 2, 1500, 1500, 128, 128, False, id="bitmask-prefix-lm-ragged"),
+    pytest.param(P.Mask(_documents), 2, 2, 2, 2048, 2048, 64, 128, False, id="bitmask-documents"),
 ])
 def test_hopper_forward_matches_reference(pattern, batch, hq, hkv, q_len, kv_len, dim, block, bnhd, dtype):
     """The warp-specialized Hopper forward (``fwd_hopper``): out and lse against the float32
@@ -390,9 +392,8 @@ def test_auto_runs_the_hopper_forward_where_it_can(monkeypatch):
                          ids=["window", "2d-tiled-extra"])
 def test_forced_bitmask_equals_the_structured_path(pattern, tile):
     """The same pattern from the bitmask (``policy.force_bitmask``) and from its kernel mask
-    description: bf16, forward and backward, equal up to the kernels' rounding (the same blocks
-    in the same order: the masks agree exactly, so the results do too, bitwise on the portable
-    kernels; the structured forward may take the Hopper kernel)."""
+    description: bf16, forward and backward, bitwise equal on the portable kernels (the same
+    blocks in the same order, and the masks agree exactly)."""
     from foveate.backends.triton import fwd
 
     n = 2048 if pattern.canvas is None else None

@@ -39,6 +39,9 @@ COMPILED = {  # id: (pattern, length, options)
     "3d-dilated-causal": (P.Neighborhood((16, 32, 32), (5, 7, 7), dilation=(1, 2, 1), causal=(True, False, False)),
                           16 * 32 * 32, dict(full_runs=False)),
     "layout-256": (P.SlidingWindow(700, 300), 4096, dict(layout_block=256)),
+    "composed-streaming": ((P.SlidingWindow(300) | P.Sinks(16)) & P.Causal(), 4096, dict()),
+    "bitmask-ragged": (P.Mask(lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) | (kv_idx < 100)), 1000,
+                       dict(even_n=False)),
 }
 
 

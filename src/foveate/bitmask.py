@@ -58,9 +58,11 @@ def bitmask_bytes(layout) -> int:
     return words + layout.kv_num_blocks.numel() * 4 + layout.q_indices.numel() * 4
 
 
-def build_bitmask(layout, mask_mod=None) -> PartialBitmask:
+def build_bitmask(layout, mask_mod=None, *, compiled: bool = False) -> PartialBitmask:
     """The bits of ``layout``'s partial blocks, evaluated from ``mask_mod`` (default: the
-    layout's own) on the layout's device, in chunks of bounded memory."""
+    layout's own) on the layout's device, in chunks of bounded memory. ``compiled``: each
+    chunk's evaluation and packing fused by ``torch.compile`` into one kernel (compiled once
+    per ``mask_mod`` and block shape; falls back to eager evaluation if it cannot compile)."""
     mask_mod = layout.mask_mod if mask_mod is None else mask_mod
     if mask_mod is None:
         raise ValueError("build_bitmask needs a mask_mod: the layout has none")
@@ -77,23 +79,17 @@ def build_bitmask(layout, mask_mod=None) -> PartialBitmask:
     kb = idx[row, j]
     row_start = (torch.cumsum(counts, 0) - counts).to(torch.int32).view(layout.kv_num_blocks.shape)
 
-    words = torch.empty(row.numel(), bq, width, dtype=torch.int32, device=device)
-    step = max(1, _EVAL_ELEMS // (bq * width * 32))
-    q_off = torch.arange(bq, device=device, dtype=torch.int32)[None, :, None]
-    k_off = torch.arange(width * 32, device=device, dtype=torch.int32)[None, None, :]
-    shifts = torch.arange(8, device=device, dtype=torch.uint8)
-    for lo in range(0, row.numel(), step):
-        r = row[lo:lo + step].to(torch.int32)[:, None, None]
-        qi = (r % nq) * bq + q_off
-        ki = kb[lo:lo + step].to(torch.int32)[:, None, None] * bkv + k_off
-        bh = r // nq
-        inside = (qi < q_len) & (ki < kv_len) & (k_off < bkv)
-        allowed = mask_mod(bh // heads, bh % heads, qi.clamp(max=q_len - 1), ki.clamp(max=kv_len - 1))
-        bits = (allowed & inside).to(torch.uint8).view(-1, bq, width * 4, 8)
-        # 8 keys to a byte, little-endian: byte b of a row holds keys 8b..8b+7, so the int32 view
-        # of 4 bytes holds keys 32w..32w+31 at bits 0..31
-        packed = (bits << shifts).sum(-1, dtype=torch.uint8)
-        words[lo:lo + step] = packed.view(torch.int32)
+    n = row.numel()
+    words = torch.empty(n, bq, width, dtype=torch.int32, device=device)
+    step = max(1, min(n, _EVAL_ELEMS // (bq * width * 32)))
+    dims = (bq, bkv, width, q_len, kv_len, nq, heads)
+    evaluate = _compiled_chunk if compiled else _chunk_words
+    rows32, kb32 = row.to(torch.int32), kb.to(torch.int32)
+    for lo in range(0, n, step):
+        r, k = rows32[lo:lo + step], kb32[lo:lo + step]
+        if r.numel() < step:  # the last chunk padded to the others' size (one compiled shape)
+            r, k = (torch.nn.functional.pad(t, (0, step - t.numel())) for t in (r, k))
+        words[lo:lo + step] = evaluate(mask_mod, r, k, dims)[:min(step, n - lo)]
 
     # Transposed lists: the number of each (q block, kv block) pair, found among the forward's
     # pairs (which are in ascending (row, kv block) order, the order of the slots).
@@ -106,6 +102,45 @@ def build_bitmask(layout, mask_mod=None) -> PartialBitmask:
     found = torch.searchsorted(fwd_keys, t_keys.clamp(max=fwd_keys[-1] if fwd_keys.numel() else 0))
     col_slot = torch.where(t_listed, found, 0).to(torch.int32).view(layout.q_indices.shape)
     return PartialBitmask(words.contiguous(), row_start.contiguous(), col_slot.contiguous())
+
+
+def _chunk_words(mask_mod, rows: torch.Tensor, kv_blocks: torch.Tensor, dims) -> torch.Tensor:
+    """int32 ``(S, block_q, width)``: the packed bits of the block pairs ``rows`` (``(b * H + h)
+    * nq + q block``) x ``kv_blocks`` (int32 ``(S,)`` each)."""
+    bq, bkv, width, q_len, kv_len, nq, heads = dims
+    q_off = torch.arange(bq, device=rows.device, dtype=torch.int32)[None, :, None]
+    k_off = torch.arange(width * 32, device=rows.device, dtype=torch.int32)[None, None, :]
+    r = rows[:, None, None]
+    qi = (r % nq) * bq + q_off
+    ki = kv_blocks[:, None, None] * bkv + k_off
+    bh = r // nq
+    inside = (qi < q_len) & (ki < kv_len) & (k_off < bkv)
+    allowed = mask_mod(bh // heads, bh % heads, qi.clamp(max=q_len - 1), ki.clamp(max=kv_len - 1))
+    bits = (allowed & inside).to(torch.int64).reshape(-1, bq, width, 32)
+    # bit b of word w holds key 32 w + b; the int64 sum fits 32 bits, moved into int32's range
+    packed = (bits << torch.arange(32, device=rows.device, dtype=torch.int64)).sum(-1)
+    return (packed - ((packed >> 31) << 32)).to(torch.int32)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_chunk(mask_mod, rows, kv_blocks, dims):
+    """:func:`_chunk_words` through ``torch.compile`` (one fused kernel per chunk), or eagerly
+    when this ``mask_mod`` does not compile."""
+    fn = _COMPILED.get("fn")
+    if fn is None:
+        fn = _COMPILED["fn"] = torch.compile(_chunk_words, dynamic=False)
+    if _COMPILED.get(id(mask_mod)) is False:
+        return _chunk_words(mask_mod, rows, kv_blocks, dims)
+    try:
+        return fn(mask_mod, rows, kv_blocks, dims)
+    except Exception as error:  # noqa: BLE001 - any mask_mod inductor cannot take runs eagerly
+        import logging
+
+        logging.getLogger("foveate").debug("bitmask build of %r runs eagerly: %s", mask_mod, error)
+        _COMPILED[id(mask_mod)] = False
+        return _chunk_words(mask_mod, rows, kv_blocks, dims)
 
 
 __all__ = ["PartialBitmask", "bitmask_bytes", "build_bitmask", "words_per_row"]

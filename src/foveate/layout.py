@@ -324,12 +324,15 @@ class BlockLayout:
     def partial_bitmask(self):
         """The packed bits of the partial blocks (:mod:`foveate.bitmask`: the Triton kernels'
         mask for patterns without a kernel mask description), evaluated from :attr:`mask_mod`
-        on the layout's device when first asked for, then kept with the layout."""
+        on the layout's device when first asked for, then kept with the layout (on CUDA through
+        ``torch.compile`` unless ``foveate.policy.compile_bitmask`` is off)."""
         bits = self.__dict__.get("_bitmask")
         if bits is None:
             from .bitmask import build_bitmask
+            from .settings import policy
 
-            bits = self.__dict__["_bitmask"] = build_bitmask(self)
+            compiled = policy.compile_bitmask and self.device.type == "cuda"
+            bits = self.__dict__["_bitmask"] = build_bitmask(self, compiled=compiled)
         return bits
 
     def bitmask_bytes(self) -> int:

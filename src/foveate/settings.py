@@ -27,10 +27,14 @@ class Policy:
         force_bitmask: mask every pattern's partial blocks in the Triton kernels from the
             bitmask, as if it had no kernel mask description (to test and measure that path on
             patterns that have one; same results, more memory).
+        compile_bitmask: evaluate a layout's bitmask on CUDA through ``torch.compile`` (one
+            fused kernel per chunk of blocks instead of a dozen PyTorch operations; compiled
+            once per ``mask_mod``, which runs eagerly if it does not compile).
     """
 
     bitmask_budget: int = 1 << 30
     force_bitmask: bool = False
+    compile_bitmask: bool = True
 
     def __setattr__(self, name, value):
         if name not in {f.name for f in dataclasses.fields(self)}:
@@ -38,8 +42,8 @@ class Policy:
                                  f"{[f.name for f in dataclasses.fields(self)]}")
         if name == "bitmask_budget" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise ValueError(f"bitmask_budget must be an int >= 0 (bytes), got {value!r}")
-        if name == "force_bitmask" and not isinstance(value, bool):
-            raise TypeError(f"force_bitmask must be a bool, got {value!r}")
+        if name in ("force_bitmask", "compile_bitmask") and not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
         super().__setattr__(name, value)
 
     @contextlib.contextmanager

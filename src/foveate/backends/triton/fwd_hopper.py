@@ -311,8 +311,6 @@ def hopper_reason(q, k, v, layout, spec: MaskSpec, capability: tuple[int, int] |
         return f"head dims {q.shape[3]}/{v.shape[3]} (64 or 128, the same for q, k and v)"
     if spec.raster_io:
         return "tiled positions on raster-order tensors (its loads are TMA boxes of consecutive rows)"
-    if spec.uses_bits:
-        return "a bitmask mask (its bits' loads are written for the portable kernel)"
     if layout.block_q % BLOCK_M.value or layout.block_kv % BLOCK_N.value:
         return f"layout blocks {layout.block_q}x{layout.block_kv} (multiples of {BLOCK_M.value}x{BLOCK_N.value})"
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -344,4 +342,5 @@ def attention_forward_hopper(q, k, v, layout, spec: MaskSpec, scale: float, *, s
 
 @functools.lru_cache(maxsize=256)
 def _mask_constants(spec: MaskSpec) -> _Constants:
-    return _Constants(spec.constexpr)
+    # (bits read one word per element: the word-spreading form needs a layout-free arange)
+    return _Constants(spec.with_gathered_bits().constexpr)

@@ -30,6 +30,7 @@ _OP_WIDTH = tl.constexpr(S.OP_WIDTH)
 _BAND = tl.constexpr(S.BAND)
 _RECT = tl.constexpr(S.RECT)
 _WINDOW = tl.constexpr(S.WINDOW)
+_BITS = tl.constexpr(S.BITS)
 _LEAF = tl.constexpr(S.LEAF)
 _OR = tl.constexpr(S.OR)
 _AND = tl.constexpr(S.AND)
@@ -48,8 +49,10 @@ def _leaf_block(rows, start, offs, MASK: tl.constexpr, LEAF: tl.constexpr, BITS)
         return rect.block(rows, start, offs, MASK, LEAF)
     elif KIND == _WINDOW:
         return window.block(rows, start, offs, MASK, LEAF)
-    else:  # BITS
+    elif KIND == _BITS:
         return bits.block(rows, start, offs, MASK, BITS)
+    else:  # BITS_GATHERED
+        return bits.gathered_block(rows, start, offs, MASK, BITS)
 
 
 @triton.jit

@@ -1,6 +1,11 @@
 """``BITS`` leaves: the mask of a partial block read from the layout's packed bitmask
 (:mod:`foveate.bitmask`), for patterns without a kernel mask description.
 
+Two forms give the same booleans: :func:`block` / :func:`block_t` load a tile's words once and
+spread each word's bits over its 32 keys (the ``tl`` kernels); :func:`gathered_block` loads the
+word of every element (``BITS_GATHERED`` leaves: the Gluon kernel, whose tensors carry explicit
+layouts that a layout-free ``arange`` lacks; the loads hit the L1 cache).
+
 ``BITS`` (the kernels pass it to the block forms) points at the first word of the block's bits:
 ``BLOCK_Q`` rows of ``ceil(BLOCK_KV / 32)`` int32 words, bit ``c % 32`` of word ``c // 32`` of
 row ``r`` for query ``r`` and key ``c`` of the layout block. The kernels' tiles may be parts of
@@ -73,3 +78,13 @@ def block_t(start, offs, cols, MASK: tl.constexpr, BITS):
         c = cols % MASK[_BLOCK_KV]
         word = tl.load(BITS + r[None, :] * WIDTH + (c >> 5)[:, None])
         return ((word >> (c & 31)[:, None]) & 1) != 0
+
+
+@triton.jit
+def gathered_block(rows, start, offs, MASK: tl.constexpr, BITS):
+    """:func:`block`, one word load per element."""
+    WIDTH: tl.constexpr = (MASK[_BLOCK_KV] + 31) // 32
+    r = rows % MASK[_BLOCK_Q]
+    c = start % MASK[_BLOCK_KV] + offs
+    word = tl.load(BITS + r[:, None] * WIDTH + (c >> 5)[None, :])
+    return ((word >> (c & 31)[None, :]) & 1) != 0

@@ -38,14 +38,15 @@ AXIS_LEN = len(AXIS_FIELDS)
 LEAVES = AXES + MAX_AXES * AXIS_LEN
 
 # -- leaves ----------------------------------------------------------------------------------------------
-BAND, RECT, WINDOW, BITS = range(4)
-KIND_NAMES = ("band", "rect", "window", "bits")
+BAND, RECT, WINDOW, BITS, BITS_GATHERED = range(5)
+KIND_NAMES = ("band", "rect", "window", "bits", "bits")
 #: Parameters of each kind, at leaf offsets 1, 2, ...
 LEAF_FIELDS = {
     BAND: ("OFFSET", "LEFT", "RIGHT", "HAS_LEFT", "HAS_RIGHT"),
     RECT: ("Q_START", "Q_END", "KV_START", "KV_END"),
     WINDOW: tuple(f"{name}{a}" for a in range(MAX_AXES) for name in ("W", "DIL", "S", "C")),
     BITS: (),
+    BITS_GATHERED: (),
 }
 WINDOW_AXIS_LEN = 4  # (W, DIL, S, C) per axis
 LEAF_WIDTH = 1 + max(len(f) for f in LEAF_FIELDS.values())
@@ -113,6 +114,15 @@ class MaskSpec:
     def bit_blocks(self) -> tuple[int, int]:
         """The layout blocks ``(block_q, block_kv)`` the bitmask is laid out for."""
         return self.ints[BLOCK_Q], self.ints[BLOCK_KV]
+
+    def with_gathered_bits(self) -> "MaskSpec":
+        """This spec with its ``BITS`` leaves read one word per element (``BITS_GATHERED``: no
+        layout-free ``arange`` to spread a word's bits, which Gluon kernels need)."""
+        ints = list(self.ints)
+        for i in range(self.ints[N_LEAVES]):
+            if ints[LEAVES + i * LEAF_WIDTH] == BITS:
+                ints[LEAVES + i * LEAF_WIDTH] = BITS_GATHERED
+        return MaskSpec(tuple(ints))
 
     # -- the token order -------------------------------------------------------------------------
     @property

@@ -44,6 +44,29 @@ def sequence_composition(draw, max_window, depth=2):
     return a & b, lambda q, k: fa(q, k) & fb(q, k)
 
 
+@st.composite
+def pattern_tree(draw, depth: int, max_side: int, masks: dict | None = None, arity=(2, 2)):
+    """Unions and intersections, nested up to ``depth``, of 1-D patterns of every kind: Dense,
+    Causal, SlidingWindow (sides up to ``max_side``), Sinks (up to ``max_side`` keys) and, with
+    ``masks`` (name -> ``mask_mod``), ``P.Mask``; ``arity``: the parts per node."""
+    if depth == 0 or draw(st.integers(0, 2)) == 0:
+        kind = draw(st.sampled_from(["dense", "causal", "window", "sinks"] + (["mask"] if masks else [])))
+        if kind == "dense":
+            return P.Dense()
+        if kind == "causal":
+            return P.Causal()
+        if kind == "sinks":
+            return P.Sinks(draw(st.integers(1, max_side)))
+        if kind == "mask":
+            return P.Mask(masks[draw(st.sampled_from(sorted(masks)))])
+        return P.SlidingWindow(draw(st.integers(0, max_side)), draw(st.integers(0, max_side)))
+    parts = [draw(pattern_tree(depth - 1, max_side, masks, arity)) for _ in range(draw(st.integers(*arity)))]
+    out = parts[0]
+    for part in parts[1:]:
+        out = (out | part) if draw(st.booleans()) else (out & part)
+    return out
+
+
 # -- Neighborhood -----------------------------------------------------------------------------
 
 #: Largest canvas side per number of canvas axes (keeps brute-force masks and grids small).

@@ -31,6 +31,7 @@ from foveate.tiling import Tiled
 import brute
 from kernel_spy import KernelSpy, needs_triton
 from naive import mask_from_mod, naive_attention
+from strategies import pattern_tree
 
 pytestmark = needs_triton
 
@@ -71,7 +72,7 @@ def _mask(pattern, q_len, kv_len, batch, heads):
     """The brute-force mask, ``(B|1, H|1, q_len, kv_len)``."""
     if getattr(pattern, "batch", None) or getattr(pattern, "heads", None):
         return mask_from_mod(pattern.fn, batch, heads, q_len, kv_len)
-    if isinstance(pattern, PrefixLM):  # a user's pattern: its mask_mod is its definition
+    if isinstance(pattern, (PrefixLM, DescribedPrefixLM)):  # a user's pattern: its mask_mod is its definition
         return brute.user_mask(pattern.mask_mod(q_len, kv_len), q_len, kv_len)[None, None]
     return brute.pattern_mask(pattern, q_len, kv_len)[None, None]
 
@@ -156,6 +157,22 @@ class PrefixLM(P.Pattern):
         return lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) | (kv_idx < prefix)
 
 
+@dataclasses.dataclass(frozen=True)
+class DescribedPrefixLM(P.Pattern):
+    """docs/usage.md's example: a prefix LM with its kernel mask described."""
+
+    prefix: int
+
+    def mask_mod(self, q_len, kv_len):
+        self.check_lengths(q_len, kv_len)
+        offset, prefix = kv_len - q_len, self.prefix
+        return lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx + offset) | (kv_idx < prefix)
+
+    def kernel_mask(self, q_len, kv_len):
+        from foveate.patterns.kernel_mask import AnyOf, Band, Rect
+        return AnyOf((Band(kv_len - q_len, None, 0), Rect(0, q_len, 0, self.prefix)))
+
+
 NB2 = P.Neighborhood((16, 20), (5, 7))
 NB2_TIME = P.Neighborhood((16, 20), (16, 20), causal=(True, False))
 
@@ -169,6 +186,7 @@ CASES = [
     ("nbhd2d|sinks-raster", NB2 | P.Sinks(5), 320, 320, dict(), "composed"),
     ("prefix-lm", P.Mask(_prefix_lm), 300, 300, dict(), "bitmask"),
     ("prefix-lm-subclass", PrefixLM(100), 300, 300, dict(heads=(2, 2)), "bitmask"),
+    ("prefix-lm-described-q200-kv330", DescribedPrefixLM(150), 200, 330, dict(), "composed"),
     ("documents-mqa", P.Mask(_documents), 300, 300, dict(heads=(3, 1)), "bitmask"),
     ("checkerboard-q250-kv300", P.Mask(_checkerboard), 250, 300, dict(), "bitmask"),
     ("random-keys", P.Mask(_random_keys), 300, 300, dict(), "bitmask"),
@@ -216,27 +234,8 @@ _LEAF_MASKS = {
 }
 
 
-@st.composite
-def composition(draw, depth: int):
-    """Unions and intersections (nested up to ``depth``) of every pattern kind on a sequence:
-    Dense, Causal, SlidingWindow, Sinks and ``mask_mod``-only ``Mask``."""
-    if depth == 0 or draw(st.integers(0, 2)) == 0:
-        kind = draw(st.sampled_from(["dense", "causal", "window", "sinks", "mask"]))
-        if kind == "dense":
-            return P.Dense()
-        if kind == "causal":
-            return P.Causal()
-        if kind == "sinks":
-            return P.Sinks(draw(st.integers(1, 200)))
-        if kind == "mask":
-            return P.Mask(_LEAF_MASKS[draw(st.sampled_from(sorted(_LEAF_MASKS)))])
-        return P.SlidingWindow(draw(st.integers(0, 150)), draw(st.integers(0, 150)))
-    parts = [draw(composition(depth - 1)) for _ in range(2)]
-    return (parts[0] | parts[1]) if draw(st.booleans()) else (parts[0] & parts[1])
-
-
 @settings(max_examples=12, deadline=None)
-@given(composition(3), st.integers(1, 300), st.integers(1, 300), st.sampled_from([(2, 1), (2, 2), (4, 2)]))
+@given(pattern_tree(3, 200, _LEAF_MASKS), st.integers(1, 300), st.integers(1, 300), st.sampled_from([(2, 1), (2, 2), (4, 2)]))
 def test_random_compositions_match_naive(pattern, q_len, kv_len, heads):
     check(pattern, q_len, kv_len, heads=heads, dims=(8, 16))
 

@@ -31,6 +31,7 @@ from foveate.tiling import Tiled
 import brute
 from kernel_spy import needs_triton
 from mask_probe import assert_masks_equal, probe, probe_partial
+from strategies import pattern_tree
 
 
 def check_composed(pattern, q_len: int, kv_len: int, block: int = 32, fixed: int = 64):
@@ -90,28 +91,10 @@ def test_tiled_compositions_match_brute_force(pattern, blocks):
     assert set(spec.kinds) == {"window"} and spec.fields()["TILE_SIZE"] > 1
 
 
-@st.composite
-def sequence_tree(draw, depth: int):
-    """A composition of 1-D patterns (every kind with a description), nested up to ``depth``."""
-    if depth == 0 or draw(st.integers(0, 2)) == 0:
-        kind = draw(st.sampled_from(["dense", "causal", "window", "sinks"]))
-        if kind == "dense":
-            return P.Dense()
-        if kind == "causal":
-            return P.Causal()
-        if kind == "sinks":
-            return P.Sinks(draw(st.integers(1, 40)))
-        return P.SlidingWindow(draw(st.integers(0, 30)), draw(st.integers(0, 30)))
-    parts = [draw(sequence_tree(depth - 1)) for _ in range(draw(st.integers(2, 3)))]
-    out = parts[0]
-    for part in parts[1:]:
-        out = (out | part) if draw(st.booleans()) else (out & part)
-    return out
-
-
 @needs_triton
 @settings(max_examples=30, deadline=None)
-@given(sequence_tree(3), st.integers(1, 150), st.integers(1, 150), st.sampled_from([(16, 32), (32, 64), (64, 16)]))
+@given(pattern_tree(3, 40, arity=(2, 3)), st.integers(1, 150), st.integers(1, 150),
+       st.sampled_from([(16, 32), (32, 64), (64, 16)]))
 def test_random_compositions_match_brute_force(pattern, q_len, kv_len, blocks):
     spec = masks.mask_spec(pattern, q_len, kv_len)
     if spec.uses_bits:  # past the program's bounds: the bitmask path (checked below)

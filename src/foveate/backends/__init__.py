@@ -84,9 +84,9 @@ from .reference import ReferenceBackend  # noqa: E402
 from .triton import TritonBackend  # noqa: E402
 
 # The Triton kernels first (forward and backward; their GPU test suite passes in full on every
-# dtype and head dim): on CUDA, `auto` runs them for inference and training. Patterns without a
-# kernel mask (compositions, custom masks) go to flex; CPU runs go to flex (forward) or the
-# reference.
+# dtype and head dim): on CUDA, `auto` runs them for inference and training, every pattern (a
+# mask_mod-only one from its bitmask, within foveate.policy.bitmask_budget). CPU runs go to flex
+# (forward) or the reference.
 register(TritonBackend())
 register(FlexBackend())
 register(ReferenceBackend())

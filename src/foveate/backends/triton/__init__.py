@@ -2,12 +2,13 @@
 
 On CUDA it compiles the kernels with Triton; on CPU it runs them in Triton's interpreter when
 ``TRITON_INTERPRET=1`` is set before Triton is imported (tests; slow), and only when named.
-Layout: ``masks`` (the pattern's mask inside the kernels, and the memory row of each
-position: tiled canvases run on raster-order tensors, the permutation fused into the kernels),
-``fwd`` and ``bwd`` (kernels and launchers; ``fwd_hopper``: the warp-specialized forward that
-``fwd.attention_forward`` runs on Hopper GPUs where it can, ``offline``: its compilation
-without a GPU), ``tuning`` (tiles and warps per GPU and head
-dim), ``ops`` (custom operators with autograd, what the backend calls).
+Layout: ``masks`` (the pattern's mask inside the kernels: the lowering of its kernel mask
+description, one predicate module per kind, the bitmask of patterns without one, and the
+memory row of each position: tiled canvases run on raster-order tensors, the permutation fused
+into the kernels), ``common`` (what the launchers share), ``fwd`` and ``bwd`` (kernels and
+launchers; ``fwd_hopper``: the warp-specialized forward that ``fwd.attention_forward`` runs on
+Hopper GPUs where it can, ``offline``: its compilation without a GPU), ``tuning`` (tiles and
+warps per GPU and head dim), ``ops`` (custom operators with autograd, what the backend calls).
 """
 
 from __future__ import annotations

@@ -41,31 +41,29 @@ HAS_BITS = tl.constexpr(S.HAS_BITS)
 
 
 @triton.jit
-def _leaf_block(rows, start, offs, MASK: tl.constexpr, LEAF: tl.constexpr, BITS):
+def _leaf(fixed, start, offs, MASK: tl.constexpr, LEAF: tl.constexpr, BITS, TRANSPOSED: tl.constexpr):
+    """The leaf at ``LEAF`` on a block (:func:`allowed_block`, or transposed: :func:`allowed_block_t`)."""
     KIND: tl.constexpr = MASK[LEAF]
-    if KIND == _BAND:
-        return band.block(rows, start, offs, MASK, LEAF)
-    elif KIND == _RECT:
-        return rect.block(rows, start, offs, MASK, LEAF)
-    elif KIND == _WINDOW:
-        return window.block(rows, start, offs, MASK, LEAF)
-    elif KIND == _BITS:
-        return bits.block(rows, start, offs, MASK, BITS)
-    else:  # BITS_GATHERED
-        return bits.gathered_block(rows, start, offs, MASK, BITS)
-
-
-@triton.jit
-def _leaf_block_t(start, offs, cols, MASK: tl.constexpr, LEAF: tl.constexpr, BITS):
-    KIND: tl.constexpr = MASK[LEAF]
-    if KIND == _BAND:
-        return band.block_t(start, offs, cols, MASK, LEAF)
-    elif KIND == _RECT:
-        return rect.block_t(start, offs, cols, MASK, LEAF)
-    elif KIND == _WINDOW:
-        return window.block_t(start, offs, cols, MASK, LEAF)
+    if TRANSPOSED:
+        if KIND == _BAND:
+            return band.block_t(start, offs, fixed, MASK, LEAF)
+        elif KIND == _RECT:
+            return rect.block_t(start, offs, fixed, MASK, LEAF)
+        elif KIND == _WINDOW:
+            return window.block_t(start, offs, fixed, MASK, LEAF)
+        else:  # (the Gluon kernel, which reads BITS_GATHERED leaves, has no dk/dv)
+            return bits.block_t(start, offs, fixed, MASK, BITS)
     else:
-        return bits.block_t(start, offs, cols, MASK, BITS)
+        if KIND == _BAND:
+            return band.block(fixed, start, offs, MASK, LEAF)
+        elif KIND == _RECT:
+            return rect.block(fixed, start, offs, MASK, LEAF)
+        elif KIND == _WINDOW:
+            return window.block(fixed, start, offs, MASK, LEAF)
+        elif KIND == _BITS:
+            return bits.block(fixed, start, offs, MASK, BITS)
+        else:  # BITS_GATHERED
+            return bits.gathered_block(fixed, start, offs, MASK, BITS)
 
 
 @triton.jit
@@ -103,25 +101,30 @@ def _run(r0, r1, r2, r3, val, MASK: tl.constexpr, OP: tl.constexpr):
 
 
 @triton.jit
-def _step(r0, r1, r2, r3, rows, start, offs, MASK: tl.constexpr, I: tl.constexpr, BITS):
-    """Op ``I`` of the program on the registers, in :func:`allowed_block`'s form."""
+def _step(r0, r1, r2, r3, fixed, start, offs, MASK: tl.constexpr, I: tl.constexpr, BITS, TRANSPOSED: tl.constexpr):
+    """Op ``I`` of the program on the registers."""
     OPS: tl.constexpr = _LEAVES + MASK[_N_LEAVES] * _LEAF_WIDTH + I * _OP_WIDTH
     if MASK[OPS] == _LEAF:
-        val = _leaf_block(rows, start, offs, MASK, _LEAVES + MASK[OPS + 2] * _LEAF_WIDTH, BITS)
+        val = _leaf(fixed, start, offs, MASK, _LEAVES + MASK[OPS + 2] * _LEAF_WIDTH, BITS, TRANSPOSED)
     else:
         val = r0
     return _run(r0, r1, r2, r3, val, MASK, I)
 
 
 @triton.jit
-def _step_t(r0, r1, r2, r3, start, offs, cols, MASK: tl.constexpr, I: tl.constexpr, BITS):
-    """Op ``I`` of the program on the registers, in :func:`allowed_block_t`'s form."""
-    OPS: tl.constexpr = _LEAVES + MASK[_N_LEAVES] * _LEAF_WIDTH + I * _OP_WIDTH
-    if MASK[OPS] == _LEAF:
-        val = _leaf_block_t(start, offs, cols, MASK, _LEAVES + MASK[OPS + 2] * _LEAF_WIDTH, BITS)
+def _evaluate(fixed, start, offs, MASK: tl.constexpr, BITS, TRANSPOSED: tl.constexpr):
+    """The spec's program on a block: :func:`allowed_block`, or transposed."""
+    if MASK[_N_OPS] == 1:
+        return _leaf(fixed, start, offs, MASK, _LEAVES, BITS, TRANSPOSED)
     else:
-        val = r0
-    return _run(r0, r1, r2, r3, val, MASK, I)
+        r0 = fixed[:, None] == (start + offs)[None, :]  # (registers are written before read)
+        r1 = r0
+        r2 = r0
+        r3 = r0
+        N_OPS: tl.constexpr = MASK[_N_OPS]
+        for i in tl.static_range(N_OPS):
+            r0, r1, r2, r3 = _step(r0, r1, r2, r3, fixed, start, offs, MASK, i, BITS, TRANSPOSED)
+        return r0
 
 
 @triton.jit
@@ -130,17 +133,7 @@ def allowed_block(rows, start, offs, MASK: tl.constexpr, BITS):
     offs`` (``offs = arange(N)``, ``start`` a multiple of N), ``[M, N]``, in the per-element
     work of a loop that walks key blocks (forward, dq). ``BITS``: the block's bits
     (:func:`block_bits`), read by a ``BITS`` leaf only."""
-    if MASK[_N_OPS] == 1:
-        return _leaf_block(rows, start, offs, MASK, _LEAVES, BITS)
-    else:
-        r0 = rows[:, None] == (start + offs)[None, :]  # (registers are written before read)
-        r1 = r0
-        r2 = r0
-        r3 = r0
-        N_OPS: tl.constexpr = MASK[_N_OPS]
-        for i in tl.static_range(N_OPS):
-            r0, r1, r2, r3 = _step(r0, r1, r2, r3, rows, start, offs, MASK, i, BITS)
-        return r0
+    return _evaluate(rows, start, offs, MASK, BITS, False)
 
 
 @triton.jit
@@ -148,17 +141,7 @@ def allowed_block_t(start, offs, cols, MASK: tl.constexpr, BITS):
     """The mask of the block of queries ``start + offs`` (``offs = arange(M)``, ``start`` a
     multiple of M) and the keys ``cols`` (``[N]``), keys by queries ``[N, M]``, in the
     per-element work of a loop that walks query blocks (dk/dv)."""
-    if MASK[_N_OPS] == 1:
-        return _leaf_block_t(start, offs, cols, MASK, _LEAVES, BITS)
-    else:
-        r0 = cols[:, None] == (start + offs)[None, :]
-        r1 = r0
-        r2 = r0
-        r3 = r0
-        N_OPS: tl.constexpr = MASK[_N_OPS]
-        for i in tl.static_range(N_OPS):
-            r0, r1, r2, r3 = _step_t(r0, r1, r2, r3, start, offs, cols, MASK, i, BITS)
-        return r0
+    return _evaluate(cols, start, offs, MASK, BITS, True)
 
 
 @triton.jit

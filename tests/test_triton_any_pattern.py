@@ -235,7 +235,8 @@ _LEAF_MASKS = {
 
 
 @settings(max_examples=12, deadline=None)
-@given(pattern_tree(3, 200, _LEAF_MASKS), st.integers(1, 300), st.integers(1, 300), st.sampled_from([(2, 1), (2, 2), (4, 2)]))
+@given(pattern_tree(3, 200, _LEAF_MASKS), st.integers(1, 300), st.integers(1, 300),
+       st.sampled_from([(2, 1), (2, 2), (4, 2)]))
 def test_random_compositions_match_naive(pattern, q_len, kv_len, heads):
     check(pattern, q_len, kv_len, heads=heads, dims=(8, 16))
 

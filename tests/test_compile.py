@@ -12,6 +12,8 @@ CPU).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -65,6 +67,47 @@ def test_fullgraph_forward_and_backward_equal_eager(rng, pattern, q_shape, tile)
     compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
     for got, want in zip(_run(compiled, q, k, v, d_out), _run(call, q, k, v, d_out)):
         assert torch.equal(got, want)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PrefixLM(P.Pattern):
+    """A user's pattern with only a mask_mod (int fields: it traces; its bitmask is a constant)."""
+
+    prefix: int
+
+    def mask_mod(self, q_len, kv_len):
+        prefix = self.prefix
+        return lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) | (kv_idx < prefix)
+
+
+@pytest.mark.parametrize("pattern,path", [((P.SlidingWindow(60) | P.Sinks(5)) & P.Causal(), "composed"),
+                                          (_PrefixLM(70), "bitmask")], ids=["composed", "bitmask"])
+def test_fullgraph_compositions_and_bitmasks_equal_eager(rng, pattern, path):
+    from foveate.backends.triton.masks import mask_spec
+
+    assert mask_spec(pattern, 300, 300).path == path
+    q, k, v = _qkv(rng, (300,))
+    d_out = torch.randn(q.shape, generator=rng).to(DEVICE)
+
+    def call(q, k, v):
+        return foveate.attention(q, k, v, pattern, backend="triton")
+
+    compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
+    for got, want in zip(_run(compiled, q, k, v, d_out), _run(call, q, k, v, d_out)):
+        assert torch.equal(got, want)
+
+
+def test_fullgraph_with_backend_auto(rng):
+    """The documented example, with the default backend: on CPU ``auto`` takes the reference
+    (on CUDA the triton kernels); choosing it logs nothing under dynamo (which traces no
+    logging call) and the compiled call equals the eager one."""
+    q, k, v = (t.detach() for t in _qkv(rng, (16, 24), heads_q=2, heads_kv=2))
+
+    def call(q, k, v):
+        return foveate.attention(q, k, v, P.Neighborhood((16, 24), 5))
+
+    compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(q, k, v), call(q, k, v), rtol=1e-5, atol=1e-6)
 
 
 def test_each_new_length_gets_its_own_layout(rng):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from .base import Backend, Problem, cached_layout
 
 _log = logging.getLogger("foveate")
@@ -69,10 +71,11 @@ def select(problem: Problem, name: str = "auto") -> Backend:
     why = reasons(problem)
     for b in _REGISTRY:
         if why[b.name] is None:
-            for other, reason in why.items():
-                if other != b.name and reason is not None:
-                    _log.debug("backend %r passed over: %s", other, reason)
-            _log.debug("backend %r selected", b.name)
+            if not torch.compiler.is_compiling():  # (dynamo does not trace logging calls)
+                for other, reason in why.items():
+                    if other != b.name and reason is not None:
+                        _log.debug("backend %r passed over: %s", other, reason)
+                _log.debug("backend %r selected", b.name)
             return b
     detail = "; ".join(f"{n}: {r}" for n, r in why.items())
     raise ValueError(f"backend='auto': no backend can run this problem ({detail})")

@@ -276,3 +276,18 @@ def test_per_batch_and_head_masks_get_their_own_bits():
             c = torch.arange(32)
             got = (bits.words[int(rows[row]) + j][:, c // 32] >> (c % 32)) & 1
             assert torch.equal(got.bool(), want), (b, h, qb, kb)
+
+
+def test_compiled_bitmask_build_equals_the_eager_one():
+    """``torch.compile`` of the build's chunks (the default on CUDA) gives the same bits; a
+    mask_mod dynamo cannot trace whole still builds (its graph breaks run eagerly)."""
+    def branchy(b, h, q_idx, kv_idx):
+        if bool((q_idx > 10 ** 6).any()):  # data-dependent Python: a graph break
+            return q_idx < 0
+        return (kv_idx <= q_idx) & (kv_idx % 3 != 1)
+
+    for pattern, n in ((P.Mask(_prefix_lm), 200), (P.Mask(branchy), 150)):
+        layout = pattern.build(n, n, block_q=64, block_kv=64)
+        eager, compiled = build_bitmask(layout), build_bitmask(layout, compiled=True)
+        for name in ("words", "row_start", "col_slot"):
+            assert torch.equal(getattr(eager, name), getattr(compiled, name)), name

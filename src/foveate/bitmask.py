@@ -17,6 +17,7 @@ ascending): a forward or dq program finds its ``j``-th partial block at ``row_st
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -122,25 +123,23 @@ def _chunk_words(mask_mod, rows: torch.Tensor, kv_blocks: torch.Tensor, dims) ->
     return (packed - ((packed >> 31) << 32)).to(torch.int32)
 
 
-_COMPILED: dict = {}
+_compiled_chunk_words = None  # torch.compile(_chunk_words), made on first use
+_EAGER_ONLY: set = set()  # the mask_mods that did not compile (ids)
 
 
 def _compiled_chunk(mask_mod, rows, kv_blocks, dims):
     """:func:`_chunk_words` through ``torch.compile`` (one fused kernel per chunk), or eagerly
     when this ``mask_mod`` does not compile."""
-    fn = _COMPILED.get("fn")
-    if fn is None:
-        fn = _COMPILED["fn"] = torch.compile(_chunk_words, dynamic=False)
-    if _COMPILED.get(id(mask_mod)) is False:
-        return _chunk_words(mask_mod, rows, kv_blocks, dims)
-    try:
-        return fn(mask_mod, rows, kv_blocks, dims)
-    except Exception as error:  # noqa: BLE001 - any mask_mod inductor cannot take runs eagerly
-        import logging
-
-        logging.getLogger("foveate").debug("bitmask build of %r runs eagerly: %s", mask_mod, error)
-        _COMPILED[id(mask_mod)] = False
-        return _chunk_words(mask_mod, rows, kv_blocks, dims)
+    global _compiled_chunk_words
+    if _compiled_chunk_words is None:
+        _compiled_chunk_words = torch.compile(_chunk_words, dynamic=False)
+    if id(mask_mod) not in _EAGER_ONLY:
+        try:
+            return _compiled_chunk_words(mask_mod, rows, kv_blocks, dims)
+        except Exception as error:  # noqa: BLE001 - any mask_mod inductor cannot take runs eagerly
+            logging.getLogger("foveate").debug("bitmask build of %r runs eagerly: %s", mask_mod, error)
+            _EAGER_ONLY.add(id(mask_mod))
+    return _chunk_words(mask_mod, rows, kv_blocks, dims)
 
 
 __all__ = ["PartialBitmask", "bitmask_bytes", "build_bitmask", "words_per_row"]

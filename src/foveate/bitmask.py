@@ -40,8 +40,13 @@ class PartialBitmask:
     col_slot: torch.Tensor
 
     @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(words, row_start, col_slot)``, as the custom operators take them."""
+        return self.words, self.row_start, self.col_slot
+
+    @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.words, self.row_start, self.col_slot))
+        return sum(t.numel() * t.element_size() for t in self.tensors)
 
 
 def words_per_row(block_kv: int) -> int:

@@ -20,8 +20,8 @@ import torch
 
 from ...graph_constants import pattern_from_key, pattern_key
 from ...layout import LIST_FIELDS
-from ...settings import policy
 from ...bitmask import PartialBitmask
+from ...settings import policy
 from .masks import MaskSpec
 
 
@@ -72,9 +72,14 @@ def _traced_plan(key: tuple, q_len: int, kv_len: int, block: int, device: torch.
     pattern = pattern_from_key(key)
     layout = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=device)
     spec = eager_mask_spec(pattern, q_len, kv_len, raster_io, (block, block), force_bitmask)
-    bits = layout.partial_bitmask() if spec.uses_bits else None
     return (tuple(getattr(layout, name) for name in LIST_FIELDS), tuple(spec.to_ints()), layout.full_runs is True,
-            layout.row_blocks or 0.0, (bits.words, bits.row_start, bits.col_slot) if bits else (None, None, None))
+            layout.row_blocks or 0.0, _bit_tensors(layout, spec))
+
+
+def _bit_tensors(layout, spec: MaskSpec) -> tuple:
+    """The operators' ``bit_*`` arguments: the layout's partial bitmask for a spec that reads
+    one, else three ``None``."""
+    return layout.partial_bitmask().tensors if spec.uses_bits else (None, None, None)
 
 
 def compiled_attention(q, k, v, pattern, q_len: int, kv_len: int, scale: float, block: int, *,
@@ -199,8 +204,7 @@ def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float):
 
             return attention_forward(q, k, v, layout, spec, float(scale))
         return _EagerSparseAttention.apply(q, k, v, layout, spec, float(scale))
-    bits = layout.partial_bitmask() if spec.uses_bits else None
     return torch.ops.foveate.sparse_attention(
         q, k, v, *[getattr(layout, name) for name in LIST_FIELDS], spec.to_ints(), float(scale), layout.block_q,
         layout.block_kv, layout.full_runs is True, getattr(layout, "row_blocks", None) or 0.0,
-        *((bits.words, bits.row_start, bits.col_slot) if bits else (None, None, None)))
+        *_bit_tensors(layout, spec))

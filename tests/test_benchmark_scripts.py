@@ -14,7 +14,7 @@ import torch
 
 SCRIPTS = sorted(p.stem for p in (pathlib.Path(__file__).parent.parent / "benchmarks").glob("*.py"))
 # Scripts that run without a GPU (and take minutes): imported, not run.
-RUN_ON_CPU = {"common", "kernel_resources", "selection_quality", "layouts"}
+RUN_ON_CPU = {"common", "kernel_resources", "selection_quality", "layouts", "cpu_backends"}
 
 
 @pytest.fixture

@@ -61,8 +61,11 @@ def test_reference_attention_with_gqa(rng, lead):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 def test_triton_forward_per_head_blocks(rng, dtype):
     grid = random_grid((2, 2, 3, 3), density=0.5, seed=3)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     q, k, v = (torch.randn(2, 2, 300, 32, generator=rng).to(dtype) for _ in range(3))
-    out, lse = foveate.attention(q, k, v, P.Blocks(grid), backend="triton", return_lse=True)
+    out, lse = foveate.attention(q.to(device), k.to(device), v.to(device), P.Blocks(grid), backend="triton",
+                                 return_lse=True)
+    out, lse = out.cpu(), lse.cpu()
     ref_out, ref_lse = naive_attention(q.double(), k.double(), v.double(), expand(grid, 128, 128, 300, 300),
                                        32 ** -0.5)
     tol = 1e-5 if dtype == torch.float32 else 2e-3
@@ -96,7 +99,8 @@ def test_equality_hash_and_copy():
     (lambda: P.Blocks([[True]]), TypeError, "mask must be a bool torch.Tensor"),
     (lambda: P.Blocks(torch.ones(2, 2, 2, dtype=torch.bool)), ValueError, "shape"),
     (lambda: P.Blocks(torch.ones(2, 2, dtype=torch.bool), block_q=0), ValueError, "block_q"),
-    (lambda: P.Blocks(torch.ones(2, 2, dtype=torch.bool)) | P.Causal(), ValueError, "cannot compose"),
+    (lambda: P.Blocks(torch.ones(2, 2, dtype=torch.bool), 64, 64) | P.Blocks(torch.ones(1, 1, dtype=torch.bool)),
+     ValueError, "cannot compose block masks of different block sizes"),
 ], ids=["not-bool", "not-tensor", "3-dims", "block-0", "composition"])
 def test_bad_construction(make, error, match):
     with pytest.raises(error, match=match):
@@ -116,3 +120,25 @@ def test_bad_use(rng):
         pattern.build(32, 32, block_q=128, block_kv=128)
     with pytest.raises(ValueError, match="tile"):
         foveate.attention(q, q, q, pattern, tile=(4, 4))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("combine", ["|", "&"])
+def test_blocks_compose_with_other_patterns(backend, combine):
+    """``Blocks | Causal`` and ``Blocks & SlidingWindow`` run (the composition's partial blocks
+    masked by its bitmask on the kernels) and equal masked attention."""
+    if backend not in foveate.backends.available():
+        pytest.skip(f"{backend} is not available")
+    grid = torch.tensor([[True, False, True], [False, False, True], [True, True, False]])
+    blocks = P.Blocks(grid)
+    pattern = blocks | P.Causal() if combine == "|" else blocks & P.SlidingWindow(40, 10)
+    assert pattern.fixed_blocks == (128, 128)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 300, 16, generator=gen).to(device) for _ in range(3))
+    qi, ki = torch.arange(300)[:, None], torch.arange(300)[None, :]
+    in_blocks = grid[qi // 128, ki // 128]
+    mask = in_blocks | (ki <= qi) if combine == "|" else in_blocks & (ki >= qi - 40) & (ki <= qi + 10)
+    want, _ = naive_attention(q.double(), k.double(), v.double(), mask.to(device))
+    got = foveate.attention(q, k, v, pattern, backend=backend)
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=0)

@@ -11,6 +11,7 @@ top-k selection is exactly the forced and the planted blocks.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 
@@ -478,3 +479,65 @@ def test_show_selection_without_matplotlib(tmp_path, capsys, monkeypatch):
     assert main(["show", "topk", "--k", "2", "--block", "16", "--len", "32", "--out", str(out)]) == 1
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "pip install foveate[bench]" in lines[0] and not out.exists()
+
+
+# -- the MoBA drawing: layout, and a selection with nothing to choose (#32 item 6) ----------------
+
+
+def overlapping_texts(fig) -> list[tuple[str, str]]:
+    """The pairs of texts (or a text and a panel) of different owners that overlap as drawn by
+    the figure's last ``savefig``: the suptitle, the legend, and per panel its box, title, axis
+    labels and tick labels (those of one panel are placed by matplotlib around it)."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [("suptitle", fig._suptitle.get_window_extent(renderer))]
+    boxes += [("legend", legend.get_window_extent(renderer)) for legend in fig.legends]
+    for ax in fig.get_axes():
+        parts = [("box", ax.get_window_extent(renderer)), ("x axis", ax.xaxis.get_tightbbox(renderer)),
+                 ("y axis", ax.yaxis.get_tightbbox(renderer))]
+        parts += [("title", ax.title.get_window_extent(renderer))] if ax.get_title() else []
+        boxes += [(f"{ax.get_label()}: {part}", box) for part, box in parts if box is not None]
+    owner = lambda name: name.split(":")[0]  # noqa: E731
+    return [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2)
+            if owner(a) != owner(b) and box_a.overlaps(box_b)]
+
+
+@pytest.mark.parametrize("args", [
+    ["--block", "64", "--topk", "3", "--query-block", "16", "--len", "8192", "--heads", "4"],  # one row
+    ["--block", "32", "--topk", "3", "--query-block", "8", "--len", "120", "--heads", "4"],  # blocks over masks
+], ids=["blocks-only", "blocks-and-masks"])
+def test_show_moba_title_legend_and_panels_do_not_overlap(tmp_path, capsys, figures, args):
+    run_show(tmp_path, capsys, "moba", *args, "--dim", "16")
+    (fig,) = figures
+    assert len(panel_names(fig)) in (4, 8)
+    assert overlapping_texts(fig) == []
+
+
+@pytest.mark.parametrize("args,hint", [
+    # MoBA's defaults: 4096-key blocks, 12 kept; 2048 keys are not even one block.
+    (["moba", "--len", "2048"], "2048 keys make 1 key block of 4096, not more than the k=12 kept per query block, "
+                                "so every block is kept (causal attention); a selection needs more than 49152 keys"),
+    (["topk", "--k", "8", "--block", "16", "--len", "128", "--causal", "0"],
+     "128 keys make 8 key blocks of 16, not more than the k=8 kept per query block, so every block is kept "
+     "(dense attention); a selection needs more than 128 keys"),
+], ids=["moba-shorter-than-a-block", "topk-k-covers-all"])
+def test_show_a_selection_with_nothing_to_choose_says_so(tmp_path, capsys, figures, args, hint):
+    out = tmp_path / "out.png"
+    assert main(["show", *args, "--heads", "1", "--dim", "16", "--out", str(out), "--dpi", str(DPI)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out) and out.read_bytes().startswith(PNG_SIGNATURE)
+    (line,) = captured.err.splitlines()
+    assert line.startswith("foveate show: note: nothing to select: ") and hint in line
+    (fig,) = figures
+    title = " ".join(fig._suptitle.get_text().split())  # the note is wrapped to the figure's width
+    assert "NOTE: nothing to select: " + hint in title
+    assert overlapping_texts(fig) == []
+
+
+def test_show_a_selection_with_blocks_to_choose_has_no_note(tmp_path, capsys, figures):
+    out = tmp_path / "out.png"
+    assert main(["show", "moba", "--block", "32", "--topk", "3", "--query-block", "8", "--len", "128", "--heads", "1",
+                 "--dim", "16", "--out", str(out), "--dpi", str(DPI)]) == 0  # 4 key blocks, 3 kept
+    assert capsys.readouterr().err == ""
+    (fig,) = figures
+    assert "NOTE" not in fig._suptitle.get_text() and draw.selection_hint(P.MoBA(block=32, topk=3).select(
+        torch.randn(1, 1, 128, 16), torch.randn(1, 1, 128, 16))) is None

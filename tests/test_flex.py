@@ -128,9 +128,9 @@ def test_flex_supports_reasons():
      {"pattern": P.Neighborhood(canvas=(4, 4), kernel=3)}],
     ids=["plain", "grad", "lse", "f16", "nbhd"],
 )
-def test_auto_picks_reference_on_cpu(kw):
-    assert select(_problem(**kw)).name == "reference"
-    assert select(_problem(**kw), "auto").name == "reference"
+def test_auto_picks_the_block_sparse_torch_backend_on_cpu(kw):
+    assert select(_problem(**kw)).name == "torch"
+    assert select(_problem(**kw), "auto").name == "torch"
 
 
 def test_auto_logs_its_choice(rng, caplog):
@@ -138,16 +138,16 @@ def test_auto_logs_its_choice(rng, caplog):
     with caplog.at_level(logging.DEBUG, logger="foveate"):
         out = foveate.attention(q, k, v, P.Causal())
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("foveate")]
-    assert any("'reference' selected" in m for m in messages), messages
+    assert any("'torch' selected" in m for m in messages), messages
     if "flex" in foveate.backends.available():
         assert any("'flex' passed over" in m for m in messages), messages
-    ref = foveate.attention(q, k, v, P.Causal(), backend="reference")
-    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    chosen = foveate.attention(q, k, v, P.Causal(), backend="torch")
+    torch.testing.assert_close(out, chosen, atol=0, rtol=0)
 
 
 def test_reasons_report_every_backend():
     why = foveate.backends.reasons(_problem(requires_grad=True))
     assert set(why) == set(foveate.backends.names())
-    assert why["reference"] is None
+    assert why["reference"] is None and why["torch"] is None
     if "flex" in why:
         assert isinstance(why["flex"], str) and why["flex"]

@@ -178,7 +178,7 @@ NB2_TIME = P.Neighborhood((16, 20), (16, 20), causal=(True, False))
 
 # (id, pattern, q_len, kv_len, kwargs of check, path)
 CASES = [
-    ("window|causal", P.SlidingWindow(50) | P.Causal(), 300, 300, dict(), "composed"),
+    ("window|causal", P.SlidingWindow(50) | P.Causal(), 300, 300, dict(), "structured"),  # (one band)
     ("streaming-q200-kv333-gqa", (P.SlidingWindow(60) | P.Sinks(9)) & P.Causal(), 200, 333, dict(heads=(4, 2)),
      "composed"),
     ("nbhd2d&time-tiled", NB2 & NB2_TIME, 320, 320, dict(tile=(8, 16)), "composed"),

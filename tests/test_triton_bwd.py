@@ -20,7 +20,7 @@ from foveate import patterns as P
 from foveate.backends.triton import bwd as bwd_module
 from foveate.backends.triton import masks
 from foveate.backends.triton.ops import run_sparse_attention
-from foveate.layout import BlockLayout
+from foveate.layout import LIST_FIELDS, BlockLayout
 
 from conftest import make_qkv
 from naive import naive_attention
@@ -201,11 +201,10 @@ def test_custom_operator_is_registered_with_autograd(rng):
                                                 dtype=F32))
     layout = P.Causal().build(130, 130, block_q=BLOCK, block_kv=BLOCK, device=DEVICE)
     spec = masks.mask_spec(P.Causal(), 130, 130)
+    lists = [getattr(layout, name) for name in LIST_FIELDS]  # (the full lists are built when first read)
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
         fq, fk, fv = (mode.from_tensor(t) for t in (q, k, v))
-        flay = [mode.from_tensor(t) for t in (layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks,
-                                              layout.full_kv_indices, layout.q_num_blocks, layout.q_indices,
-                                              layout.full_q_num_blocks, layout.full_q_indices)]
+        flay = [mode.from_tensor(t) for t in lists]
         out, lse = torch.ops.foveate.sparse_attention(fq, fk, fv, *flay, spec.to_ints(), 0.25, BLOCK, BLOCK)
         assert out.shape == (1, 2, 130, 16) and lse.shape == (1, 2, 130) and lse.dtype == F32
     torch.library.opcheck(torch.ops.foveate.sparse_attention,

@@ -51,17 +51,18 @@ NB2_TIME = P.Neighborhood((12, 10), (12, 10), causal=(True, False))
 
 # (id, pattern, q_len, kv_len, leaves)
 COMPOSED_CASES = [
-    ("window|causal", P.SlidingWindow(20) | P.Causal(), 150, 150, 2),
-    ("window|causal-q70-kv150", P.SlidingWindow(20, 5) | P.Causal(), 70, 150, 2),
+    # (bands around one diagonal compose into one band: a single leaf)
+    ("window|causal", P.SlidingWindow(20) | P.Causal(), 150, 150, 1),
+    ("window|causal-q70-kv150", P.SlidingWindow(20, 5) | P.Causal(), 70, 150, 1),
     ("(window|sinks)&causal", (P.SlidingWindow(30) | P.Sinks(7)) & P.Causal(), 150, 150, 3),
     ("(window|sinks)&causal-q150-kv70", (P.SlidingWindow(30) | P.Sinks(40)) & P.Causal(), 150, 70, 3),
     ("sinks-q90-kv140", P.Sinks(33), 90, 140, 1),
-    ("dense&window", P.Dense() & P.SlidingWindow(9, 9), 100, 120, 2),
+    ("dense&window", P.Dense() & P.SlidingWindow(9, 9), 100, 120, 1),
     ("nbhd1d&causal-extra", NB1 & P.Causal(), 150, 153, 2),
     ("nbhd1d|sinks-extra", NB1 | P.Sinks(2), 150, 153, 2),
     ("nbhd2d&time-raster", NB2 & NB2_TIME, 120, 120, 2),
     ("nbhd2d|window|sinks", NB2 | P.SlidingWindow(3) | P.Sinks(5), 120, 120, 3),
-    ("4-deep", ((P.SlidingWindow(5) | P.Sinks(3)) & P.Causal()) | (P.SlidingWindow(0, 9) & P.Dense()), 130, 130, 5),
+    ("4-deep", ((P.SlidingWindow(5) | P.Sinks(3)) & P.Causal()) | (P.SlidingWindow(0, 9) & P.Dense()), 130, 130, 4),
 ]
 
 

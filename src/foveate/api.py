@@ -66,7 +66,7 @@ def attention(
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__} {backend!r}")
     scale = _resolve_scale(scale, qf.shape[-1])
-    _check_tile_argument(tile, pattern)
+    tile = _tile_argument(tile, pattern)
     order = None
     if pattern.content_dependent:
         # A canvas partition: select and attend in its tiled order (padded), back at the end.
@@ -177,12 +177,21 @@ def _resolve_scale(scale, head_dim: int) -> float:
     return float(scale)
 
 
-def _check_tile_argument(tile, pattern: Pattern) -> None:
-    if tile is None or tile == "auto":
-        return
+def _tile_argument(tile, pattern: Pattern):
+    """``tile`` checked: ``None``, ``"auto"`` or a tuple of Python ints (from any sequence of
+    ints: a list, a NumPy array)."""
+    if tile is None:
+        return None
     if isinstance(tile, str):
+        if tile == "auto":
+            return tile
         raise ValueError(f"tile={tile!r}: expected 'auto', None or a tuple of ints")
-    pattern._check_tile(tuple(tile) if isinstance(tile, list) else tile)
+    try:
+        shape = tuple(tile)
+    except TypeError:
+        raise TypeError(f"tile={tile!r}: expected 'auto', None or a tuple of ints, got a {type(tile).__name__}") from None
+    pattern._check_tile(shape)
+    return tuple(int(t) for t in shape)
 
 
 def _resolve_tile(tile, pattern: Pattern, backend) -> tuple[int, ...] | None:

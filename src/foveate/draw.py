@@ -24,6 +24,7 @@ definition of the pattern, in bounded memory.
 from __future__ import annotations
 
 import math
+import textwrap
 
 import torch
 
@@ -478,6 +479,21 @@ def _heads_to_draw(selection: SelectedBlocks, batch, heads) -> tuple[int, list[i
     return batch, list(heads)
 
 
+def selection_hint(selection: SelectedBlocks) -> str | None:
+    """Why the selection has nothing to choose, or ``None``: a top-k selection (``BlockTopK``,
+    ``MoBA``) keeping at least as many blocks per query block as there are key blocks keeps
+    every block, e.g. MoBA's 4096-key blocks (k=12) on a sequence shorter than 12 of them; its
+    drawing is then the dense (causal) counterpart, however the inputs look."""
+    k, nkv = getattr(selection.source, "k", None), selection.selected.shape[3]
+    if k is None or nkv > k:
+        return None
+    blocks = f"{nkv} key block{'s' if nkv > 1 else ''} of {selection.block}"
+    counterpart = "causal attention" if selection.causal else "dense attention"
+    return (f"nothing to select: {selection.kv_len} keys make {blocks}, not more than the k={k} kept per query "
+            f"block, so every block is kept ({counterpart}); a selection needs more than {k * selection.block} "
+            f"keys, or smaller key blocks")
+
+
 def figure_for_selection(selection: SelectedBlocks, *, batch: int = 0, heads=None,
                          planted: torch.Tensor | None = None, note: str | None = None,
                          max_mask_len: int = 4096, dpi: int = 100):
@@ -490,7 +506,8 @@ def figure_for_selection(selection: SelectedBlocks, *, batch: int = 0, heads=Non
     causal counterpart), below them the token-level mask they imply
     (:func:`draw_selection_mask`) when neither length exceeds ``max_mask_len``. ``planted``
     (bool ``(B|1, H|1, nq, nkv)``) rings planted blocks; ``note`` is text under the title
-    (e.g. where the inputs came from). Bad values raise ``ValueError`` / ``TypeError``.
+    (e.g. where the inputs came from). A selection with nothing to choose says so under the
+    title (:func:`selection_hint`). Bad values raise ``ValueError`` / ``TypeError``.
     """
     mpl = _mpl()
     if not isinstance(selection, SelectedBlocks):
@@ -517,6 +534,10 @@ def figure_for_selection(selection: SelectedBlocks, *, batch: int = 0, heads=Non
                        max_cells=cells)
         if with_mask:
             draw_selection_mask(selection, axes[1, col], batch=batch, head=head, max_cells=cells)
+    for ax in axes.flat:
+        # Square panels sit at the top of their cells: constrained layout places titles from the
+        # cell's top, and a square centred in a taller cell would push its title into the one above.
+        ax.set_anchor("N")
     b_size, h_size = selection.selected.shape[:2]
     of = "the causal" if selection.causal else "all"
     shape = (f"{selection.q_len} queries x {selection.kv_len} keys in {selection.query_block}x{selection.block}-token "
@@ -524,6 +545,9 @@ def figure_for_selection(selection: SelectedBlocks, *, batch: int = 0, heads=Non
     lines = [repr(selection.source) if selection.source is not None else repr(selection), shape]
     lines += [note] if note else []
     lines.append(f"all batches and heads: {selection.block_density():.1%} of {of} blocks selected")
+    hint = selection_hint(selection)
+    if hint is not None:  # wrapped to the figure's width (about 9 bold characters an inch)
+        lines.append(textwrap.fill(f"NOTE: {hint}", width=int(9 * fig.get_figwidth())))
     fig.suptitle("\n".join(lines), fontweight="bold")
     all_candidates = bool(selection_rules(selection)[0].all())
     codes = [code for code in SELECTION_COLORS if code != NOT_CANDIDATE or not all_candidates]
@@ -536,6 +560,11 @@ def figure_for_selection(selection: SelectedBlocks, *, batch: int = 0, heads=Non
         handles += [mpl.patches.Patch(facecolor=TOKEN_COLORS[c][0], edgecolor="0.4", label=TOKEN_COLORS[c][1])
                     for c in (NOT_ALLOWED, ALLOWED)]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
+    # Constrained layout sizes the cells from where the labels were at the previous draw, and a
+    # square panel fills only part of its cell: a first draw leaves the legend on the panels'
+    # labels, a second still moves them; from the third (savefig's) the layout is settled.
+    for _ in range(2):
+        fig.draw_without_rendering()
     return fig
 
 
@@ -690,7 +719,7 @@ def _draw_tiled(pattern, layout, tile, ax, *, max_cells) -> None:
 
 
 __all__ = [
-    "figure_for", "figure_for_selection", "draw_selection", "draw_selection_mask", "selection_cells",
+    "figure_for", "figure_for_selection", "selection_hint", "draw_selection", "draw_selection_mask", "selection_cells",
     "selection_rules", "selection_of_head", "selection_of_heads", "counterpart_pairs", "draw_mask", "draw_layout", "draw_neighborhood", "mask_pixels", "layout_cells",
     "neighborhood_keys", "planes_to_draw", "resolve_query", "default_block", "legend_handles",
 ]

@@ -12,6 +12,11 @@ Entries past a row's count are padding (zeros).
 
 Lengths need not be multiples of the block sizes: the last block of each axis is short, and
 "full" refers to the pairs that exist.
+
+Where every row's full blocks are one run of consecutive blocks (dense, causal and banded
+patterns), a layout may hold each run as its first block (``full_kv_starts``, ``full_q_starts``)
+and build the full lists only when a consumer reads them: a million-token causal layout then
+takes memory in proportion to its query blocks, not to its visited blocks.
 """
 
 from __future__ import annotations
@@ -55,11 +60,13 @@ class BlockLayout:
         kv_num_blocks: torch.Tensor,
         kv_indices: torch.Tensor,
         full_kv_num_blocks: torch.Tensor,
-        full_kv_indices: torch.Tensor,
+        full_kv_indices: torch.Tensor | None = None,
+        full_kv_starts: torch.Tensor | None = None,
         q_num_blocks: torch.Tensor | None = None,
         q_indices: torch.Tensor | None = None,
         full_q_num_blocks: torch.Tensor | None = None,
         full_q_indices: torch.Tensor | None = None,
+        full_q_starts: torch.Tensor | None = None,
         mask_mod: MaskMod | None = None,
         allowed_pairs: int | None = None,
         transposed: Callable[[], tuple[torch.Tensor, ...]] | None = None,
@@ -67,20 +74,28 @@ class BlockLayout:
         self.block_q, self.block_kv = block_q, block_kv
         self.q_len, self.kv_len = q_len, kv_len
         self.kv_num_blocks, self.kv_indices = kv_num_blocks, kv_indices
-        self.full_kv_num_blocks, self.full_kv_indices = full_kv_num_blocks, full_kv_indices
-        given = (q_num_blocks, q_indices, full_q_num_blocks, full_q_indices)
+        self.full_kv_num_blocks = full_kv_num_blocks
+        if (full_kv_indices is None) == (full_kv_starts is None):
+            raise ValueError("give full_kv_indices or full_kv_starts (the first block of each row's run), one of them")
+        self._full_kv_indices, self.full_kv_starts = full_kv_indices, full_kv_starts
+        given = (q_num_blocks, q_indices, full_q_num_blocks, full_q_indices if full_q_starts is None else full_q_starts)
         if transposed is None and any(t is None for t in given):
-            raise ValueError("the four q_* lists are needed, or transposed: a function that returns them")
+            raise ValueError("the four q_* lists are needed (full_q_starts may stand for full_q_indices), "
+                             "or transposed: a function that returns them")
         if transposed is not None and any(t is not None for t in given):
             raise ValueError("give the q_* lists or transposed (a function that returns them), not both")
-        self._transposed = given if transposed is None else None
+        if full_q_starts is not None and full_q_indices is not None:
+            raise ValueError("give full_q_indices or full_q_starts, not both")
+        #: The first block of each column's run of full q blocks, when the layout holds runs.
+        self.full_q_starts = full_q_starts
+        self._transposed = given[:3] + (full_q_indices,) if transposed is None else None
         self._build_transposed = transposed
         self.mask_mod = mask_mod
         self._allowed_pairs = allowed_pairs
         #: ``True`` when every query block's full kv blocks are one run of consecutive blocks
         #: (dense, causal and windowed rows; the forward kernel then walks them as a range),
         #: ``False`` when not, ``None`` when not known (:meth:`find_full_runs`).
-        self.full_runs: bool | None = None
+        self.full_runs: bool | None = True if full_kv_starts is not None else None
         #: The mean number of kv blocks a query block visits (full and partial, over batch rows
         #: and heads), ``None`` when not known (:meth:`find_row_blocks`).
         self.row_blocks: float | None = None
@@ -93,6 +108,8 @@ class BlockLayout:
 
     def find_full_runs(self) -> bool:
         """Set and return :attr:`full_runs` (one host sync; for layouts used many times)."""
+        if self.full_runs is None and self.full_kv_starts is not None:
+            self.full_runs = True
         if self.full_runs is None:
             count, idx = self.full_kv_num_blocks, self.full_kv_indices
             step = torch.arange(idx.shape[-1], device=idx.device, dtype=idx.dtype)
@@ -100,12 +117,30 @@ class BlockLayout:
             self.full_runs = bool(((idx - idx[..., :1] == step) | ~listed).all())
         return self.full_runs
 
-    # -- the transposed lists (built on first use when given as a function) --------------
-    def _q_lists(self) -> tuple[torch.Tensor, ...]:
+    # -- lists built on first use (full runs held as starts; the transposed lists) -------
+    @property
+    def full_kv_indices(self) -> torch.Tensor:
+        if self._full_kv_indices is None:
+            self._full_kv_indices = runs_to_lists(self.full_kv_num_blocks, self.full_kv_starts)
+        return self._full_kv_indices
+
+    @property
+    def holds_runs(self) -> bool:
+        """Whether the full kv lists are held as runs (:attr:`full_kv_starts`) and not built yet."""
+        return self._full_kv_indices is None
+
+    def _held_q_lists(self) -> tuple:
+        """The four ``q_*`` lists as held (the last ``None`` while they are runs: ``full_q_starts``)."""
         if self._transposed is None:
             self._transposed = tuple(self._build_transposed())
             self._build_transposed = None
         return self._transposed
+
+    def _q_lists(self) -> tuple[torch.Tensor, ...]:
+        held = self._held_q_lists()
+        if held[3] is None:  # (a run per column: its list built now)
+            self._transposed = held = held[:3] + (runs_to_lists(held[2], self.full_q_starts),)
+        return held
 
     @property
     def has_transposed(self) -> bool:
@@ -114,15 +149,15 @@ class BlockLayout:
 
     @property
     def q_num_blocks(self) -> torch.Tensor:
-        return self._q_lists()[0]
+        return self._held_q_lists()[0]
 
     @property
     def q_indices(self) -> torch.Tensor:
-        return self._q_lists()[1]
+        return self._held_q_lists()[1]
 
     @property
     def full_q_num_blocks(self) -> torch.Tensor:
-        return self._q_lists()[2]
+        return self._held_q_lists()[2]
 
     @property
     def full_q_indices(self) -> torch.Tensor:
@@ -295,6 +330,31 @@ class BlockLayout:
     def num_visited(self) -> int:
         return int(self.kv_num_blocks.sum() + self.full_kv_num_blocks.sum())
 
+    def num_full(self) -> int:
+        return int(self.full_kv_num_blocks.sum())
+
+    def computed_pairs(self) -> int:
+        """The (query, key) pairs inside visited blocks (clipped at the sequence ends), summed
+        over the leading axes: what a block-sparse kernel computes. Full runs are counted from
+        their starts (no list is built)."""
+        q_rows = torch.clamp(self.q_len - torch.arange(self.num_q_blocks, device=self.device) * self.block_q,
+                             max=self.block_q).long()
+        kv_cols = torch.clamp(self.kv_len - torch.arange(self.num_kv_blocks, device=self.device) * self.block_kv,
+                              max=self.block_kv).long()
+
+        def listed_columns(counts, indices):
+            listed = torch.arange(indices.shape[-1], device=self.device) < counts[..., None]
+            return (kv_cols[indices.long()] * listed).sum(-1)
+
+        columns = listed_columns(self.kv_num_blocks, self.kv_indices)
+        if self.holds_runs:
+            start, count = self.full_kv_starts.long(), self.full_kv_num_blocks.long()
+            end = torch.clamp((start + count) * self.block_kv, max=self.kv_len)
+            columns = columns + torch.where(count > 0, end - start * self.block_kv, 0)
+        else:
+            columns = columns + listed_columns(self.full_kv_num_blocks, self.full_kv_indices)
+        return int((columns * q_rows).sum())
+
     def block_density(self) -> float:
         """Fraction of block pairs visited (averaged over the leading axes)."""
         b, h = self.batch_heads
@@ -364,13 +424,29 @@ class BlockLayout:
         )
 
     def to(self, device: torch.device | str) -> "BlockLayout":
-        fields = {name: getattr(self, name).to(device) for name in LIST_FIELDS}
+        # (runs stay runs: only the lists already built are moved)
+        held = {"kv_num_blocks": self.kv_num_blocks, "kv_indices": self.kv_indices,
+                "full_kv_num_blocks": self.full_kv_num_blocks}
+        held.update({"full_kv_starts": self.full_kv_starts} if self.holds_runs else
+                    {"full_kv_indices": self.full_kv_indices})
+        q_lists = self._held_q_lists()
+        held.update(zip(("q_num_blocks", "q_indices", "full_q_num_blocks"), q_lists[:3]))
+        held.update({"full_q_starts": self.full_q_starts} if q_lists[3] is None else {"full_q_indices": q_lists[3]})
+        fields = {name: t.to(device) for name, t in held.items()}
         moved = BlockLayout(
             block_q=self.block_q, block_kv=self.block_kv, q_len=self.q_len, kv_len=self.kv_len,
             mask_mod=self.mask_mod, allowed_pairs=self._allowed_pairs, **fields,
         )
         moved.full_runs, moved.row_blocks = self.full_runs, self.row_blocks
         return moved
+
+
+def runs_to_lists(counts: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """Index lists of runs of consecutive blocks: row ``r`` lists ``starts[r] ..
+    starts[r] + counts[r] - 1``, padded with zeros to the longest run (at least 1 wide)."""
+    width = max(1, int(counts.max())) if counts.numel() else 1
+    step = torch.arange(width, device=counts.device, dtype=torch.int32)
+    return torch.where(step < counts[..., None], starts[..., None].int() + step, 0).to(torch.int32)
 
 
 def _pad_width(indices: torch.Tensor, width: int) -> torch.Tensor:

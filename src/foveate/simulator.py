@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass
 
-from .layout import block_areas
 from .patterns import Intersection, Pattern, Union
 from .patterns.canvas_layout import block_counts
 from .tiling import Tiled, candidate_tiles
@@ -100,10 +99,9 @@ def simulate(
     target = Tiled(pattern, tuple(tile)) if tile is not None else pattern
     t_q, t_kv = target.default_lengths() if tile is not None else (q_len, kv_len)
     layout = target.build(t_q, t_kv, block_q=block_q, block_kv=block_kv)
-    row, col, full = layout.pairs()
-    computed = int(block_areas(row % layout.num_q_blocks, col, layout).sum())
-    visited = int(row.numel())
-    n_full = int(full.sum())
+    computed = layout.computed_pairs()
+    visited = layout.num_visited()
+    n_full = layout.num_full()
     useful = layout.allowed_pairs() if tile is None else pattern.build(
         q_len, kv_len, block_q=block_q, block_kv=block_kv).allowed_pairs()
     heads = layout.kv_num_blocks.shape[0] * layout.kv_num_blocks.shape[1]  # (B|1, H|1) slots

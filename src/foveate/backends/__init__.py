@@ -47,7 +47,7 @@ def reasons(problem: Problem, *, auto: bool = True) -> dict[str, str | None]:
     out = {}
     for b in _REGISTRY:
         if not b.available():
-            out[b.name] = "not available on this machine"
+            out[b.name] = b.unavailable_reason()
             continue
         reason = b.supports(problem)
         if reason is None and auto:
@@ -63,7 +63,8 @@ def select(problem: Problem, name: str = "auto") -> Backend:
     if name != "auto":
         backend = get(name)
         if not backend.available():
-            raise ValueError(f"backend={name!r} cannot run on this machine (available: {available()})")
+            raise ValueError(f"backend={name!r} cannot run on this machine: {backend.unavailable_reason()} "
+                             f"(available: {available()})")
         reason = backend.supports(problem)
         if reason is not None:
             raise ValueError(f"backend={name!r} cannot run this problem: {reason}")
@@ -84,14 +85,17 @@ def select(problem: Problem, name: str = "auto") -> Backend:
 # Registration, in priority order.
 from .flex import FlexBackend  # noqa: E402
 from .reference import ReferenceBackend  # noqa: E402
+from .torch_blocks import TorchBlocksBackend  # noqa: E402
 from .triton import TritonBackend  # noqa: E402
 
 # The Triton kernels first (forward and backward; their GPU test suite passes in full on every
 # dtype and head dim): on CUDA, `auto` runs them for inference and training, every pattern (a
-# mask_mod-only one from its bitmask, within foveate.policy.bitmask_budget). CPU runs go to flex
-# (forward) or the reference.
+# mask_mod-only one from its bitmask, within foveate.policy.bitmask_budget). On a CPU, `auto` runs
+# the block-sparse PyTorch backend (flex compiles per shape there, so it runs only when named);
+# the dense reference is the oracle of the tests and the last resort.
 register(TritonBackend())
 register(FlexBackend())
+register(TorchBlocksBackend())
 register(ReferenceBackend())
 
 __all__ = [

@@ -47,6 +47,10 @@ class Backend:
         """Whether this backend can run on this machine at all."""
         raise NotImplementedError
 
+    def unavailable_reason(self) -> str:
+        """Why :meth:`available` is ``False`` here, and what would change it."""
+        return "not available on this machine"
+
     def supports(self, problem: Problem) -> str | None:
         """``None`` if this backend can run ``problem``, else the reason it cannot."""
         raise NotImplementedError

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .base import Backend, Problem
+from .strong_zeros import strong_zero_einsum
 
 #: Score elements (batch x heads x queries x keys) held at once; bounds the memory.
 CHUNK_ELEMENTS = 1 << 24
@@ -76,14 +77,19 @@ class _Grouped:
         return self.mask_mod(self.b, self.h, q_idx, self.kv_idx)
 
     def probabilities(self, qc, k, lo, hi, scale, lse=None):
-        """Scores of a query chunk, masked; with ``lse`` given, the probabilities."""
+        """``(scores, allowed)`` of a query chunk, scores masked; with ``lse`` given, the
+        probabilities instead of the scores (exactly 0 where not allowed)."""
+        allowed = self.mask(lo, hi)
+        # (einsum, not a masked product: a non-finite key reaches its column, which the mask
+        # then clears where it is not allowed.)
         s = torch.einsum("bhgqd,bhkd->bhgqk", qc, k) * scale
-        s = s.masked_fill(~self.mask(lo, hi), float("-inf"))
+        s = s.masked_fill(~allowed, float("-inf"))
         if lse is None:
-            return s
+            return s, allowed
         # A query with no allowed key has lse = -inf and probabilities 0.
         safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-        return torch.exp(s - safe[..., None])
+        # (cleared again: a non-finite lse, from a non-finite query, leaves NaN at -inf scores)
+        return torch.exp(s - safe[..., None]).masked_fill(~allowed, 0.0), allowed
 
 
 class _ReferenceAttention(torch.autograd.Function):
@@ -96,10 +102,10 @@ class _ReferenceAttention(torch.autograd.Function):
         lse = torch.empty(qf.shape[:-1], dtype=cd, device=q.device)
         for lo in range(0, g.q_len, chunk):
             hi = min(lo + chunk, g.q_len)
-            s = g.probabilities(qf[:, :, :, lo:hi], kf, lo, hi, scale)
+            s, _ = g.probabilities(qf[:, :, :, lo:hi], kf, lo, hi, scale)
             lse_c = torch.logsumexp(s, dim=-1)
-            p = g.probabilities(qf[:, :, :, lo:hi], kf, lo, hi, scale, lse_c)
-            out[:, :, :, lo:hi] = torch.einsum("bhgqk,bhkd->bhgqd", p, vf)
+            p, allowed = g.probabilities(qf[:, :, :, lo:hi], kf, lo, hi, scale, lse_c)
+            out[:, :, :, lo:hi] = strong_zero_einsum("bhgqk,bhkd->bhgqd", p, allowed, vf)
             lse[:, :, :, lo:hi] = lse_c
         ctx.save_for_backward(q, k, v, lse)
         ctx.mask_mod, ctx.scale, ctx.chunk = mask_mod, scale, chunk
@@ -124,14 +130,17 @@ class _ReferenceAttention(torch.autograd.Function):
         for lo in range(0, g.q_len, chunk):
             hi = min(lo + chunk, g.q_len)
             qc, doc = qf[:, :, :, lo:hi], do[:, :, :, lo:hi]
-            p = g.probabilities(qc, kf, lo, hi, scale, lse[:, :, :, lo:hi])
-            dp = torch.einsum("bhgqd,bhkd->bhgqk", doc, vf)
+            p, allowed = g.probabilities(qc, kf, lo, hi, scale, lse[:, :, :, lo:hi])
+            # Gradients through forbidden pairs are exactly 0 (strong zeros), so a non-finite
+            # input reaches the same gradients as the outputs it reaches.
+            dp = torch.einsum("bhgqd,bhkd->bhgqk", doc, vf).masked_fill(~allowed, 0.0)
             delta = (p * dp).sum(dim=-1, keepdim=True)  # rowsum(P * dP) = rowsum(dO * O)
             ds = p * (dp - delta)
             if dl is not None:
                 ds = ds + p * dl[:, :, :, lo:hi, None]  # d lse / d s = P
-            dq[:, :, :, lo:hi] = torch.einsum("bhgqk,bhkd->bhgqd", ds, kf) * scale
-            dk += torch.einsum("bhgqk,bhgqd->bhkd", ds, qc) * scale
-            dv += torch.einsum("bhgqk,bhgqd->bhkd", p, doc)
+            ds = ds.masked_fill(~allowed, 0.0)
+            dq[:, :, :, lo:hi] = strong_zero_einsum("bhgqk,bhkd->bhgqd", ds, allowed, kf) * scale
+            dk += strong_zero_einsum("bhgqk,bhgqd->bhkd", ds, allowed, qc) * scale
+            dv += strong_zero_einsum("bhgqk,bhgqd->bhkd", p, allowed, doc)
         dq = dq.reshape(q.shape).to(q.dtype)
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None

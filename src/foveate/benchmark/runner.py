@@ -6,8 +6,10 @@ Conventions (DESIGN.md, Benchmarks): effective TFLOP/s count only allowed pairs,
 is causal SDPA, of any other case dense SDPA on the same shape (cuDNN on CUDA where it
 takes the problem); times are warm medians, every run of a case timed the same way
 (:mod:`.timing`: eagerly; for cases whose calls may be bound by the host, also by their GPU
-work alone, the lower of the two counting). A backend whose result is wrong is reported as
-a failure, never with a time.
+work alone, the lower of the two counting). The speed of light of a case is the speedup
+over that same baseline of a kernel that runs the pattern's visited blocks at the dense
+rate (:func:`speed_of_light`); ``sol_fraction`` is the measured speedup over it. A backend
+whose result is wrong is reported as a failure, never with a time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 import foveate
 
-from ..simulator import choose_tile, simulate
+from ..simulator import SimulationRecord, choose_tile, simulate
 from .suites import Case, dense_pairs
 from .timing import TIMINGS, eager_ms, gpu_ms
 
@@ -45,10 +47,33 @@ def environment(device: torch.device) -> dict:
     )
 
 
+def causal_baseline(case: Case) -> bool:
+    """Whether the dense baseline of ``case`` is causal SDPA (a causal case of equal lengths),
+    not dense SDPA."""
+    return case.is_causal and case.q_len == case.kv_len
+
+
+def speed_of_light(case: Case, sim: SimulationRecord) -> tuple[float, int]:
+    """``(bound, blocks_baseline)``: the speed-of-light speedup of ``case`` over its dense
+    baseline, the blocks that baseline's kernel visits over the blocks that the pattern's
+    layout visits (``sim``, same block sizes, every slot counted), and that block count.
+
+    The baseline is the one the measured speedups are over: for a causal case causal SDPA,
+    which visits only the causal blocks (the bound is then 1 for the causal pattern itself),
+    else dense SDPA, all ``sim.blocks_total`` blocks (the simulator's ``speedup_bound``)."""
+    if causal_baseline(case):
+        causal = simulate(foveate.patterns.Causal(), q_len=case.q_len, kv_len=case.kv_len,
+                          block_q=sim.block_q, block_kv=sim.block_kv)
+        base = causal.blocks_visited * sim.heads
+    else:
+        base = sim.blocks_total
+    return (base / sim.blocks_visited if sim.blocks_visited else float("inf")), base
+
+
 def sdpa_baseline(case: Case, *, cudnn: bool) -> tuple[str, Callable]:
     """The dense baseline of ``case``: ``(name, fn(q, k, v))``; with ``cudnn``, SDPA is held
     to its cuDNN kernel."""
-    causal = case.is_causal and case.q_len == case.kv_len
+    causal = causal_baseline(case)
     gqa = case.heads != case.heads_kv
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -93,6 +118,7 @@ class CaseRunner:
         pattern = case.pattern or foveate.patterns.Dense()
         self.tile = choose_tile(pattern) if pattern.canvas is not None and len(pattern.canvas) > 1 else None
         self.sim = simulate(pattern, q_len=case.q_len, kv_len=case.kv_len, tile=self.tile)
+        self.speed_of_light, self.blocks_baseline = speed_of_light(case, self.sim)
         self._reference = None
 
     # -- the truth: float32 reference on the first (batch, kv head group) ---------------
@@ -152,6 +178,9 @@ class CaseRunner:
         return dict(ms=min(eager, graph), eager_ms=eager, graph_ms=graph)
 
     def record(self, backend: str, direction: str, *, baseline: bool = False, **fields) -> dict:
+        """One result row. ``speed_of_light`` is the case's bound over its baseline
+        (:func:`speed_of_light`), and a timed backend's ``sol_fraction`` its measured speedup
+        over that bound: the table's *% of SoL* is its *speedup* over its *speed of light*."""
         case, sim = self.case, self.sim
         pairs = case.batch * case.heads * (dense_pairs(case) if baseline else sim.pairs_useful)
         flops = 4 * pairs * case.head_dim * (BWD_FLOP_FACTOR if direction == "fwd+bwd" else 1)
@@ -161,12 +190,15 @@ class CaseRunner:
             batch=case.batch, heads=case.heads, heads_kv=case.heads_kv, q_len=case.q_len,
             kv_len=case.kv_len, head_dim=case.head_dim, tile=None if baseline else self._tile_of(backend),
             baseline=baseline, timing=self.timing, eager_ms=None, graph_ms=None,
-            density=sim.density, blocks_visited=sim.blocks_visited, speed_of_light=sim.speedup_bound,
-            status="ok", reason=None, ms=None, tflops=None, speedup=None, sol_fraction=None, rel_error=None,
+            density=sim.density, blocks_visited=sim.blocks_visited, blocks_baseline=self.blocks_baseline,
+            speed_of_light=self.speed_of_light, status="ok", reason=None, ms=None, tflops=None, speedup=None,
+            sol_fraction=None, rel_error=None,
         )
         rec.update(fields)
         if rec["ms"] is not None:
             rec["tflops"] = flops / (rec["ms"] * 1e-3) / 1e12
+        if not baseline and rec["speedup"] is not None:
+            rec["sol_fraction"] = rec["speedup"] / rec["speed_of_light"]
         return rec
 
     def _tile_of(self, backend: str):
@@ -189,7 +221,7 @@ class CaseRunner:
 
     def run_flex_dense(self, baseline_ms: dict[str, float]) -> Iterator[dict]:
         """FlexAttention on the dense (or causal) problem of the case: the second baseline."""
-        causal = self.case.is_causal and self.case.q_len == self.case.kv_len
+        causal = causal_baseline(self.case)
         pattern = foveate.patterns.Causal() if causal else None
         fn = lambda q, k, v: foveate.attention(q, k, v, pattern, backend="flex")  # noqa: E731
         name = f"flex {'causal' if causal else 'dense'}"
@@ -218,12 +250,7 @@ class CaseRunner:
                                   reason=f"relative error {err:.3g} > {tol:g} against the reference")
                 continue
             times = self._time(direction, fn)
-            speedup = baseline_ms[direction] / times["ms"]
-            # The speed of light counts blocks of a dense kernel; a causal baseline does only
-            # part of that work.
-            bound = self.sim.speedup_bound * dense_pairs(self.case) / (self.case.q_len * self.case.kv_len)
-            yield self.record(backend, direction, **times, rel_error=err, speedup=speedup,
-                              sol_fraction=speedup / bound)
+            yield self.record(backend, direction, **times, rel_error=err, speedup=baseline_ms[direction] / times["ms"])
 
 
 def default_backends(device: torch.device) -> list[str]:

@@ -91,15 +91,19 @@ def _run_selection(args: argparse.Namespace) -> int:
     out = _out_path(args.out)
     if args.dpi < 1:
         raise ValueError(f"dpi must be a positive int, got {args.dpi}")
-    from ..draw import MAX_HEADS, figure_for_selection
+    from ..draw import MAX_HEADS, figure_for_selection, selection_hint
 
     if args.head is not None and len(args.head) > MAX_HEADS:  # before the selection runs
         raise ValueError(f"--head: at most {MAX_HEADS} heads side by side, got {len(args.head)}")
     inputs = inputs_from_args(args, pattern)
     selection = select(pattern, inputs, args.inputs)
     check_batch_heads(args, selection)
-    return _save(lambda: figure_for_selection(selection, batch=args.batch, heads=args.head, planted=inputs.planted,
+    code = _save(lambda: figure_for_selection(selection, batch=args.batch, heads=args.head, planted=inputs.planted,
                                               note="\n".join(inputs.about), dpi=args.dpi), out)
+    hint = selection_hint(selection)
+    if code == 0 and hint is not None:  # the figure says so too, but is not always looked at closely
+        print(f"foveate show: note: {hint}", file=sys.stderr)
+    return code
 
 
 def run(args: argparse.Namespace) -> int:

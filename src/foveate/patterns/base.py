@@ -8,6 +8,7 @@ masks, drawings, the simulator) is derived from it or checked against it.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -136,7 +137,7 @@ class Pattern:
         if (
             not isinstance(tile, tuple)
             or len(tile) != len(self.canvas)
-            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tile)
+            or not all(is_int(t) and t >= 1 for t in tile)
         ):
             raise ValueError(
                 f"tile={tile!r}: expected a tuple of {len(self.canvas)} positive ints "
@@ -155,20 +156,32 @@ class Pattern:
         return Intersection.of(self, other)
 
 
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer: a Python or NumPy int (any ``numbers.Integral``), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_length(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 def as_int(name: str, value, *, minimum: int | None = None) -> int:
-    """Validate a scalar int argument (``bool`` is refused)."""
-    if not isinstance(value, int) or isinstance(value, bool):
+    """Validate a scalar int argument (``bool`` is refused) and return it as a Python int."""
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return int(value)
+
+
+def set_ints(pattern, **minimums) -> None:
+    """Validate the named int fields of a frozen dataclass pattern (``None`` minimum: any
+    value) and store them as Python ints (NumPy ints would otherwise reach hashes and reprs)."""
+    for name, minimum in minimums.items():
+        object.__setattr__(pattern, name, as_int(name, getattr(pattern, name), minimum=minimum))
 
 
 def per_axis(name: str, value, ndim: int, kind: type = int) -> tuple:
@@ -176,11 +189,11 @@ def per_axis(name: str, value, ndim: int, kind: type = int) -> tuple:
     if kind is bool:
         ok = lambda x: isinstance(x, bool)  # noqa: E731
     else:
-        ok = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
+        ok = is_int
     if ok(value):
-        return (value,) * ndim
+        return (kind(value),) * ndim
     if isinstance(value, (tuple, list)) and len(value) == ndim and all(ok(x) for x in value):
-        return tuple(value)
+        return tuple(kind(x) for x in value)
     raise TypeError(
         f"{name} must be {'a bool' if kind is bool else 'an int'} or a tuple of {ndim} "
         f"(one per canvas axis), got {value!r}"

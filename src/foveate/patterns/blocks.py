@@ -9,7 +9,6 @@ import torch
 from ..graph_constants import register_blocks
 from ..layout import BlockLayout, block_areas
 from .base import Pattern, as_int
-from .kernel_mask import Band
 
 
 class Blocks(Pattern):
@@ -90,9 +89,12 @@ class Blocks(Pattern):
         self.check_lengths(q_len, kv_len)
         return self._mask_mod_on(self.mask)
 
-    def kernel_mask(self, q_len: int, kv_len: int) -> Band:
-        self.check_lengths(q_len, kv_len)
-        return Band(kv_len - q_len, None, None)  # every listed block is full: never masked
+    def kernel_mask(self, q_len: int, kv_len: int) -> None:
+        # Its own layout has no partial block (nothing to mask), but a description must allow
+        # exactly what mask_mod allows, also inside a composition's partial blocks (``Blocks |
+        # Causal``): no leaf kind holds a block grid, so the kernels take the composition's
+        # bitmask.
+        return None
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
         if tile is not None:

@@ -15,7 +15,8 @@ import torch
 
 from ..layout import BlockLayout, block_areas, count_allowed
 from .base import Pattern
-from .kernel_mask import AllOf, AnyOf, KernelMask
+from .band import build_band_layout
+from .kernel_mask import AllOf, AnyOf, Band, KernelMask
 
 
 @dataclass(frozen=True, repr=False)
@@ -32,9 +33,10 @@ class _Composite(Pattern):
                 raise TypeError(f"cannot compose {type(p).__name__} {p!r} with a pattern")
             if p.content_dependent or not p.cacheable:
                 raise ValueError(f"cannot compose {p!r}: its blocks are selected from the inputs")
-            if p.fixed_blocks is not None:
-                raise ValueError(f"cannot compose {p!r}: combine block masks before making the pattern")
             parts.extend(p.parts if type(p) is cls else (p,))
+        fixed = {p.fixed_blocks for p in parts if p.fixed_blocks is not None}
+        if len(fixed) > 1:
+            raise ValueError(f"cannot compose block masks of different block sizes {sorted(fixed)}: {patterns!r}")
         canvases = {p.canvas for p in parts if p.canvas is not None}
         extras = {p.extra_kv for p in parts if p.canvas is not None}
         if len(canvases) > 1 or len(extras) > 1:
@@ -48,6 +50,15 @@ class _Composite(Pattern):
     @property
     def extra_kv(self):  # type: ignore[override]
         return next((p.extra_kv for p in self.parts if p.canvas is not None), 0)
+
+    @property
+    def fixed_blocks(self):  # type: ignore[override]
+        """The block sizes of its block-mask parts (``Blocks``), which it must be built with."""
+        return next((p.fixed_blocks for p in self.parts if p.fixed_blocks is not None), None)
+
+    def check_batch_heads(self, batch: int, heads: int) -> None:
+        for p in self.parts:
+            p.check_batch_heads(batch, heads)
 
     def __repr__(self) -> str:
         return "(" + f" {self._symbol} ".join(repr(p) for p in self.parts) + ")"
@@ -85,21 +96,24 @@ class _Composite(Pattern):
         masks = [p.kernel_mask(q_len, kv_len) for p in self.parts]
         if any(m is None for m in masks):
             return None  # the kernels then evaluate the composed mask_mod into a bitmask
-        return self._node(tuple(masks))
+        return _one_band(masks, self._widest) or self._node(tuple(masks))
 
     def _part_layouts(self, q_len, kv_len, block_q, block_kv, device, tile):
         return [p.build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
                 for p in self.parts]
 
     def _combined_pairs(self, layouts):
-        """The block pairs of the composition from its parts' layouts: ``(q block, kv block,
-        full, keep, unknown)`` per pair listed by any part; ``unknown`` pairs (their state is not
-        decided by the parts' states) are kept and partial until evaluated."""
-        nkv = layouts[0].num_kv_blocks
+        """The block pairs of the composition from its parts' layouts: ``(row, kv block, full,
+        keep, unknown)`` per pair listed by any part, ``row`` as in
+        :meth:`~foveate.layout.BlockLayout.from_pairs` over the parts' common (batch, head)
+        axes (:func:`_batch_heads`); ``unknown`` pairs (their state is not decided by the parts'
+        states) are kept and partial until evaluated."""
+        nq, nkv = layouts[0].num_q_blocks, layouts[0].num_kv_blocks
+        batch_heads = _batch_heads(layouts)
         # Per pair over all parts: how many parts list it, and how many list it as full.
         keys, fulls = [], []
         for lay in layouts:
-            row, col, full = lay.pairs()
+            row, col, full = _broadcast_pairs(lay, batch_heads)
             keys.append(row * nkv + col)
             fulls.append(full)
         key, inverse = torch.unique(torch.cat(keys), return_inverse=True)
@@ -121,6 +135,10 @@ class _Composite(Pattern):
         return int(keep.sum()), int((full & keep & ~unknown).sum())
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
+        band = None if tile is not None else self.kernel_mask(q_len, kv_len)
+        if isinstance(band, Band):  # bands around one diagonal compose into a band: analytic
+            return build_band_layout(q_len, kv_len, band.left, band.right, block_q=block_q, block_kv=block_kv,
+                                     device=device, mask_mod=self.mask_mod(q_len, kv_len))
         layouts = self._part_layouts(q_len, kv_len, block_q, block_kv, device, tile)
         # (in the tiled order the layouts cover the padded canvas; the combined mask is then
         # the tiled one)
@@ -131,16 +149,63 @@ class _Composite(Pattern):
             from ..tiling import Tiled
 
             mask_mod = Tiled(self, tile).mask_mod(q_len, kv_len)
-        qb, kb, full, keep, unknown = self._combined_pairs(layouts)
+        row, kb, full, keep, unknown = self._combined_pairs(layouts)
+        batch_heads = _batch_heads(layouts)
+        nq = layouts[0].num_q_blocks
         dims = (block_q, block_kv, q_len, kv_len)
         if unknown.any():
-            count = count_allowed(mask_mod, qb[unknown], kb[unknown], dims)
+            qb = row[unknown] % nq
+            count = count_allowed(mask_mod, qb, kb[unknown], dims, heads=row[unknown] // nq,
+                                  num_heads=batch_heads[1])
             keep[unknown] = count > 0
-            full[unknown] = count == block_areas(qb[unknown], kb[unknown], dims)
+            full[unknown] = count == block_areas(qb, kb[unknown], dims)
         return BlockLayout.from_pairs(
-            qb[keep], kb[keep], full[keep], block_q=block_q, block_kv=block_kv,
+            row[keep], kb[keep], full[keep], batch_heads=batch_heads, block_q=block_q, block_kv=block_kv,
             q_len=q_len, kv_len=kv_len, mask_mod=mask_mod,
         )
+
+
+def _one_band(masks, widest: bool) -> Band | None:
+    """The one band that bands around the same diagonal compose into (``widest``: their union,
+    else their intersection); ``None`` unless every mask is such a band. Both sides of each
+    band reach the diagonal, so the union of the intervals is an interval."""
+    if not all(isinstance(m, Band) for m in masks) or len({m.offset for m in masks}) != 1:
+        return None
+    sides = []
+    for side in ("left", "right"):
+        values = [getattr(m, side) for m in masks]
+        if any(v is not None and v < 0 for v in values):
+            return None
+        bounded = [v for v in values if v is not None]
+        if widest:
+            sides.append(None if len(bounded) < len(values) else max(bounded))
+        else:
+            sides.append(min(bounded) if bounded else None)
+    return Band(masks[0].offset, *sides)
+
+
+def _batch_heads(layouts) -> tuple[int, int]:
+    """The (batch, head) axes of a composition's layout: per batch / head where any part is."""
+    return (max(lay.batch_heads[0] for lay in layouts), max(lay.batch_heads[1] for lay in layouts))
+
+
+def _broadcast_pairs(layout: BlockLayout, batch_heads: tuple[int, int]):
+    """``layout.pairs()`` with rows over ``batch_heads`` (a part shared by every batch element
+    or head repeated for each)."""
+    row, col, full = layout.pairs()
+    (b, h), (tb, th) = layout.batch_heads, batch_heads
+    if (b, h) == (tb, th):
+        return row, col, full
+    nq, n, dev = layout.num_q_blocks, row.numel(), row.device
+    qb, bh = row % nq, row // nq
+    b_idx = torch.arange(tb, device=dev).view(-1, 1, 1) if b == 1 else (bh // h).view(1, 1, -1)
+    h_idx = torch.arange(th, device=dev).view(1, -1, 1) if h == 1 else (bh % h).view(1, 1, -1)
+    shape = (tb if b == 1 else 1, th if h == 1 else 1, n)
+
+    def spread(x):
+        return x.view(1, 1, -1).expand(shape).reshape(-1)
+
+    return ((b_idx * th + h_idx) * nq + qb).expand(shape).reshape(-1), spread(col), spread(full)
 
 
 @dataclass(frozen=True, repr=False)
@@ -149,6 +214,7 @@ class Union(_Composite):
 
     _symbol = "|"
     _node = AnyOf
+    _widest = True
 
     @staticmethod
     def _combine(a, b):
@@ -168,6 +234,7 @@ class Intersection(_Composite):
 
     _symbol = "&"
     _node = AllOf
+    _widest = False
 
     @staticmethod
     def _combine(a, b):

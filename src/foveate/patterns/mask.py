@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import MaskMod, Pattern, as_int
+from .base import MaskMod, Pattern, set_ints
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Mask(Pattern):
             raise TypeError(f"fn must be callable as fn(b, h, q_idx, kv_idx), got {type(self.fn).__name__}")
         for name in ("batch", "heads"):
             if getattr(self, name) is not None:
-                as_int(name, getattr(self, name), minimum=1)
+                set_ints(self, **{name: 1})
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", None) or type(self.fn).__name__

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from .base import Pattern, as_int, per_axis
+from .base import Pattern, is_int, per_axis, set_ints
 from .kernel_mask import Window
 
 
@@ -83,21 +83,21 @@ class Neighborhood(Pattern):
 
     def __post_init__(self):
         canvas = self.canvas
-        if isinstance(canvas, int) and not isinstance(canvas, bool):
+        if is_int(canvas):
             canvas = (canvas,)
         if (
             not isinstance(canvas, (tuple, list))
             or not 1 <= len(canvas) <= 3
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in canvas)
+            or not all(is_int(n) and n >= 1 for n in canvas)
         ):
             raise ValueError(f"canvas must be 1 to 3 positive ints, got {self.canvas!r}")
-        canvas = tuple(canvas)
+        canvas = tuple(int(n) for n in canvas)
         ndim = len(canvas)
         kernel = per_axis("kernel", self.kernel, ndim)
         dilation = per_axis("dilation", self.dilation, ndim)
         stride = per_axis("stride", self.stride, ndim)
         causal = per_axis("causal", self.causal, ndim, kind=bool)
-        as_int("extra_kv", self.extra_kv, minimum=0)
+        set_ints(self, extra_kv=0)
         for a, (n, w, d, s) in enumerate(zip(canvas, kernel, dilation, stride)):
             if d < 1:
                 raise ValueError(f"dilation={dilation}: must be >= 1 on every axis (axis {a}: {d})")

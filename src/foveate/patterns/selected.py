@@ -37,7 +37,7 @@ from ..selection.partition import PARTITIONS, partition_tile
 from ..selection.scores import check_stride
 from ..tiling import Tiled, TiledOrder
 from .band import band_mask_mod
-from .base import Pattern, as_int
+from .base import Pattern, is_int, set_ints
 from .kernel_mask import Band
 from .causal import Causal
 from .neighborhood import Neighborhood
@@ -300,12 +300,9 @@ class _ContentSelected(Pattern):
     content_dependent = True
 
     def __post_init__(self):
-        as_int("block", self.block, minimum=1)
+        set_ints(self, block=1, stride=1, sink_blocks=0, local_blocks=0)
         if self.query_block is not None:
-            as_int("query_block", self.query_block, minimum=1)
-        as_int("stride", self.stride, minimum=1)
-        as_int("sink_blocks", self.sink_blocks, minimum=0)
-        as_int("local_blocks", self.local_blocks, minimum=0)
+            set_ints(self, query_block=1)
         if not isinstance(self.causal, bool):
             raise TypeError(f"causal must be a bool, got {type(self.causal).__name__} {self.causal!r}")
         if self.score not in _SCORES:
@@ -321,11 +318,11 @@ class _ContentSelected(Pattern):
                 raise ValueError(f"partition={partition!r} needs a canvas: give canvas=(T, H, W) or (H, W)")
             return
         if (not isinstance(canvas, (tuple, list)) or not 2 <= len(canvas) <= 3
-                or not all(isinstance(n, int) and not isinstance(n, bool) for n in canvas)):
+                or not all(is_int(n) for n in canvas)):
             raise TypeError(f"canvas must be a tuple of 2 or 3 ints, (H, W) or (T, H, W), got {canvas!r}")
         if min(canvas) < 1:
             raise ValueError(f"canvas={tuple(canvas)}: every side must be >= 1")
-        canvas = tuple(canvas)
+        canvas = tuple(int(n) for n in canvas)
         if partition is None:
             partition = f"{len(canvas)}d"
         if not isinstance(partition, str) or partition not in PARTITIONS:
@@ -466,7 +463,7 @@ class BlockTopK(_ContentSelected):
     k: int
 
     def __post_init__(self):
-        as_int("k", self.k, minimum=1)
+        set_ints(self, k=1)
         super().__post_init__()
 
     def _choose(self, q, k, geometry, scale):

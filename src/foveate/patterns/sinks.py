@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Pattern, as_int
+from .base import Pattern, set_ints
 from .kernel_mask import Rect
 from .rect import build_rect_layout, rect_mask_mod
 
@@ -20,7 +20,7 @@ class Sinks(Pattern):
     n: int
 
     def __post_init__(self):
-        as_int("n", self.n, minimum=1)
+        set_ints(self, n=1)
 
     def mask_mod(self, q_len: int, kv_len: int):
         self.check_lengths(q_len, kv_len)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .band import band_mask_mod, build_band_layout
-from .base import Pattern, as_int
+from .base import Pattern, set_ints
 from .kernel_mask import Band
 
 
@@ -23,8 +23,7 @@ class SlidingWindow(Pattern):
     right: int = 0
 
     def __post_init__(self):
-        as_int("left", self.left, minimum=0)
-        as_int("right", self.right, minimum=0)
+        set_ints(self, left=0, right=0)
 
     def mask_mod(self, q_len: int, kv_len: int):
         self.check_lengths(q_len, kv_len)

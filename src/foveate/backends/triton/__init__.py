@@ -37,6 +37,12 @@ class TritonBackend(Backend):
     def available(self) -> bool:
         return triton_importable() and (torch.cuda.is_available() or _interpreting())
 
+    def unavailable_reason(self) -> str:
+        if not triton_importable():
+            return "Triton is not installed (pip install triton)"
+        return ("it needs a CUDA GPU; on a CPU its kernels run in Triton's interpreter (slow: for "
+                "tests) when TRITON_INTERPRET=1 is set before foveate is imported")
+
     def supports(self, problem: Problem) -> str | None:
         reason = self.block_reason(problem)
         if reason is not None:

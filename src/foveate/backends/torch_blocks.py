@@ -1,0 +1,273 @@
+"""The ``torch`` backend: block-sparse attention in plain PyTorch operations, any device.
+
+It walks the pattern's :class:`~foveate.layout.BlockLayout` as the fused kernels do: each
+query block gathers its listed kv blocks (full ones without mask work, partial ones with the
+pattern's ``mask_mod``), so time and memory follow the visited blocks, not ``Nq x Nkv``. It is
+what ``backend="auto"`` runs on a CPU (where there is no Triton and FlexAttention costs a
+compile per shape), forward and backward, every pattern, dtype (float32 compute; float64 kept)
+and head dim. The dense :mod:`~foveate.backends.reference` stays the tests' oracle.
+
+Query blocks are processed a chunk at a time (at most :data:`CHUNK_ELEMENTS` scores), and the
+backward recomputes each chunk's probabilities, so memory stays bounded in both passes.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+
+from ..graph_constants import pattern_from_key, pattern_key
+from ..layout import BlockLayout
+from .base import Backend, Problem, cached_layout
+from .strong_zeros import strong_zero_einsum
+
+#: Score elements (batch x heads x queries x gathered keys) held at once; bounds the memory.
+CHUNK_ELEMENTS = 1 << 23
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class TorchBlocksBackend(Backend):
+    name = "torch"
+    block_size = 128
+
+    def available(self) -> bool:
+        return True
+
+    def supports(self, problem: Problem) -> str | None:
+        if problem.dtype not in _DTYPES:
+            return f"dtype {problem.dtype} is not one of {_DTYPES}"
+        return None
+
+    def block_reason(self, problem: Problem) -> str | None:
+        if self._blocks(problem.pattern) is None:
+            return problem.pattern.block_size_reason(self.block_size, self.block_size)
+        return None
+
+    def _blocks(self, pattern) -> tuple[int, int] | None:
+        """The block sizes to walk ``pattern`` at: its own when fixed, else :attr:`block_size`
+        or the largest power-of-two fraction of it that the pattern accepts (a content
+        selection of small blocks); ``None`` if none."""
+        if pattern.fixed_blocks is not None:
+            return pattern.fixed_blocks
+        size = self.block_size
+        while size >= 1:
+            if pattern.block_size_reason(size, size) is None:
+                return size, size
+            size //= 2
+        return None
+
+    def layout(self, problem: Problem, device: torch.device) -> BlockLayout:
+        block_q, block_kv = self._blocks(problem.pattern)
+        return cached_layout(problem.pattern, problem.q_len, problem.kv_len, block_q=block_q,
+                             block_kv=block_kv, device=device)
+
+    def forward(self, q, k, v, problem, scale):
+        if torch.compiler.is_compiling():
+            # Traced into the caller's graph: the lists are constants of the graph (computed when
+            # it is traced), and autograd differentiates the chunk loop itself.
+            block_q, block_kv = self._blocks(problem.pattern)
+            q_len, kv_len = operator.index(problem.q_len), operator.index(problem.kv_len)
+            lists = _traced_lists(pattern_key(problem.pattern), q_len, kv_len, block_q, block_kv, q.device)
+            plan = _Plan.from_lists(lists, problem.pattern.mask_mod(q_len, kv_len), problem,
+                                    (block_q, block_kv, q_len, kv_len))
+            out, lse, _ = _attend(q, k, v, plan, float(scale))
+        else:
+            plan = _Plan.of(self.layout(problem, q.device), problem)
+            out, lse = _BlockSparseAttention.apply(q, k, v, plan, float(scale))
+        return out, (lse if problem.return_lse else None)
+
+
+@torch.compiler.assume_constant_result
+def _traced_lists(key: tuple, q_len: int, kv_len: int, block_q: int, block_kv: int, device) -> tuple:
+    """The partial and full kv lists (trimmed) of the cached layout of the pattern of ``key``
+    (:func:`~foveate.graph_constants.pattern_key`), run (not traced) when a graph is traced."""
+    layout = cached_layout(pattern_from_key(key), q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device)
+    return _trimmed(layout)
+
+
+def _trimmed(layout: BlockLayout) -> tuple[torch.Tensor, ...]:
+    """``(partial counts, partial indices, full counts, full indices)``, each list cut to its
+    longest row (one host sync)."""
+    out = []
+    for counts, indices in ((layout.kv_num_blocks, layout.kv_indices),
+                            (layout.full_kv_num_blocks, layout.full_kv_indices)):
+        width = int(counts.max()) if counts.numel() else 0
+        out += [counts, indices[..., :width].contiguous()]
+    return tuple(out)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass
+class _Dims:
+    block_q: int
+    block_kv: int
+    q_len: int
+    kv_len: int
+    mask_mod: object
+
+    @property
+    def num_q_blocks(self) -> int:
+        return -(-self.q_len // self.block_q)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return -(-self.kv_len // self.block_kv)
+
+
+@dataclass
+class _Plan:
+    """A layout read for gathering: per query block, the partial kv blocks then the full ones
+    (``idx`` ``(Bl, Hl, nq, W)``, long), which entries are listed (``listed``), and how many of
+    the ``W`` columns are partial (``n_partial``: the mask is evaluated on those only).
+    ``layout``: the block sizes, lengths and ``mask_mod`` (a layout or :class:`_Dims`)."""
+
+    layout: BlockLayout | _Dims
+    problem: Problem
+    idx: torch.Tensor
+    listed: torch.Tensor
+    n_partial: int
+
+    @classmethod
+    def of(cls, layout: BlockLayout, problem: Problem) -> "_Plan":
+        plan = cls.from_lists(_trimmed(layout), layout.mask_mod, problem,
+                              (layout.block_q, layout.block_kv, layout.q_len, layout.kv_len))
+        plan.layout = layout
+        return plan
+
+    @classmethod
+    def from_lists(cls, lists, mask_mod, problem: Problem, dims) -> "_Plan":
+        """From :func:`_trimmed` lists and ``dims = (block_q, block_kv, q_len, kv_len)``."""
+        counts_p, idx_p, counts_f, idx_f = lists
+        listed = [torch.arange(idx.shape[-1], device=idx.device) < counts[..., None]
+                  for counts, idx in ((counts_p, idx_p), (counts_f, idx_f))]
+        return cls(_Dims(*dims, mask_mod), problem, torch.cat([idx_p.long(), idx_f.long()], -1),
+                   torch.cat(listed, -1), idx_p.shape[-1])
+
+    def chunks(self):
+        """Ranges of query blocks, each holding at most :data:`CHUNK_ELEMENTS` scores."""
+        lay, pb = self.layout, self.problem
+        per_block = pb.batch * pb.heads_q * lay.block_q * max(1, self.idx.shape[-1]) * lay.block_kv
+        step = max(1, CHUNK_ELEMENTS // per_block)
+        return [(lo, min(lo + step, lay.num_q_blocks)) for lo in range(0, lay.num_q_blocks, step)]
+
+    def gather_index(self, lo: int, hi: int):
+        """``(b, h_kv, block)`` index tensors, ``(B, Hq, c, W)`` each, that pick each query
+        head's kv blocks for query blocks ``lo:hi`` out of ``(B, Hkv, nkv, block, D)``."""
+        pb = self.problem
+        dev = self.idx.device
+        idx = self.idx[:, :, lo:hi].expand(pb.batch, pb.heads_q, -1, -1)
+        b = torch.arange(pb.batch, device=dev).view(-1, 1, 1, 1)
+        h_kv = (torch.arange(pb.heads_q, device=dev) // (pb.heads_q // pb.heads_kv)).view(1, -1, 1, 1)
+        return b, h_kv, idx
+
+    def allowed(self, lo: int, hi: int) -> torch.Tensor:
+        """Bool ``(B|1, Hq|1, c, block_q, W, block_kv)``: which gathered pairs are allowed."""
+        lay, pb = self.layout, self.problem
+        dev = self.idx.device
+        bq, bkv = lay.block_q, lay.block_kv
+        q_pos = (torch.arange(lo, hi, device=dev)[:, None] * bq + torch.arange(bq, device=dev)).view(1, 1, -1, bq, 1, 1)
+        idx = self.idx[:, :, lo:hi]  # (Bl, Hl, c, W)
+        kv_pos = (idx[..., None] * bkv + torch.arange(bkv, device=dev))[:, :, :, None]  # (Bl, Hl, c, 1, W, bkv)
+        ok = self.listed[:, :, lo:hi, None, :, None] & (q_pos < lay.q_len) & (kv_pos < lay.kv_len)
+        n_partial = self.n_partial
+        if not n_partial or lay.mask_mod is None:
+            return ok
+        # mask_mod with the layout's batch and head axes (1 where the layout is shared).
+        b = torch.arange(ok.shape[0], device=dev).view(-1, 1, 1, 1, 1, 1)
+        h = torch.arange(ok.shape[1], device=dev).view(1, -1, 1, 1, 1, 1)
+        # Positions past the ends are clamped into range before mask_mod sees them (a mask_mod
+        # may index tables by position); they are excluded above.
+        partial = ok[..., :n_partial, :] & lay.mask_mod(
+            b, h, torch.clamp(q_pos, max=lay.q_len - 1), torch.clamp(kv_pos[..., :n_partial, :], max=lay.kv_len - 1))
+        full = ok[..., n_partial:, :]
+        lead = torch.broadcast_shapes(partial.shape[:-2], full.shape[:-2])
+        return torch.cat([partial.expand(*lead, -1, -1), full.expand(*lead, -1, -1)], -2)
+
+
+def _blocks(x: torch.Tensor, block: int, count: int) -> torch.Tensor:
+    """``(B, H, N, D)`` -> ``(B, H, count, block, D)``, zero-padded at the end."""
+    pad = count * block - x.shape[2]
+    if pad:
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+    return x.view(x.shape[0], x.shape[1], count, block, x.shape[-1])
+
+
+def _attend(q, k, v, plan: _Plan, scale: float):
+    """``(out, lse, lse in blocks)`` chunk by chunk: ``out`` ``(B, Hq, Nq, Dv)`` in q's dtype,
+    ``lse`` float32 ``(B, Hq, Nq)``, and in the compute dtype ``(B, Hq, nq, block_q)`` (kept
+    by the backward)."""
+    lay, pb = plan.layout, plan.problem
+    cd = _compute_dtype(q.dtype)
+    qb = _blocks(q.to(cd), lay.block_q, lay.num_q_blocks)
+    kb, vb = (_blocks(t.to(cd), lay.block_kv, lay.num_kv_blocks) for t in (k, v))
+    outs, lses = [], []
+    for lo, hi in plan.chunks():
+        gather = plan.gather_index(lo, hi)
+        p, allowed, lse_c = _probabilities(qb[:, :, lo:hi], kb[gather], plan.allowed(lo, hi), scale)
+        outs.append(strong_zero_einsum("bhcqwk,bhcwkd->bhcqd", p, allowed, vb[gather]))
+        lses.append(lse_c)
+    out, lse = torch.cat(outs, 2), torch.cat(lses, 2)
+    return out.flatten(2, 3)[:, :, : pb.q_len].to(q.dtype), lse.flatten(2, 3)[:, :, : pb.q_len].float(), lse
+
+
+class _BlockSparseAttention(torch.autograd.Function):
+    """:func:`_attend` with a backward that recomputes each chunk (memory stays bounded)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, plan: _Plan, scale: float):
+        out, lse, lse_blocks = _attend(q, k, v, plan, scale)
+        ctx.save_for_backward(q, k, v, lse_blocks)
+        ctx.plan, ctx.scale = plan, scale
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, d_out, d_lse):
+        q, k, v, lse = ctx.saved_tensors
+        plan, scale = ctx.plan, ctx.scale
+        lay = plan.layout
+        cd = _compute_dtype(q.dtype)
+        qb = _blocks(q.to(cd), lay.block_q, lay.num_q_blocks)
+        kb, vb = (_blocks(t.to(cd), lay.block_kv, lay.num_kv_blocks) for t in (k, v))
+        do = _blocks((d_out if d_out is not None else q.new_zeros(*q.shape[:-1], v.shape[-1])).to(cd),
+                     lay.block_q, lay.num_q_blocks)
+        dl = None if d_lse is None else _blocks(d_lse[..., None].to(cd), lay.block_q, lay.num_q_blocks)[..., 0]
+        dq, dk, dv = torch.zeros_like(qb), torch.zeros_like(kb), torch.zeros_like(vb)
+        for lo, hi in plan.chunks():
+            gather = plan.gather_index(lo, hi)
+            k_c, v_c, q_c, do_c = kb[gather], vb[gather], qb[:, :, lo:hi], do[:, :, lo:hi]
+            p, allowed, _ = _probabilities(q_c, k_c, plan.allowed(lo, hi), scale, lse[:, :, lo:hi])
+            # Forbidden pairs are strong zeros in every product, as in the reference's backward.
+            dp = torch.einsum("bhcqd,bhcwkd->bhcqwk", do_c, v_c).masked_fill(~allowed, 0.0)
+            delta = (p * dp).sum(dim=(-2, -1), keepdim=True)
+            ds = p * (dp - delta)
+            if dl is not None:
+                ds = ds + p * dl[:, :, lo:hi, :, None, None]  # d lse / d s = P
+            ds = ds.masked_fill(~allowed, 0.0)
+            dq[:, :, lo:hi] = strong_zero_einsum("bhcqwk,bhcwkd->bhcqd", ds, allowed, k_c) * scale
+            dk.index_put_(gather, strong_zero_einsum("bhcqwk,bhcqd->bhcwkd", ds, allowed, q_c) * scale,
+                          accumulate=True)
+            dv.index_put_(gather, strong_zero_einsum("bhcqwk,bhcqd->bhcwkd", p, allowed, do_c), accumulate=True)
+
+        def back(x, like):
+            return x.flatten(2, 3)[:, :, : like.shape[2]].to(like.dtype)
+
+        return back(dq, q), back(dk, k), back(dv, v), None, None
+
+
+def _probabilities(q_c, k_c, allowed, scale, lse=None):
+    """``(p, allowed, lse)`` of a chunk: ``q_c`` ``(B, H, c, bq, D)``, ``k_c`` ``(B, H, c, W,
+    bkv, D)``; ``p`` ``(B, H, c, bq, W, bkv)`` exactly 0 where not allowed; ``lse`` computed
+    unless given (``-inf`` for a query with no allowed key, whose row of ``p`` is 0)."""
+    s = torch.einsum("bhcqd,bhcwkd->bhcqwk", q_c, k_c) * scale
+    s = s.masked_fill(~allowed, float("-inf"))
+    if lse is None:
+        lse = torch.logsumexp(s.flatten(-2), dim=-1)
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    p = torch.exp(s - safe[..., None, None]).masked_fill(~allowed, 0.0)
+    return p, allowed, lse

@@ -2,10 +2,10 @@
 
 ``--setting concurrent_dq`` (the default): ``foveate.backends.triton.bwd`` runs the dq kernel
 on a second stream, concurrently with the dk/dv kernel, when the launch has at least
-``CONCURRENT_MIN_PROGRAMS`` programs; timed with ``CONCURRENT_DQ`` off and on (the threshold
-set to 0, so both settings run on every case). ``--setting tiled_order``: the backward of a
-tiled canvas given in raster order runs on copies in the tiled order
-(``TILED_ORDER_BACKWARD``) or reads the raster rows in place. Each setting alternates twice in
+``foveate.policy.concurrent_min_programs`` programs; timed with ``policy.concurrent_dq`` off
+and on (the threshold set to 0, so both settings run on every case). ``--setting
+tiled_order``: the backward of a tiled canvas given in raster order runs on copies in the
+tiled order (``policy.tiled_order_backward``) or reads the raster rows in place. Each setting alternates twice in
 one run, best of each; the gradients are checked to be bitwise the same.
 
 Usage: ``python benchmarks/backward_streams.py [--setting concurrent_dq|tiled_order] [--cases NAME ...]``
@@ -19,12 +19,11 @@ import argparse
 import torch
 
 import foveate
-import foveate.backends.triton.bwd as bwd
 from foveate.benchmark.suites import select_cases
 
 from common import bench_ms, run_header
 
-SETTINGS = {"concurrent_dq": "CONCURRENT_DQ", "tiled_order": "TILED_ORDER_BACKWARD"}
+SETTINGS = {"concurrent_dq": "concurrent_dq", "tiled_order": "tiled_order_backward"}
 CANVASES = ["gna-2d-w80", "gna-2d-w80-s16", "gna-3d-hunyuan", "gna-3d-hunyuan-s", "2d-128x128-k13",
             "3d-16x64x64-k7x15x15"]
 CASES = ["causal-8k", "gna-1d-w2048", "gna-1d-w2048-s256", "gna-2d-w80-s16", "gna-3d-hunyuan-s", "2d-128x128-k13",
@@ -43,8 +42,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/backward_streams.py needs a CUDA GPU")
     print(f"{run_header()}, bf16, triton backend, forward+backward, {flag} off / on")
-    if args.setting == "concurrent_dq":
-        bwd.CONCURRENT_MIN_PROGRAMS = 0
+    threshold = {"concurrent_min_programs": 0} if args.setting == "concurrent_dq" else {}
     for case in select_cases("gpu", args.cases):
         if case.name not in args.cases:
             continue
@@ -60,9 +58,9 @@ def main() -> None:
         times: dict[bool, list[float]] = {False: [], True: []}
         results = {}
         for on in (False, True, False, True):
-            setattr(bwd, flag, on)
-            results[on] = grads()
-            times[on].append(bench_ms(grads))
+            with foveate.policy.override(**{flag: on}, **threshold):
+                results[on] = grads()
+                times[on].append(bench_ms(grads))
         same = all(torch.equal(a, b) for a, b in zip(results[False], results[True]))
         one, two = min(times[False]), min(times[True])
         print(f"{case.name:24s} off {one:8.3f} ms   on {two:8.3f} ms   speedup {one / two:.3f}   "

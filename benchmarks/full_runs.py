@@ -2,7 +2,7 @@
 
 When every query block's full kv blocks are one run of consecutive blocks (dense, causal and
 windowed rows: ``BlockLayout.full_runs``, found once for cached layouts), the forward kernel
-walks them as a range and reads no list entry but the first (``fwd.USE_FULL_RUNS``); otherwise
+walks them as a range and reads no list entry but the first (``foveate.policy.full_runs``); otherwise
 it reads each block's index from the list. This times ``foveate.attention`` forward (bf16,
 D=128, triton backend) both ways, alternated twice, best of each: ``do_bench`` for the 16-head
 cases, the GPU time of a CUDA graph for the 1-head 1-D cases (host-bound when eager); the
@@ -17,7 +17,6 @@ import torch
 
 import foveate
 from foveate import patterns as P
-from foveate.backends.triton import fwd
 
 from common import bench_ms, graph_ms, run_header
 
@@ -48,10 +47,9 @@ def main() -> None:
 
         times, outs = {False: [], True: []}, {}
         for ranges in (False, True, False, True):
-            fwd.USE_FULL_RUNS = ranges
-            outs[ranges] = forward()
-            times[ranges].append(graph_ms(forward) if heads == 1 else bench_ms(forward))
-        fwd.USE_FULL_RUNS = True
+            with foveate.policy.override(full_runs=ranges):
+                outs[ranges] = forward()
+                times[ranges].append(graph_ms(forward) if heads == 1 else bench_ms(forward))
         lists, ranges = min(times[False]), min(times[True])
         print(f"{name:28s} lists {lists * 1e3:9.1f} us   ranges {ranges * 1e3:9.1f} us   {lists / ranges:.3f}x   "
               f"bitwise equal: {torch.equal(outs[False], outs[True])}", flush=True)

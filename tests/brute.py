@@ -1,6 +1,6 @@
 """Brute-force definitions of the pattern masks and of the block classification.
 
-Written from DESIGN.md ("Patterns (contract)", "Neighborhood", "Others in the first wave",
+Written from docs/design.md ("Patterns (contract)", "Neighborhood", "Sequence patterns",
 "BlockLayout (contract)") and from the docstring of ``foveate.tiling`` (the tiled token order)
 with plain Python loops over coordinates, independently of foveate's own ``mask_mod`` /
 ``axis_window`` / ``TiledOrder``: the tests compare foveate against these.
@@ -56,7 +56,7 @@ def sliding_window_mask(q_len: int, kv_len: int, left: int, right: int = 0) -> t
 
 
 def group_window(x_raw: int, length: int, kernel: int, dilation: int, stride: int, causal: bool):
-    """DESIGN.md's per-axis window of the query at raw coordinate ``x_raw``.
+    """docs/design.md's per-axis window of the query at raw coordinate ``x_raw``.
 
     Returns ``(group, start, end)``: the dilation group and the half-open window of group
     coordinates ``[start, end)``.
@@ -272,3 +272,16 @@ def pattern_mask(pattern, q_len: int, kv_len: int) -> torch.Tensor:
         raise AssertionError(f"no brute-force mask for {pattern!r}")
     assert mask.shape == (q_len, kv_len), f"{pattern!r} has a {tuple(mask.shape)} mask, not {q_len} x {kv_len}"
     return mask
+
+
+def classify_blocks(mask: torch.Tensor, block_q: int, block_kv: int) -> torch.Tensor:
+    """The block states of a ``(B, H, q_len, kv_len)`` mask, ``int8 (B, H, nq, nkv)``: 0 no allowed pair, 2 every existing pair allowed, 1 otherwise."""
+    b_, h_, q_len, kv_len = mask.shape
+    nq, nkv = -(-q_len // block_q), -(-kv_len // block_kv)
+    out = torch.zeros(b_, h_, nq, nkv, dtype=torch.int8)
+    for i in range(nq):
+        for j in range(nkv):
+            blk = mask[:, :, i * block_q:(i + 1) * block_q, j * block_kv:(j + 1) * block_kv]
+            allowed, existing = blk.flatten(2).sum(-1), blk[0, 0].numel()
+            out[:, :, i, j] = torch.where(allowed == 0, 0, torch.where(allowed == existing, 2, 1)).to(torch.int8)
+    return out

@@ -82,3 +82,34 @@ def leaf(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     if dtype is not None:
         t = t.to(dtype)
     return t.clone().requires_grad_(True)
+
+
+def grads_of(run, q, k, v, d_out, d_lse):
+    """``(out, lse, dq, dk, dv)`` of ``run(q, k, v) -> (out, lse)`` on fresh leaves, for the loss
+    ``sum(out * d_out) + sum(finite lse * d_lse)``."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out, lse = run(q, k, v)
+    loss = (out * d_out).sum() + (torch.where(torch.isinf(lse), 0, lse) * d_lse).sum()
+    return (out.detach(), lse.detach(), *torch.autograd.grad(loss, (q, k, v)))
+
+
+@pytest.fixture
+def triton_spy(monkeypatch):
+    """Counts the Triton forward and backward launches (a silent fall-back leaves them at 0)."""
+    from foveate.backends.triton import bwd as bwd_module
+    from foveate.backends.triton import fwd as fwd_module
+
+    calls = {"fwd": 0, "bwd": 0}
+    real_fwd, real_bwd = fwd_module.attention_forward, bwd_module.attention_backward
+
+    def attention_forward(*args, **kw):
+        calls["fwd"] += 1
+        return real_fwd(*args, **kw)
+
+    def attention_backward(*args, **kw):
+        calls["bwd"] += 1
+        return real_bwd(*args, **kw)
+
+    monkeypatch.setattr(fwd_module, "attention_forward", attention_forward)
+    monkeypatch.setattr(bwd_module, "attention_backward", attention_backward)
+    return calls

@@ -1,4 +1,5 @@
-"""What the tests of Triton kernels share: the skip mark, and a spy that proves a kernel ran.
+"""What the tests of Triton kernels share: the device, the skip mark, and a spy that proves a
+kernel ran.
 
 A test that means to exercise a kernel replaces the module's kernel object with a
 :class:`KernelSpy` (``monkeypatch.setattr(module, "_kernel", KernelSpy(module._kernel))``) and
@@ -12,8 +13,11 @@ import os
 import pytest
 import torch
 
-#: The kernels run on CUDA, or on the CPU in Triton's interpreter (``conftest.py`` sets
-#: ``TRITON_INTERPRET=1`` when there is no GPU).
+#: Where the kernels' tests put their tensors: the GPU if there is one, else the CPU (the kernels
+#: then run in Triton's interpreter: ``conftest.py`` sets ``TRITON_INTERPRET=1``).
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+#: The kernels run on CUDA, or on the CPU in Triton's interpreter.
 needs_triton = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
     reason="no CUDA and TRITON_INTERPRET is not 1",

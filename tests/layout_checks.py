@@ -1,4 +1,4 @@
-"""Checks of a ``BlockLayout``: its index tensors against the contract (DESIGN.md,
+"""Checks of a ``BlockLayout``: its index tensors against the contract (docs/design.md,
 "BlockLayout (contract)") and, block by block, against the brute-force block classification
 of ``brute.py``."""
 

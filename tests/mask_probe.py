@@ -21,8 +21,8 @@ import triton.language as tl
 
 from foveate.backends.triton import masks
 from foveate.backends.triton.masks import window
+from kernel_spy import DEVICE
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @triton.jit

@@ -17,7 +17,8 @@ from matplotlib.markers import MarkerStyle
 
 import foveate
 from foveate import patterns as P
-from foveate.backends import Backend, ReferenceBackend, register
+from foveate.backends import Backend, register
+from foveate.backends.reference import ReferenceBackend
 from foveate.benchmark.suites import TINY_SUITE, Case, dense_pairs
 from foveate.cli import main
 

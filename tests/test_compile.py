@@ -21,7 +21,7 @@ import foveate
 from foveate import patterns as P
 
 from conftest import make_qkv
-from test_triton_fwd import DEVICE, needs_triton
+from kernel_spy import DEVICE, needs_triton
 
 pytestmark = [needs_triton, pytest.mark.filterwarnings(
     "ignore:Conversion of an array with ndim > 0 to a scalar:DeprecationWarning"),
@@ -311,7 +311,6 @@ def test_compiled_backward_knows_the_layouts_row_blocks(rng, monkeypatch):
     moved = []
     real = bwd._backward_in_tiled_order
     monkeypatch.setattr(bwd, "_backward_in_tiled_order", lambda *a: moved.append(1) or real(*a))
-    monkeypatch.setattr(bwd, "TILED_ORDER_MIN_ROW_BLOCKS", 0.5)
     q, k, v = _qkv(rng, (16, 24))
     d_out = torch.randn(q.shape, generator=rng).to(DEVICE)
 
@@ -319,6 +318,7 @@ def test_compiled_backward_knows_the_layouts_row_blocks(rng, monkeypatch):
         return foveate.attention(q, k, v, P.Neighborhood((16, 24), (5, 7)), backend="triton", tile=(8, 16))
 
     compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
-    for got, want in zip(_run(compiled, q, k, v, d_out), _run(call, q, k, v, d_out)):
-        assert torch.equal(got, want)
+    with foveate.policy.override(tiled_order_min_row_blocks=0.5):
+        for got, want in zip(_run(compiled, q, k, v, d_out), _run(call, q, k, v, d_out)):
+            assert torch.equal(got, want)
     assert len(moved) == 2  # the compiled backward and the eager one

@@ -219,7 +219,7 @@ def test_auto_picks_triton_on_cuda(pattern, requires_grad):
 
 @pytest.mark.parametrize("pattern", [P.Causal(), P.Neighborhood((64, 64), (13, 13))], ids=repr)
 def test_concurrent_dq_gives_the_same_gradients(pattern, monkeypatch):
-    """The dq kernel on a second stream (``bwd.CONCURRENT_DQ``): bitwise the gradients of one
+    """The dq kernel on a second stream (``foveate.policy.concurrent_dq``): bitwise the gradients of one
     stream, read on the caller's stream with no synchronisation of the test's own."""
     from foveate.backends.triton import bwd
 
@@ -229,11 +229,10 @@ def test_concurrent_dq_gives_the_same_gradients(pattern, monkeypatch):
     side_calls = []
     side_stream = bwd._side_stream
     monkeypatch.setattr(bwd, "_side_stream", lambda device: side_calls.append(device) or side_stream(device))
-    monkeypatch.setattr(bwd, "CONCURRENT_MIN_PROGRAMS", 0)
     grads = {}
     for concurrent in (False, True):
-        monkeypatch.setattr(bwd, "CONCURRENT_DQ", concurrent)
-        grads[concurrent] = _grads(q, k, v, pattern, d_out, backend="triton")[2:]
+        with foveate.policy.override(concurrent_dq=concurrent, concurrent_min_programs=0):
+            grads[concurrent] = _grads(q, k, v, pattern, d_out, backend="triton")[2:]
     assert len(side_calls) == 1, "the second stream ran the dq kernel once (concurrent=True only)"
     assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
 
@@ -242,21 +241,19 @@ def test_concurrent_dq_gives_the_same_gradients(pattern, monkeypatch):
     (P.Neighborhood((30, 48, 40), (18, 24, 24), stride=(16, 8, 8)), (2, 8, 8)),  # long rows: the default
     (P.Neighborhood((50, 40), (13, 9), stride=(2, 3), extra_kv=77), (16, 8)),  # padded, extra keys
 ], ids=["3d-strided", "2d-padded-extra"])
-def test_tiled_order_backward_gives_the_same_gradients(pattern, tile, monkeypatch):
+def test_tiled_order_backward_gives_the_same_gradients(pattern, tile):
     """The backward of a raster-order tiled canvas on copies in the tiled order
-    (``bwd.TILED_ORDER_BACKWARD``, forced for any row length) against the one that reads the
+    (``foveate.policy.tiled_order_backward``, forced for any row length) against the one that reads the
     raster rows in place: bitwise the same gradients, bf16."""
-    from foveate.backends.triton import bwd
 
     q_len, kv_len = pattern.default_lengths()
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, d_out = (torch.randn(1, 4, q_len, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(2))
     k, v = (torch.randn(1, 2, kv_len, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(2))
-    monkeypatch.setattr(bwd, "TILED_ORDER_MIN_ROW_BLOCKS", 0)
     grads = {}
     for tiled_order in (False, True):
-        monkeypatch.setattr(bwd, "TILED_ORDER_BACKWARD", tiled_order)
-        grads[tiled_order] = _grads(q, k, v, pattern, d_out, backend="triton", tile=tile)[2:]
+        with foveate.policy.override(tiled_order_backward=tiled_order, tiled_order_min_row_blocks=0):
+            grads[tiled_order] = _grads(q, k, v, pattern, d_out, backend="triton", tile=tile)[2:]
     assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
 
 
@@ -394,19 +391,14 @@ def test_forced_bitmask_equals_the_structured_path(pattern, tile):
     """The same pattern from the bitmask (``policy.force_bitmask``) and from its kernel mask
     description: bf16, forward and backward, bitwise equal on the portable kernels (the same
     blocks in the same order, and the masks agree exactly)."""
-    from foveate.backends.triton import fwd
 
     n = 2048 if pattern.canvas is None else None
     q_len, kv_len, gen, (q, k, v) = _inputs(pattern, n, n, 4, 2, 128)
     low = [t.to(torch.bfloat16) for t in (q, k, v)]
     d_out = torch.randn(2, 4, q_len, 128, device="cuda", generator=gen, dtype=torch.bfloat16)
-    use_hopper = fwd.USE_HOPPER
-    try:
-        fwd.USE_HOPPER = False  # both on the portable kernels: bitwise
+    with foveate.policy.override(hopper_forward=False):  # both on the portable kernels: bitwise
         structured = _grads(*low, pattern, d_out, backend="triton", tile=tile)
         with foveate.policy.override(force_bitmask=True):
             forced = _grads(*low, pattern, d_out, backend="triton", tile=tile)
-    finally:
-        fwd.USE_HOPPER = use_hopper
     for name, a, b in zip(["out", "lse", "dq", "dk", "dv"], structured, forced):
         assert torch.equal(a, b), name

@@ -24,17 +24,15 @@ import torch
 
 import foveate
 from foveate import patterns as P
-from foveate.patterns import selected as selected_module
 from foveate.selection import SelectionGeometry, mean_logits, mean_topk
 from foveate.selection import mean_topk_triton as kernels
 from foveate.selection.scores import block_means
 from foveate.tiling import TiledOrder
-from kernel_spy import KernelSpy, needs_triton
+from kernel_spy import DEVICE, KernelSpy, needs_triton
 
 F64, F32, F16 = torch.float64, torch.float32, torch.float16
 
 pytestmark = needs_triton
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 #: A block chosen by one path only must score within this (relative) of the row's k-th score.
 NEAR_TIE = 1e-4
 
@@ -361,9 +359,9 @@ def test_the_kernel_writes_the_selections_lists(q_len, kv_len, query_block, bloc
     # Through the pattern: its layout's kv lists are the kernel's, the transposed ones built later.
     list_spy = KernelSpy(layout_triton._grid_to_lists_kernel)
     monkeypatch.setattr(layout_triton, "_grid_to_lists_kernel", list_spy)
-    monkeypatch.setattr(selected_module, "MEAN_TOPK_METHOD", "triton")
     pattern = P.BlockTopK(3, block=block, query_block=query_block, causal=causal)
-    selection = pattern.select(q, k, scale=0.25)
+    with foveate.policy.override(mean_topk_method="triton"):
+        selection = pattern.select(q, k, scale=0.25)
     layout = selection.build(q_len, kv_len, block_q=query_block, block_kv=block, device=DEVICE)
     assert layout.kv_indices is selection._kv_lists[1] and not layout.has_transposed
     assert torch.equal(layout.to_dense().cpu(), selection.block_grid(query_block, block).cpu())
@@ -404,16 +402,16 @@ def test_strided_inputs(rng, spy):
 ], ids=["blocktopk-causal", "moba-qb32-b64"])
 def test_attention_equals_the_torch_selection(pattern, rng, spy, monkeypatch):
     """``foveate.attention`` with the selection forced to the kernels gives the output of the
-    torch selection (``selected.MEAN_TOPK_METHOD``)."""
+    torch selection (``foveate.policy.mean_topk_method``)."""
     q, k = planted(rng, 2, 4, 2, 192, 256, 32, pattern.block)
     v = _rand(rng, 2, 2, 256, 32)
-    monkeypatch.setattr(selected_module, "MEAN_TOPK_METHOD", "triton")
-    by_kernel = foveate.attention(q, k, v, pattern, backend="reference")
-    chosen = pattern.select(q, k).selected
+    with foveate.policy.override(mean_topk_method="triton"):
+        by_kernel = foveate.attention(q, k, v, pattern, backend="reference")
+        chosen = pattern.select(q, k).selected
     assert len(spy["select"].launches) == 2
-    monkeypatch.setattr(selected_module, "MEAN_TOPK_METHOD", "torch")
-    by_torch = foveate.attention(q, k, v, pattern, backend="reference")
-    assert torch.equal(chosen.cpu(), pattern.select(q, k).selected.cpu())
+    with foveate.policy.override(mean_topk_method="torch"):
+        by_torch = foveate.attention(q, k, v, pattern, backend="reference")
+        assert torch.equal(chosen.cpu(), pattern.select(q, k).selected.cpu())
     assert len(spy["select"].launches) == 2  # the torch path ran no kernel
     assert torch.equal(by_kernel, by_torch)
     dense = foveate.attention(q, k, v, P.Causal(), backend="reference")

@@ -52,7 +52,7 @@ def neighborhood_kwargs(canvas, kernel, dilation=1, stride=1, causal=False, extr
 
 
 # =============================================================================================
-# The brute force itself: literal examples read off DESIGN.md, and properties it promises
+# The brute force itself: literal examples read off docs/design.md, and properties it promises
 # =============================================================================================
 
 

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 
 import foveate
 from foveate import patterns as P
-from foveate.backends.triton import bwd as bwd_module
 from foveate.backends.triton import fwd as fwd_module
 from foveate.selection import (
     SelectionGeometry, antidiagonal_mass, mean_logits, mean_mass, select_topk, select_topp,
@@ -31,8 +30,9 @@ from foveate.selection.naive import naive_antidiagonal_mass, naive_mean_logits
 
 import brute
 from layout_checks import check_structure
+from conftest import grads_of
 from naive import naive_attention
-from test_triton_fwd import DEVICE, needs_triton
+from kernel_spy import DEVICE, needs_triton
 
 F64, F32, F16 = torch.float64, torch.float32, torch.float16
 
@@ -91,19 +91,6 @@ def expand_selection(selected, query_block, block, q_len, kv_len, causal) -> tor
         for j in range(kv_len):
             if causal_mask[i, j]:
                 out[:, :, i, j] = sel[:, :, i // query_block, j // block]
-    return out
-
-
-def classify(mask: torch.Tensor, block_q: int, block_kv: int) -> torch.Tensor:
-    """``int8 (B, H, nq, nkv)``: 0 no allowed pair, 2 every existing pair allowed, 1 otherwise."""
-    b_, h_, q_len, kv_len = mask.shape
-    nq, nkv = -(-q_len // block_q), -(-kv_len // block_kv)
-    out = torch.zeros(b_, h_, nq, nkv, dtype=torch.int8)
-    for i in range(nq):
-        for j in range(nkv):
-            blk = mask[:, :, i * block_q:(i + 1) * block_q, j * block_kv:(j + 1) * block_kv]
-            allowed, existing = blk.flatten(2).sum(-1), blk[0, 0].numel()
-            out[:, :, i, j] = torch.where(allowed == 0, 0, torch.where(allowed == existing, 2, 1)).to(torch.int8)
     return out
 
 
@@ -537,7 +524,7 @@ def test_selected_blocks_mask_and_layout_match_brute_force(case):
     layout = sb.build(sb.q_len, sb.kv_len, block_q=block_q, block_kv=block_kv)
     assert (layout.block_q, layout.block_kv, layout.q_len, layout.kv_len) == (block_q, block_kv, sb.q_len, sb.kv_len)
     grid = check_structure(layout)
-    assert torch.equal(torch.broadcast_to(grid, (*want.shape[:2], *grid.shape[2:])), classify(want, block_q, block_kv))
+    assert torch.equal(torch.broadcast_to(grid, (*want.shape[:2], *grid.shape[2:])), brute.classify_blocks(want, block_q, block_kv))
     # (allowed_pairs() of these layouts is checked on its own below.)
 
 
@@ -612,19 +599,12 @@ def test_build_with_q_and_k_is_the_selection_layout():
     pattern = P.BlockTopK(3, block=16, query_block=8, causal=True, score="antidiagonal", stride=4)
     layout = pattern.build(50, 90, block_q=4, block_kv=8, q=q, k=k)
     sb = pattern.select(q, k)
-    assert torch.equal(check_structure(layout), classify(sb.dense_mask(), 4, 8))
+    assert torch.equal(check_structure(layout), brute.classify_blocks(sb.dense_mask(), 4, 8))
     assert torch.equal(layout.to_dense(), sb.build(50, 90, block_q=4, block_kv=8).to_dense())
     assert sb.source == pattern
 
 
 # -- 5. attention -----------------------------------------------------------------------------------
-
-
-def _grads(run, q, k, v, d_out, d_lse):
-    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    out, lse = run(q, k, v)
-    loss = (out * d_out).sum() + (torch.where(torch.isinf(lse), 0, lse) * d_lse).sum()
-    return (out.detach(), lse.detach(), *torch.autograd.grad(loss, (q, k, v)))
 
 
 REFERENCE_CASES = [
@@ -650,9 +630,9 @@ def test_reference_attention_is_naive_attention_on_the_selection(pattern, q_len,
     mask = pattern.select(q, k).dense_mask()
     assert mask.shape == (2, heads[0], q_len, kv_len)
 
-    got = _grads(lambda q, k, v: foveate.attention(q, k, v, pattern, backend="reference", return_lse=True),
+    got = grads_of(lambda q, k, v: foveate.attention(q, k, v, pattern, backend="reference", return_lse=True),
                  q, k, v, d_out, d_lse)
-    want = _grads(lambda q, k, v: naive_attention(q, k, v, mask), q, k, v, d_out, d_lse)
+    want = grads_of(lambda q, k, v: naive_attention(q, k, v, mask), q, k, v, d_out, d_lse)
     assert all(torch.equal(a, b) for a, b in zip(clones, (q, k, v))), "attention() modified its inputs"
     out, lse = got[:2]
     assert torch.equal(torch.isinf(lse), torch.isinf(want[1]))
@@ -680,23 +660,7 @@ def test_gradients_do_not_flow_into_the_selection():
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0, name
 
 
-@pytest.fixture
-def triton_spy(monkeypatch):
-    """Counts the Triton forward and backward launches (a silent fall-back leaves them at 0)."""
-    calls = {"fwd": 0, "bwd": 0}
-    real_fwd, real_bwd = fwd_module.attention_forward, bwd_module.attention_backward
 
-    def attention_forward(*args, **kw):
-        calls["fwd"] += 1
-        return real_fwd(*args, **kw)
-
-    def attention_backward(*args, **kw):
-        calls["bwd"] += 1
-        return real_bwd(*args, **kw)
-
-    monkeypatch.setattr(fwd_module, "attention_forward", attention_forward)
-    monkeypatch.setattr(bwd_module, "attention_backward", attention_backward)
-    return calls
 
 
 TRITON_CASES = [
@@ -731,15 +695,15 @@ def test_triton_matches_reference_on_selections(triton_spy, pattern, q_len, kv_l
     mask = sb.dense_mask().cpu()
     assert mask.any(-1).any() and not mask.all()
 
-    tri = _grads(lambda q, k, v: foveate.attention(q, k, v, pattern, backend="triton", return_lse=True),
+    tri = grads_of(lambda q, k, v: foveate.attention(q, k, v, pattern, backend="triton", return_lse=True),
                  q, k, v, d_out, d_lse)
     assert triton_spy == {"fwd": 1, "bwd": 1}, f"the triton kernels did not run: {triton_spy}"
-    ref = _grads(lambda q, k, v: foveate.attention(q, k, v, pattern, backend="reference", return_lse=True),
+    ref = grads_of(lambda q, k, v: foveate.attention(q, k, v, pattern, backend="reference", return_lse=True),
                  q, k, v, d_out, d_lse)
     cpu = [t.cpu() for t in (q, k, v, d_out, d_lse)]
-    truth = _grads(lambda q, k, v: naive_attention(q, k, v, mask), *(t.double() for t in cpu[:3]),
+    truth = grads_of(lambda q, k, v: naive_attention(q, k, v, mask), *(t.double() for t in cpu[:3]),
                    cpu[3].double(), cpu[4].double())
-    low = None if dtype == F32 else _grads(lambda q, k, v: naive_attention(q, k, v, mask), *cpu)
+    low = None if dtype == F32 else grads_of(lambda q, k, v: naive_attention(q, k, v, mask), *cpu)
 
     empty = ~mask.any(-1)
     assert torch.equal(torch.isinf(tri[1].cpu()), empty) and torch.equal(torch.isinf(ref[1].cpu()), empty)

@@ -20,8 +20,8 @@ import pytest
 import torch
 from layout_checks import check_structure
 from naive import naive_attention
-from test_selection import _grads, classify, triton_spy  # noqa: F401 (triton_spy: a fixture)
-from test_triton_fwd import DEVICE, needs_triton
+from conftest import grads_of
+from kernel_spy import DEVICE, needs_triton
 
 import foveate
 from foveate import patterns as P
@@ -362,7 +362,7 @@ def test_canvas_selection_masks_and_layouts(kw, block_q, block_kv):
     assert not tiled[..., t2r < 0].any(), "a padded key is allowed"
     assert torch.equal(tiled[:, :, r2t][:, :, :, r2t], raster)
     layout = sb.build(sb.q_len, sb.kv_len, block_q=block_q, block_kv=block_kv)
-    assert torch.equal(check_structure(layout), classify(tiled, block_q, block_kv))
+    assert torch.equal(check_structure(layout), brute.classify_blocks(tiled, block_q, block_kv))
     if order.has_padding:
         run = sb.runnable
         assert isinstance(run, Tiled) and run.tile == order.tile and run != sb.runnable
@@ -413,8 +413,8 @@ def test_reference_attention_is_naive_attention_on_the_raster_mask(pattern, head
         return out.reshape(q.shape), lse.reshape(q.shape[:-1])
 
     clones = [t.clone() for t in (q, k, v)]
-    got = _grads(run, q, k, v, d_out, d_lse)
-    want = _grads(lambda q, k, v: naive_attention(q, k, v, mask), q, k, v, d_out, d_lse)
+    got = grads_of(run, q, k, v, d_out, d_lse)
+    want = grads_of(lambda q, k, v: naive_attention(q, k, v, mask), q, k, v, d_out, d_lse)
     assert all(torch.equal(a, b) for a, b in zip(clones, (q, k, v))), "attention() modified its inputs"
     out, lse = got[:2]
     assert torch.equal(torch.isinf(lse), torch.isinf(want[1]))
@@ -486,15 +486,15 @@ def test_triton_matches_naive_attention_on_canvas_selections(triton_spy, pattern
     mask = pattern.select(q.flatten(2, -2), k.flatten(2, -2)).dense_mask().cpu()
     assert mask.any() and not mask.all()
 
-    tri = _grads(lambda q, k, v: foveate.attention(q, k, v, pattern, backend="triton", return_lse=True),
+    tri = grads_of(lambda q, k, v: foveate.attention(q, k, v, pattern, backend="triton", return_lse=True),
                  q, k, v, d_out, d_lse)
     assert triton_spy == {"fwd": 1, "bwd": 1}, f"the triton kernels did not run: {triton_spy}"
     assert tri[0].shape == q.shape and tri[1].shape == q.shape[:-1]
     tri = [t.cpu().reshape(t.shape[0], t.shape[1], n, -1).squeeze(-1) if i == 1 else
            t.cpu().reshape(t.shape[0], t.shape[1], n, t.shape[-1]) for i, t in enumerate(tri)]
     cpu = [t.cpu().flatten(2, -2) for t in (q, k, v, d_out)] + [d_lse.cpu().flatten(2)]
-    truth = _grads(lambda q, k, v: naive_attention(q, k, v, mask), *(t.double() for t in cpu))
-    low = None if dtype == F32 else _grads(lambda q, k, v: naive_attention(q, k, v, mask), *cpu)
+    truth = grads_of(lambda q, k, v: naive_attention(q, k, v, mask), *(t.double() for t in cpu))
+    low = None if dtype == F32 else grads_of(lambda q, k, v: naive_attention(q, k, v, mask), *cpu)
     for i, name in enumerate(("out", "lse", "dq", "dk", "dv")):
         t, w = tri[i].double(), truth[i]
         assert t.shape == w.shape and torch.isfinite(t).all(), name

@@ -14,7 +14,7 @@ from foveate.layout import BlockLayout
 from foveate.selection import SelectionGeometry, antidiagonal_mass
 from foveate.selection.naive import naive_antidiagonal_mass
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from kernel_spy import DEVICE, KernelSpy
 
 _LIST_FIELDS = ("kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks")
 
@@ -109,7 +109,6 @@ def test_layout_takes_the_transposed_lists_or_a_function_for_them():
 
 def test_both_list_directions_come_from_one_launch(monkeypatch):
     from foveate import layout_triton
-    from kernel_spy import KernelSpy
 
     spy = KernelSpy(layout_triton._grid_to_lists_kernel)
     monkeypatch.setattr(layout_triton, "_grid_to_lists_kernel", spy)

@@ -2,7 +2,7 @@
 force: block grids of the brute-force masks of ``brute.py`` (in raster order, or in its
 brute-force tiled order) and the layouts' ``to_dense()``.
 
-DESIGN.md ("Simulator"): ``blocks_total`` is the dense block count on the caller's lengths;
+docs/design.md ("Simulator"): ``blocks_total`` is the dense block count on the caller's lengths;
 ``blocks_full`` / ``blocks_partial`` the visited blocks of the layout (in tiled order, padding
 included); ``pairs_useful`` the allowed pairs of the pattern (caller's order);
 ``pairs_computed`` the pairs inside visited blocks, clipped at the sequence ends (in tiled
@@ -239,7 +239,7 @@ def test_simulate_tile_auto_is_choose_tile():
 
 
 def test_simulate_is_public():
-    """DESIGN.md: ``foveate.simulate(pattern, ...)`` is a public name of the package."""
+    """docs/design.md: ``foveate.simulate(pattern, ...)`` is a public name of the package."""
     assert callable(foveate.simulate), f"foveate.simulate is {foveate.simulate!r}, not the simulator"
     assert foveate.simulate(P.Causal(), q_len=8, block_q=4, block_kv=4).blocks_partial == 2
 

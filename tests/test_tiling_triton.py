@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import brute
-from kernel_spy import KernelSpy, needs_triton
+from kernel_spy import DEVICE, KernelSpy, needs_triton
 from foveate import tiling_triton
 from foveate.tiling import TiledOrder
 from strategies import tile_of
@@ -30,7 +30,6 @@ from strategies import tile_of
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 
 pytestmark = needs_triton
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 CASES = [  # (canvas, tile): divides, pads, tile larger than the canvas, odd tiles, 1-D to 3-D
     ((10,), (4,)),

@@ -24,7 +24,8 @@ from foveate.layout import LIST_FIELDS, BlockLayout
 
 from conftest import make_qkv
 from naive import naive_attention
-from test_triton_fwd import BLOCK, CASES, DEVICE, _brute_mask, _flat, _inputs, _random_grid, _token_mask, needs_triton
+from kernel_spy import DEVICE, needs_triton
+from triton_cases import BLOCK, CASES, brute_mask, flat, inputs, random_grid, token_mask
 
 F64, F32, F16 = torch.float64, torch.float32, torch.float16
 
@@ -107,7 +108,7 @@ def test_the_backward_cases_cover_the_features():
 
 @pytest.mark.parametrize("case,dtype", BWD_RUNS)
 def test_gradients_match_naive(rng, bwd_spy, case, dtype):
-    q, k, v = _inputs(rng, case, dtype)
+    q, k, v = inputs(rng, case, dtype)
     d_out = torch.randn(*q.shape[:-1], case.dims[1], generator=rng).to(dtype).to(DEVICE)
     d_lse = torch.randn(q.shape[:-1], generator=rng).to(DEVICE)
 
@@ -116,9 +117,9 @@ def test_gradients_match_naive(rng, bwd_spy, case, dtype):
 
     got = _kernel_grads(run, q, k, v, d_out, d_lse)
     assert len(bwd_spy) == 1, "the triton backward did not run exactly once"
-    mask = _brute_mask(case.pattern or P.Dense(), case.q_len, case.kv_len)
-    flat = [_flat(t) for t in got[2:]]
-    _check_grads((None, None, *flat), _flat(q), _flat(k), _flat(v), mask, _flat(d_out),
+    mask = brute_mask(case.pattern or P.Dense(), case.q_len, case.kv_len)
+    grads = [flat(t) for t in got[2:]]
+    _check_grads((None, None, *grads), flat(q), flat(k), flat(v), mask, flat(d_out),
                  d_lse.reshape(*d_lse.shape[:2], -1))
 
 
@@ -133,7 +134,7 @@ def test_gradient_without_lse_and_with_a_scale(rng, bwd_spy):
         return out, torch.zeros(out.shape[:-1])
 
     got = _kernel_grads(run, q, k, v, d_out, None)
-    _check_grads(got, q, k, v, _brute_mask(P.SlidingWindow(30, 30), 200, 180), d_out, None, scale=0.3)
+    _check_grads(got, q, k, v, brute_mask(P.SlidingWindow(30, 30), 200, 180), d_out, None, scale=0.3)
 
 
 def test_backward_is_deterministic(rng):
@@ -167,15 +168,15 @@ def test_backward_with_a_block_grid(rng, bwd_spy, name, lead, values, spec_patte
     q, k, v = (t.to(DEVICE) for t in make_qkv(rng, batch=2, heads_q=4, heads_kv=2, q_shape=(q_len,),
                                                 kv_shape=(kv_len,), head_dim=16, head_dim_v=32, dtype=F32))
     nq, nkv = math.ceil(q_len / BLOCK), math.ceil(kv_len / BLOCK)
-    grid = _random_grid(rng, (*lead, nq, nkv), values)
+    grid = random_grid(rng, (*lead, nq, nkv), values)
     layout = BlockLayout.from_block_grid(grid.to(DEVICE), block_q=BLOCK, block_kv=BLOCK, q_len=q_len, kv_len=kv_len)
     spec = masks.mask_spec(spec_pattern, q_len, kv_len)
     d_out = torch.randn(2, 4, q_len, 32, generator=rng).to(DEVICE)
     d_lse = torch.randn(2, 4, q_len, generator=rng).to(DEVICE)
     got = _kernel_grads(lambda q, k, v: run_sparse_attention(q, k, v, layout, spec, 0.25), q, k, v, d_out, d_lse)
     assert len(bwd_spy) == 1
-    mask = _token_mask(grid == 2, q_len, kv_len) | (_token_mask(grid == 1, q_len, kv_len)
-                                                   & _brute_mask(spec_pattern, q_len, kv_len))
+    mask = token_mask(grid == 2, q_len, kv_len) | (token_mask(grid == 1, q_len, kv_len)
+                                                   & brute_mask(spec_pattern, q_len, kv_len))
     _check_grads(got, q, k, v, mask, d_out, d_lse, scale=0.25)
 
 
@@ -247,7 +248,7 @@ def test_tiled_canvas_backward_in_either_order(rng, monkeypatch, case):
     order (the default) and the one that reads the raster rows in place give bitwise the
     same gradients (padding, extra keys, GQA, lse's gradient)."""
     assert len(TILED_RUNS) == 4
-    q, k, v = _inputs(rng, case, F32)
+    q, k, v = inputs(rng, case, F32)
     d_out = torch.randn(*q.shape[:-1], case.dims[1], generator=rng).to(DEVICE)
     d_lse = torch.randn(q.shape[:-1], generator=rng).to(DEVICE)
 
@@ -259,10 +260,9 @@ def test_tiled_canvas_backward_in_either_order(rng, monkeypatch, case):
     monkeypatch.setattr(bwd_module, "_backward_in_tiled_order", lambda *a: moved.append(1) or real(*a))
     # These small layouts visit few blocks; every layout visits at least one per row on
     # average, and one whose count is not known counts 0 (so this also checks it is known).
-    monkeypatch.setattr(bwd_module, "TILED_ORDER_MIN_ROW_BLOCKS", 0.5)
     for tiled_order in (True, False):
-        monkeypatch.setattr(bwd_module, "TILED_ORDER_BACKWARD", tiled_order)
-        grads[tiled_order] = _kernel_grads(run, q, k, v, d_out, d_lse)
+        with foveate.policy.override(tiled_order_backward=tiled_order, tiled_order_min_row_blocks=0.5):
+            grads[tiled_order] = _kernel_grads(run, q, k, v, d_out, d_lse)
         assert len(moved) == 1  # the first run moved the tokens, the second did not
     for a, b in zip(grads[True], grads[False]):
         assert torch.equal(a, b)
@@ -270,7 +270,7 @@ def test_tiled_canvas_backward_in_either_order(rng, monkeypatch, case):
 
 def test_the_backward_moves_tokens_only_for_rows_with_enough_blocks():
     """The choice of :func:`bwd._in_tiled_order`: a raster-order tiled canvas whose layout's
-    query blocks visit at least ``TILED_ORDER_MIN_ROW_BLOCKS`` blocks on average; never for
+    query blocks visit at least ``policy.tiled_order_min_row_blocks`` blocks on average; never for
     a layout whose row count is not known, nor for tensors already in the layout's order."""
     from types import SimpleNamespace
 
@@ -279,7 +279,7 @@ def test_the_backward_moves_tokens_only_for_rows_with_enough_blocks():
     tiled = Tiled(P.Neighborhood((16, 24), 5), (4, 8))
     n = tiled.default_lengths()[0]
     raster, in_order = masks.mask_spec(tiled, n, n, raster_io=True), masks.mask_spec(tiled, n, n)
-    least = bwd_module.TILED_ORDER_MIN_ROW_BLOCKS
+    least = foveate.policy.tiled_order_min_row_blocks
     assert bwd_module._in_tiled_order(raster, SimpleNamespace(row_blocks=least))
     assert not bwd_module._in_tiled_order(raster, SimpleNamespace(row_blocks=least - 0.5))
     assert not bwd_module._in_tiled_order(raster, SimpleNamespace(row_blocks=None))

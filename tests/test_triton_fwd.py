@@ -5,7 +5,7 @@ interpreter (slow: the shapes are small, a few 128-token blocks). The expected r
 come from the kernel: they are ``naive.naive_attention`` in float64 on the brute-force masks of
 ``brute.py`` (or on a block grid expanded to tokens, for layouts given directly).
 
-Numerics (DESIGN.md, "Numerics in tests"): float32 must match within ~1e-5; float16 follows the
+Numerics (docs/design.md, "Numerics in tests"): float32 must match within ~1e-5; float16 follows the
 FlashAttention rule, checked for ``out`` and ``lse`` separately: the kernel's error against
 float64 is at most twice the error of the same naive computation done in float16, plus a small
 floor. bfloat16 is not run here (the interpreter computes bf16 ``tl.dot`` wrongly).
@@ -17,7 +17,6 @@ kernel really ran (a silent fall-back to another backend fails).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import pytest
@@ -32,19 +31,13 @@ from foveate.backends.triton import masks
 from foveate.layout import BlockLayout
 from foveate.simulator import choose_tile
 
-import brute
 from conftest import make_qkv
-from kernel_spy import KernelSpy
+from kernel_spy import DEVICE, KernelSpy, needs_triton
+from triton_cases import (BLOCK, CASES, NB2, NB2_PAD_EXTRA, NB2_TALL, NB3_AUTO, NB3_PAD, brute_mask, flat, inputs,
+                         random_grid, token_mask)
 from naive import naive_attention
 
 F64, F32, F16 = torch.float64, torch.float32, torch.float16
-BLOCK = 128
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-needs_triton = pytest.mark.skipif(
-    "triton" not in foveate.backends.available(),
-    reason="triton backend not available (no CUDA and TRITON_INTERPRET is not 1)",
-)
 pytestmark = pytest.mark.filterwarnings(  # Triton 3.6's interpreter under NumPy 2.3
     "ignore:Conversion of an array with ndim > 0 to a scalar:DeprecationWarning")
 DTYPES = pytest.mark.parametrize("dtype", [F32, F16], ids=["f32", "f16"])
@@ -60,7 +53,7 @@ def spy(monkeypatch):
     kernel_spy = KernelSpy(fwd_module._fwd_kernel)
     monkeypatch.setattr(fwd_module, "_fwd_kernel", kernel_spy)
     # (on a Hopper GPU: these are the portable kernel's tests; the Hopper kernel has its own)
-    monkeypatch.setattr(fwd_module, "USE_HOPPER", False)
+    monkeypatch.setattr(foveate.policy, "hopper_forward", False)  # (restored after the test)
     real_forward = fwd_module.attention_forward
     calls: list[dict] = []
 
@@ -86,16 +79,6 @@ def _ran_once(spy):
 
 # -- expected results ------------------------------------------------------------------------------
 
-
-@functools.cache
-def _brute_mask(pattern, q_len: int, kv_len: int) -> torch.Tensor:
-    """The raster-order ``(q_len, kv_len)`` mask, from brute.py's loops (not foveate's mask_mod)."""
-    return brute.pattern_mask(pattern, q_len, kv_len)
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """``(B, H, *canvas, D)`` -> ``(B, H, N, D)``."""
-    return t.reshape(t.shape[0], t.shape[1], -1, t.shape[-1])
 
 
 def _check(out, lse, q, k, v, mask, scale=None):
@@ -137,113 +120,20 @@ def _check(out, lse, q, k, v, mask, scale=None):
 # -- patterns through foveate.attention(backend="triton") ------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    id: str
-    pattern: P.Pattern | None
-    q_len: int
-    kv_len: int
-    tile: object = None  # attention()'s tile argument
-    canvas_shaped: bool = False  # q (and k, v without extra_kv) as (B, H, *canvas, D)
-    heads: tuple[int, int] = (4, 2)
-    batch: int = 2
-    dims: tuple[int, int] = (32, 32)
-    empty_rows: bool = False  # some queries see no key
-    tiled: bool = False  # the kernel must run in a tiled order (TILE_SIZE == 128)
-    padded: bool = False  # ... on a canvas padded up to whole tiles
-    partial: bool = True  # the layout has partial blocks (the in-kernel mask runs)
-    f16: bool = False  # also run in float16 (a subset: the interpreter is slow)
-
-
-def _nbhd(**kw) -> P.Neighborhood:
-    return P.Neighborhood(**kw)
-
-
-# Canvas cases run with one batch row and GQA 2:1 heads (batch > 1, 4:2 and 4:1 heads are
-# covered by the 1-D cases and a few canvas ones); tiled canvases stay at 2-4 blocks.
-CANVAS = {"batch": 1, "heads": (2, 1)}
-NB2 = _nbhd(canvas=(16, 20), kernel=(5, 7))
-NB2_DIL = _nbhd(canvas=(14, 20), kernel=(3, 5), dilation=(2, 1), stride=(1, 3), causal=(False, True))
-NB3 = _nbhd(canvas=(4, 8, 10), kernel=(3, 3, 5), dilation=(1, 2, 1), stride=(1, 1, 2), causal=(True, False, False))
-NB2_EXTRA = _nbhd(canvas=(10, 15), kernel=(3, 5), extra_kv=7)
-NB2_SQ = _nbhd(canvas=(16, 16), kernel=(5, 7))
-NB2_SMALL = _nbhd(canvas=(8, 20), kernel=(5, 7))
-NB2_PAD = _nbhd(canvas=(12, 14), kernel=(5, 7), dilation=(1, 2), causal=(True, False))
-NB2_TALL = _nbhd(canvas=(10, 20), kernel=(3, 5), dilation=(2, 1), stride=(1, 3), causal=(False, True))
-NB2_PAD_EXTRA = _nbhd(canvas=(12, 12), kernel=(3, 4), stride=(1, 2), extra_kv=5)
-NB3_TILE = _nbhd(canvas=(4, 8, 8), kernel=(3, 3, 5), dilation=(1, 2, 1), stride=(1, 1, 2), causal=(True, False, False))
-NB3_PAD = _nbhd(canvas=(3, 6, 10), kernel=(2, 3, 3), dilation=(1, 2, 3), stride=(2, 1, 1), causal=(False, True, False))
-NB3_AUTO = _nbhd(canvas=(4, 8, 16), kernel=(3, 5, 5))  # auto: tile (4, 8, 4)
-NB2_AUTO = _nbhd(canvas=(12, 24), kernel=(7, 7))  # auto: tile (4, 32), padded
-
-CASES = [
-    # -- 1-D band patterns (bottom-right alignment when q_len != kv_len)
-    Case("dense-q300", None, 300, 300, heads=(2, 2), partial=False),
-    Case("dense-q200-kv333", P.Dense(), 200, 333, partial=False, f16=True),
-    Case("dense-q333-kv140-mqa", P.Dense(), 333, 140, heads=(4, 1), batch=1, partial=False),
-    Case("causal-q256", P.Causal(), 256, 256),
-    Case("causal-q300", P.Causal(), 300, 300, f16=True),
-    Case("causal-q100-kv300-chunked-prefill", P.Causal(), 100, 300, f16=True),
-    Case("causal-q1-kv300-decode", P.Causal(), 1, 300, heads=(4, 1), partial=False),
-    Case("causal-q300-kv100-empty-rows", P.Causal(), 300, 100, empty_rows=True, f16=True),
-    Case("sliding-left50", P.SlidingWindow(50), 300, 300, f16=True),
-    Case("sliding-centred-40-40", P.SlidingWindow(40, 40), 300, 300, batch=1),
-    Case("sliding-0-0-diagonal", P.SlidingWindow(0, 0), 200, 200, heads=(2, 2)),
-    Case("sliding-10-60-q150-kv400", P.SlidingWindow(10, 60), 150, 400),
-    Case("sliding-20-5-q300-kv130-empty-rows", P.SlidingWindow(20, 5), 300, 130, empty_rows=True, f16=True),
-    Case("sliding-left-wider-than-int32", P.SlidingWindow(10 ** 12, 5), 300, 300, batch=1),
-    # -- Neighborhood in raster order (tile=None)
-    Case("nbhd1d-k31", _nbhd(canvas=300, kernel=31), 300, 300, **CANVAS),
-    Case("nbhd1d-k20-dil3-stride4-causal", _nbhd(canvas=300, kernel=20, dilation=3, stride=4, causal=True), 300,
-         300, **CANVAS, f16=True),
-    Case("nbhd2d-raster", NB2, 320, 320, **CANVAS),
-    Case("nbhd2d-dil-stride-causal-raster", NB2_DIL, 280, 280, **CANVAS),
-    Case("nbhd3d-dil-stride-causal-raster-canvas-shaped", NB3, 320, 320, canvas_shaped=True, **CANVAS, f16=True),
-    Case("nbhd2d-extra7-raster-mqa-batch2", NB2_EXTRA, 150, 157, heads=(4, 1)),
-    # -- Neighborhood in tiled order: explicit tiles of 128 tokens, padded canvases, "auto"
-    Case("nbhd2d-tile16x8", NB2_SQ, 256, 256, tile=(16, 8), tiled=True, **CANVAS),
-    Case("nbhd2d-tile8x16-padded-canvas-shaped", NB2_SMALL, 160, 160, tile=(8, 16), canvas_shaped=True, tiled=True,
-         padded=True, **CANVAS),
-    Case("nbhd2d-dil-causal-tile8x16-padded-gqa-batch2", NB2_PAD, 168, 168, tile=(8, 16), tiled=True, padded=True,
-         f16=True),
-    Case("nbhd2d-dil-stride-causal-tile4x32-padded", NB2_TALL, 200, 200, tile=(4, 32), tiled=True, padded=True,
-         **CANVAS),
-    Case("nbhd2d-extra5-tile8x16-padded", NB2_PAD_EXTRA, 144, 149, tile=(8, 16), tiled=True, padded=True,
-         **CANVAS, f16=True),
-    Case("nbhd3d-dil-stride-causal-tile2x8x8", NB3_TILE, 256, 256, tile=(2, 8, 8), tiled=True, **CANVAS),
-    Case("nbhd3d-dil-stride-causal-tile2x8x8-padded-canvas-shaped", NB3_PAD, 180, 180, tile=(2, 8, 8),
-         canvas_shaped=True, tiled=True, padded=True, **CANVAS, f16=True),
-    Case("nbhd3d-tile-auto", NB3_AUTO, 512, 512, tile="auto", tiled=True, batch=1, heads=(1, 1)),
-    Case("nbhd2d-tile-auto-padded-canvas-shaped", NB2_AUTO, 288, 288, tile="auto", canvas_shaped=True, tiled=True,
-         padded=True, **CANVAS),
-]
 RUNS = [pytest.param(case, dtype, id=f"{case.id}-{name}")
         for case in CASES for dtype, name in ((F32, "f32"), (F16, "f16")) if dtype == F32 or case.f16]
-
-
-def _inputs(rng, case: Case, dtype):
-    pattern = case.pattern
-    canvas = pattern.canvas if pattern is not None else None
-    if case.canvas_shaped:
-        q_shape = tuple(canvas)
-        kv_shape = tuple(canvas) if not pattern.extra_kv else (case.kv_len,)
-    else:
-        q_shape, kv_shape = (case.q_len,), (case.kv_len,)
-    q, k, v = make_qkv(rng, batch=case.batch, heads_q=case.heads[0], heads_kv=case.heads[1], q_shape=q_shape,
-                       kv_shape=kv_shape, head_dim=case.dims[0], head_dim_v=case.dims[1], dtype=dtype)
-    return q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
 
 
 @needs_triton
 @pytest.mark.parametrize("case,dtype", RUNS)
 def test_forward_matches_naive(rng, spy, case, dtype):
-    q, k, v = _inputs(rng, case, dtype)
+    q, k, v = inputs(rng, case, dtype)
     out, lse = foveate.attention(q, k, v, case.pattern, backend="triton", tile=case.tile, return_lse=True)
     assert out.shape == (*q.shape[:-1], case.dims[1]) and lse.shape == q.shape[:-1]
 
-    mask = _brute_mask(case.pattern or P.Dense(), case.q_len, case.kv_len)
+    mask = brute_mask(case.pattern or P.Dense(), case.q_len, case.kv_len)
     assert bool((~mask.any(-1)).any()) == case.empty_rows
-    _check(_flat(out), lse.reshape(*lse.shape[:2], -1), _flat(q), _flat(k), _flat(v), mask)
+    _check(flat(out), lse.reshape(*lse.shape[:2], -1), flat(q), flat(k), flat(v), mask)
 
     # What the kernel was given: the spec of the intended token order, and partial blocks
     # where the pattern needs mask work (so that the in-kernel mask is exercised).
@@ -282,7 +172,7 @@ def test_head_dims(rng, spy, dims, dtype):
                        head_dim_v=dims[1], dtype=dtype)
     out, lse = foveate.attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), P.Causal(), backend="triton",
                                  return_lse=True)
-    _check(out, lse, q, k, v, _brute_mask(P.Causal(), 200, 260))
+    _check(out, lse, q, k, v, brute_mask(P.Causal(), 200, 260))
     _ran_once(spy)
 
 
@@ -295,7 +185,7 @@ def test_custom_scale(rng, spy, scale, dtype):
                        dtype=dtype)
     out, lse = foveate.attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), pattern, scale=scale,
                                  backend="triton", return_lse=True)
-    _check(out, lse, q, k, v, _brute_mask(pattern, 180, 180), scale=scale)
+    _check(out, lse, q, k, v, brute_mask(pattern, 180, 180), scale=scale)
     assert _ran_once(spy)["scale"] == scale
 
 
@@ -307,7 +197,7 @@ def test_return_lse_false_gives_the_same_output(rng, spy):
     assert isinstance(out, torch.Tensor) and out.shape == q.shape
     out2, lse = foveate.attention(q, k, v, pattern, backend="triton", tile=(8, 16), return_lse=True)
     assert torch.equal(out, out2)
-    _check(_flat(out), lse.flatten(2), _flat(q), _flat(k), _flat(v), _brute_mask(pattern, 120, 120))
+    _check(flat(out), lse.flatten(2), flat(q), flat(k), flat(v), brute_mask(pattern, 120, 120))
     assert len(spy.kernel.launches) == 2
 
 
@@ -353,12 +243,12 @@ STRIDED = [pytest.param(kind, kv_len, dtype, id=f"{kind}-kv{kv_len}-{name}")
 
 @needs_triton
 @pytest.mark.parametrize("kind,kv_len,dtype", STRIDED)
-def test_strided_inputs(rng, spy, kind, kv_len, dtype):
+def test_stridedinputs(rng, spy, kind, kv_len, dtype):
     pattern = P.SlidingWindow(60, 10)
     q, k, v = _strided_views(rng, kind, dtype, kv_len=kv_len)
     assert not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous())
     out, lse = foveate.attention(q, k, v, pattern, backend="triton", return_lse=True)
-    _check(out, lse, q, k, v, _brute_mask(pattern, q.shape[2], k.shape[2]))
+    _check(out, lse, q, k, v, brute_mask(pattern, q.shape[2], k.shape[2]))
     # Same result as on contiguous copies (bit for bit: same kernel, same numbers).
     contiguous = foveate.attention(q.contiguous(), k.contiguous(), v.contiguous(), pattern, backend="triton")
     assert torch.equal(out, contiguous)
@@ -369,21 +259,6 @@ def test_strided_inputs(rng, spy, kind, kv_len, dtype):
 
 
 # -- per-(batch, head) layouts through attention_forward directly -------------------------------------
-
-
-def _random_grid(gen, shape, values=(0, 2), empty_row=True) -> torch.Tensor:
-    vals = torch.tensor(values, dtype=torch.int8)
-    grid = vals[torch.randint(len(values), shape, generator=gen)]
-    if empty_row:  # one q block that visits nothing: its queries get output 0, lse -inf
-        grid[0, -1, 1, :] = 0
-    grid[..., 0, 0] = values[-1]  # and at least one visited block
-    return grid
-
-
-def _token_mask(grid: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
-    """The block grid expanded to a ``(B|1, H|1, q_len, kv_len)`` token mask (visited = allowed)."""
-    tokens = grid.repeat_interleave(BLOCK, dim=2).repeat_interleave(BLOCK, dim=3)
-    return tokens[:, :, :q_len, :kv_len]
 
 
 # (id, grid's leading shape, grid values, spec pattern) for q (B=2, Hq=4), kv Hkv=2
@@ -409,9 +284,9 @@ def test_attention_forward_with_a_block_grid(rng, spy, name, lead, values, spec_
     q, k, v = make_qkv(rng, batch=2, heads_q=4, heads_kv=2, q_shape=(q_len,), kv_shape=(kv_len,), head_dim=32,
                        head_dim_v=48, dtype=dtype)
     nq, nkv = math.ceil(q_len / BLOCK), math.ceil(kv_len / BLOCK)
-    grid = _random_grid(rng, (*lead, nq, nkv), values)
-    flat = grid.flatten(0, 1)
-    assert all(torch.equal(g, flat[0]) for g in flat) == (lead == (1, 1)), "the grid must vary per (b, h)"
+    grid = random_grid(rng, (*lead, nq, nkv), values)
+    rows = grid.flatten(0, 1)
+    assert all(torch.equal(g, rows[0]) for g in rows) == (lead == (1, 1)), "the grid must vary per (b, h)"
     layout = BlockLayout.from_block_grid(grid.to(DEVICE), block_q=BLOCK, block_kv=BLOCK, q_len=q_len,
                                          kv_len=kv_len)
     assert torch.equal(layout.to_dense().cpu(), grid)
@@ -419,8 +294,8 @@ def test_attention_forward_with_a_block_grid(rng, spy, name, lead, values, spec_
     scale = 0.2
     out, lse = fwd_module.attention_forward(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), layout, spec, scale)
 
-    full = _token_mask(grid == 2, q_len, kv_len)
-    partial = _token_mask(grid == 1, q_len, kv_len) & _brute_mask(spec_pattern, q_len, kv_len)
+    full = token_mask(grid == 2, q_len, kv_len)
+    partial = token_mask(grid == 1, q_len, kv_len) & brute_mask(spec_pattern, q_len, kv_len)
     mask = full | partial
     _check(out, lse, q, k, v, mask, scale=scale)
     assert len(spy.kernel.launches) == 1
@@ -479,7 +354,7 @@ def test_raster_io_needs_a_tiled_pattern_with_power_of_two_sides():
 
     with pytest.raises(ValueError, match=r"raster_io needs a pattern in a tiled order \(Tiled\)"):
         masks.mask_spec(NB2, 320, 320, raster_io=True)
-    odd = Tiled(_nbhd(canvas=(12, 12), kernel=(3, 3)), (3, 4))
+    odd = Tiled(P.Neighborhood(canvas=(12, 12), kernel=(3, 3)), (3, 4))
     with pytest.raises(ValueError, match="powers of two"):
         masks.mask_spec(odd, *odd.default_lengths(), raster_io=True)
     spec = masks.mask_spec(Tiled(NB2_PAD_EXTRA, (8, 16)), 256, 261, raster_io=True)
@@ -529,7 +404,7 @@ def test_inputs_that_require_grad_under_no_grad_run(rng, spy):
         out, lse = foveate.attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), P.Causal(), backend="triton",
                                      return_lse=True)
     assert not out.requires_grad
-    _check(out, lse, q, k, v, _brute_mask(P.Causal(), 150, 150))
+    _check(out, lse, q, k, v, brute_mask(P.Causal(), 150, 150))
     _ran_once(spy)
 
 
@@ -657,8 +532,8 @@ def test_full_runs_walked_as_ranges_equal_the_lists(rng, spy, monkeypatch, patte
                                                 head_dim=16, dtype=F32))
     outs = {}
     for ranges in (True, False):
-        monkeypatch.setattr(fwd_module, "USE_FULL_RUNS", ranges)
-        outs[ranges] = foveate.attention(q, k, v, pattern, backend="triton")
+        with foveate.policy.override(full_runs=ranges):
+            outs[ranges] = foveate.attention(q, k, v, pattern, backend="triton")
         assert spy.kernel.launches[-1]["kwargs"]["FULL_RUNS"] is ranges
     assert torch.equal(outs[True], outs[False])
     torch.testing.assert_close(outs[True], foveate.attention(q, k, v, pattern, backend="reference"),

@@ -24,7 +24,7 @@ def attention(
     backend: str = "auto",
     tile: str | tuple[int, ...] | None = "auto",
     return_lse: bool = False,
-):
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention restricted to the (query, key) pairs that ``pattern`` allows.
 
     Args:
@@ -44,8 +44,8 @@ def attention(
 
     Returns:
         ``out`` with the layout of ``q`` and last dim ``Dv``, in ``q.dtype``; with
-        ``return_lse``, also ``lse`` of shape ``q.shape[:-1]``, float32, natural log.
-        A query with no allowed key gets output 0 and lse ``-inf``.
+            ``return_lse``, also ``lse`` of shape ``q.shape[:-1]``, float32, natural log.
+            A query with no allowed key gets output 0 and lse ``-inf``.
 
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is computed.

@@ -15,6 +15,9 @@ import dataclasses
 from dataclasses import dataclass
 
 
+MEAN_TOPK_METHODS = ("auto", "torch", "triton")
+
+
 @dataclass
 class Policy:
     """The library's settings.
@@ -30,20 +33,53 @@ class Policy:
         compile_bitmask: evaluate a layout's bitmask on CUDA through ``torch.compile`` (one
             fused kernel per chunk of blocks instead of a dozen PyTorch operations; compiled
             once per ``mask_mod``, which runs eagerly if it does not compile).
+        hopper_forward: run the warp-specialized Hopper forward (Gluon) where it applies
+            (off: the portable kernel everywhere, as its tests and side-by-side benchmarks want).
+        full_runs: let the forward walk a row's full blocks as a range on layouts known to hold
+            runs of them (``BlockLayout.full_runs``), reading no list entry but the first.
+        tiled_order_backward: run the backward of a tiled canvas given in raster order on
+            copies in the tiled order when its query blocks visit at least
+            ``tiled_order_min_row_blocks`` kv blocks on average (whole blocks of consecutive
+            rows pay for moving nine tensors when each token has enough work; the copies hold
+            one more q, k, v, out and dO while the kernels run: off saves that memory).
+        tiled_order_min_row_blocks: that threshold (mean kv blocks per query block).
+        concurrent_dq: run the dq kernel on a second CUDA stream beside the dk/dv kernel (the
+            gradients are bitwise the same) when it has at least ``concurrent_min_programs``
+            programs.
+        concurrent_min_programs: that threshold.
+        mean_topk_method: how ``BlockTopK(score="mean")`` selects: ``"auto"`` (the fused Triton
+            kernels on CUDA where they take the inputs, PyTorch elsewhere), ``"torch"`` or
+            ``"triton"`` (on CPU under ``TRITON_INTERPRET=1``).
+
+    The measurements behind the defaults are in docs/decisions.md.
     """
 
     bitmask_budget: int = 1 << 30
     force_bitmask: bool = False
     compile_bitmask: bool = True
+    hopper_forward: bool = True
+    full_runs: bool = True
+    tiled_order_backward: bool = True
+    tiled_order_min_row_blocks: float = 48.0
+    concurrent_dq: bool = True
+    concurrent_min_programs: int = 512
+    mean_topk_method: str = "auto"
 
     def __setattr__(self, name, value):
-        if name not in {f.name for f in dataclasses.fields(self)}:
-            raise AttributeError(f"foveate.policy has no setting {name!r}; settings: "
-                                 f"{[f.name for f in dataclasses.fields(self)]}")
-        if name == "bitmask_budget" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise ValueError(f"bitmask_budget must be an int >= 0 (bytes), got {value!r}")
-        if name in ("force_bitmask", "compile_bitmask") and not isinstance(value, bool):
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        if name not in fields:
+            raise AttributeError(f"foveate.policy has no setting {name!r}; settings: {list(fields)}")
+        kind = fields[name].type
+        if kind == "bool" and not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}")
+        if kind in ("int", "float"):
+            number = (int,) if kind == "int" else (int, float)
+            if not isinstance(value, number) or isinstance(value, bool):
+                raise TypeError(f"{name} must be {'an int' if kind == 'int' else 'a number'}, got {value!r}")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if name == "mean_topk_method" and value not in MEAN_TOPK_METHODS:
+            raise ValueError(f"mean_topk_method must be one of {MEAN_TOPK_METHODS}, got {value!r}")
         super().__setattr__(name, value)
 
     @contextlib.contextmanager

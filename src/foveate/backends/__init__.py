@@ -83,20 +83,20 @@ def select(problem: Problem, name: str = "auto") -> Backend:
 
 
 # Registration, in priority order.
-from .flex import FlexBackend  # noqa: E402
-from .reference import ReferenceBackend  # noqa: E402
-from .torch_blocks import TorchBlocksBackend  # noqa: E402
-from .triton import TritonBackend  # noqa: E402
+from . import flex as _flex  # noqa: E402
+from . import reference as _reference  # noqa: E402
+from . import torch_blocks as _torch_blocks  # noqa: E402
+from . import triton as _triton  # noqa: E402
 
 # The Triton kernels first (forward and backward; their GPU test suite passes in full on every
 # dtype and head dim): on CUDA, `auto` runs them for inference and training, every pattern (a
 # mask_mod-only one from its bitmask, within foveate.policy.bitmask_budget). On a CPU, `auto` runs
 # the block-sparse PyTorch backend (flex compiles per shape there, so it runs only when named);
 # the dense reference is the oracle of the tests and the last resort.
-register(TritonBackend())
-register(FlexBackend())
-register(TorchBlocksBackend())
-register(ReferenceBackend())
+register(_triton.TritonBackend())
+register(_flex.FlexBackend())
+register(_torch_blocks.TorchBlocksBackend())
+register(_reference.ReferenceBackend())
 
 __all__ = [
     "Backend", "Problem", "register", "names", "available", "get", "reasons", "select", "cached_layout",

@@ -73,7 +73,7 @@ class TorchBlocksBackend(Backend):
             lists = _traced_lists(pattern_key(problem.pattern), q_len, kv_len, block_q, block_kv, q.device)
             plan = _Plan.from_lists(lists, problem.pattern.mask_mod(q_len, kv_len), problem,
                                     (block_q, block_kv, q_len, kv_len))
-            out, lse, _ = _attend(q, k, v, plan, float(scale))
+            out, lse, *_ = _attend(q, k, v, plan, float(scale))
         else:
             plan = _Plan.of(self.layout(problem, q.device), problem)
             out, lse = _BlockSparseAttention.apply(q, k, v, plan, float(scale))
@@ -167,8 +167,9 @@ class _Plan:
         return b, h_kv, idx
 
     def allowed(self, lo: int, hi: int) -> torch.Tensor:
-        """Bool ``(B|1, Hq|1, c, block_q, W, block_kv)``: which gathered pairs are allowed."""
-        lay, pb = self.layout, self.problem
+        """Bool ``(B|1, Hq|1, c, block_q, W * block_kv)``: which gathered pairs are allowed (keys
+        in the order of the gathered blocks)."""
+        lay = self.layout
         dev = self.idx.device
         bq, bkv = lay.block_q, lay.block_kv
         q_pos = (torch.arange(lo, hi, device=dev)[:, None] * bq + torch.arange(bq, device=dev)).view(1, 1, -1, bq, 1, 1)
@@ -176,18 +177,16 @@ class _Plan:
         kv_pos = (idx[..., None] * bkv + torch.arange(bkv, device=dev))[:, :, :, None]  # (Bl, Hl, c, 1, W, bkv)
         ok = self.listed[:, :, lo:hi, None, :, None] & (q_pos < lay.q_len) & (kv_pos < lay.kv_len)
         n_partial = self.n_partial
-        if not n_partial or lay.mask_mod is None:
-            return ok
-        # mask_mod with the layout's batch and head axes (1 where the layout is shared).
-        b = torch.arange(ok.shape[0], device=dev).view(-1, 1, 1, 1, 1, 1)
-        h = torch.arange(ok.shape[1], device=dev).view(1, -1, 1, 1, 1, 1)
-        # Positions past the ends are clamped into range before mask_mod sees them (a mask_mod
-        # may index tables by position); they are excluded above.
-        partial = ok[..., :n_partial, :] & lay.mask_mod(
-            b, h, torch.clamp(q_pos, max=lay.q_len - 1), torch.clamp(kv_pos[..., :n_partial, :], max=lay.kv_len - 1))
-        full = ok[..., n_partial:, :]
-        lead = torch.broadcast_shapes(partial.shape[:-2], full.shape[:-2])
-        return torch.cat([partial.expand(*lead, -1, -1), full.expand(*lead, -1, -1)], -2)
+        if n_partial and lay.mask_mod is not None:
+            # mask_mod with the layout's batch and head axes (1 where the layout is shared);
+            # positions past the ends are clamped into range before it sees them (a mask_mod may
+            # index tables by position): they are excluded above. Full blocks need no mask.
+            b = torch.arange(ok.shape[0], device=dev).view(-1, 1, 1, 1, 1, 1)
+            h = torch.arange(ok.shape[1], device=dev).view(1, -1, 1, 1, 1, 1)
+            partial = lay.mask_mod(b, h, torch.clamp(q_pos, max=lay.q_len - 1),
+                                   torch.clamp(kv_pos[..., :n_partial, :], max=lay.kv_len - 1))
+            ok[..., :n_partial, :] &= partial
+        return ok.flatten(-2)
 
 
 def _blocks(x: torch.Tensor, block: int, count: int) -> torch.Tensor:
@@ -199,21 +198,35 @@ def _blocks(x: torch.Tensor, block: int, count: int) -> torch.Tensor:
 
 
 def _attend(q, k, v, plan: _Plan, scale: float):
-    """``(out, lse, lse in blocks)`` chunk by chunk: ``out`` ``(B, Hq, Nq, Dv)`` in q's dtype,
-    ``lse`` float32 ``(B, Hq, Nq)``, and in the compute dtype ``(B, Hq, nq, block_q)`` (kept
-    by the backward)."""
+    """``(out, lse, out in blocks, lse in blocks)`` chunk by chunk: ``out`` ``(B, Hq, Nq, Dv)``
+    in q's dtype, ``lse`` float32 ``(B, Hq, Nq)``; the blocked forms ``(B, Hq, nq, block_q,
+    ...)`` in the compute dtype (kept by the backward)."""
     lay, pb = plan.layout, plan.problem
     cd = _compute_dtype(q.dtype)
-    qb = _blocks(q.to(cd), lay.block_q, lay.num_q_blocks)
+    qb = _blocks(q.to(cd) * scale, lay.block_q, lay.num_q_blocks)
     kb, vb = (_blocks(t.to(cd), lay.block_kv, lay.num_kv_blocks) for t in (k, v))
     outs, lses = [], []
     for lo, hi in plan.chunks():
         gather = plan.gather_index(lo, hi)
-        p, allowed, lse_c = _probabilities(qb[:, :, lo:hi], kb[gather], plan.allowed(lo, hi), scale)
-        outs.append(strong_zero_einsum("bhcqwk,bhcwkd->bhcqd", p, allowed, vb[gather]))
-        lses.append(lse_c)
+        allowed = plan.allowed(lo, hi)
+        s = _scores(qb[:, :, lo:hi], kb[gather].flatten(3, 4), allowed)
+        m = s.amax(-1, keepdim=True)
+        m = torch.where(torch.isinf(m), torch.zeros_like(m), m)  # (rows with no key: all -inf)
+        p = torch.exp(s - m)  # (exactly 0 where forbidden, but for a non-finite query's row)
+        total = p.sum(-1, keepdim=True)
+        o = strong_zero_einsum("bhcqk,bhckd->bhcqd", p, allowed, vb[gather].flatten(3, 4))
+        outs.append(o / torch.where(total == 0, torch.ones_like(total), total))
+        lses.append((m + torch.log(total))[..., 0])  # (-inf for a row with no key)
     out, lse = torch.cat(outs, 2), torch.cat(lses, 2)
-    return out.flatten(2, 3)[:, :, : pb.q_len].to(q.dtype), lse.flatten(2, 3)[:, :, : pb.q_len].float(), lse
+    return (out.flatten(2, 3)[:, :, : pb.q_len].to(q.dtype), lse.flatten(2, 3)[:, :, : pb.q_len].float(),
+            out, lse)
+
+
+def _scores(q_c, k_c, allowed):
+    """Scores of a chunk, ``-inf`` where forbidden: ``q_c`` ``(B, H, c, bq, D)`` (scaled),
+    ``k_c`` ``(B, H, c, K, D)`` -> ``(B, H, c, bq, K)``."""
+    s = torch.matmul(q_c, k_c.transpose(-1, -2))
+    return s.masked_fill_(~allowed, float("-inf"))
 
 
 class _BlockSparseAttention(torch.autograd.Function):
@@ -221,14 +234,14 @@ class _BlockSparseAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, plan: _Plan, scale: float):
-        out, lse, lse_blocks = _attend(q, k, v, plan, scale)
-        ctx.save_for_backward(q, k, v, lse_blocks)
+        out, lse, out_blocks, lse_blocks = _attend(q, k, v, plan, scale)
+        ctx.save_for_backward(q, k, v, out_blocks, lse_blocks)
         ctx.plan, ctx.scale = plan, scale
         return out, lse
 
     @staticmethod
     def backward(ctx, d_out, d_lse):
-        q, k, v, lse = ctx.saved_tensors
+        q, k, v, out, lse = ctx.saved_tensors
         plan, scale = ctx.plan, ctx.scale
         lay = plan.layout
         cd = _compute_dtype(q.dtype)
@@ -236,38 +249,30 @@ class _BlockSparseAttention(torch.autograd.Function):
         kb, vb = (_blocks(t.to(cd), lay.block_kv, lay.num_kv_blocks) for t in (k, v))
         do = _blocks((d_out if d_out is not None else q.new_zeros(*q.shape[:-1], v.shape[-1])).to(cd),
                      lay.block_q, lay.num_q_blocks)
-        dl = None if d_lse is None else _blocks(d_lse[..., None].to(cd), lay.block_q, lay.num_q_blocks)[..., 0]
+        # rowsum(P * dP) = rowsum(dO * O); a gradient into lse adds P * dlse to dS.
+        delta = (do * out).sum(-1)
+        if d_lse is not None:
+            delta = delta - _blocks(d_lse[..., None].to(cd), lay.block_q, lay.num_q_blocks)[..., 0]
+        safe_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
         dq, dk, dv = torch.zeros_like(qb), torch.zeros_like(kb), torch.zeros_like(vb)
         for lo, hi in plan.chunks():
             gather = plan.gather_index(lo, hi)
-            k_c, v_c, q_c, do_c = kb[gather], vb[gather], qb[:, :, lo:hi], do[:, :, lo:hi]
-            p, allowed, _ = _probabilities(q_c, k_c, plan.allowed(lo, hi), scale, lse[:, :, lo:hi])
+            allowed = plan.allowed(lo, hi)
+            k_c, v_c = kb[gather].flatten(3, 4), vb[gather].flatten(3, 4)
+            q_c, do_c = qb[:, :, lo:hi], do[:, :, lo:hi]
+            p = torch.exp(_scores(q_c * scale, k_c, allowed) - safe_lse[:, :, lo:hi, :, None])
             # Forbidden pairs are strong zeros in every product, as in the reference's backward.
-            dp = torch.einsum("bhcqd,bhcwkd->bhcqwk", do_c, v_c).masked_fill(~allowed, 0.0)
-            delta = (p * dp).sum(dim=(-2, -1), keepdim=True)
-            ds = p * (dp - delta)
-            if dl is not None:
-                ds = ds + p * dl[:, :, lo:hi, :, None, None]  # d lse / d s = P
-            ds = ds.masked_fill(~allowed, 0.0)
-            dq[:, :, lo:hi] = strong_zero_einsum("bhcqwk,bhcwkd->bhcqd", ds, allowed, k_c) * scale
-            dk.index_put_(gather, strong_zero_einsum("bhcqwk,bhcqd->bhcwkd", ds, allowed, q_c) * scale,
+            p.masked_fill_(~allowed, 0.0)
+            ds = torch.matmul(do_c, v_c.transpose(-1, -2))
+            ds.sub_(delta[:, :, lo:hi, :, None]).mul_(p).masked_fill_(~allowed, 0.0)
+            dq[:, :, lo:hi] = strong_zero_einsum("bhcqk,bhckd->bhcqd", ds, allowed, k_c) * scale
+            shape = (*gather[2].shape, lay.block_kv, -1)
+            dk.index_put_(gather, (strong_zero_einsum("bhcqk,bhcqd->bhckd", ds, allowed, q_c) * scale).view(shape),
                           accumulate=True)
-            dv.index_put_(gather, strong_zero_einsum("bhcqwk,bhcqd->bhcwkd", p, allowed, do_c), accumulate=True)
+            dv.index_put_(gather, strong_zero_einsum("bhcqk,bhcqd->bhckd", p, allowed, do_c).view(shape),
+                          accumulate=True)
 
         def back(x, like):
             return x.flatten(2, 3)[:, :, : like.shape[2]].to(like.dtype)
 
         return back(dq, q), back(dk, k), back(dv, v), None, None
-
-
-def _probabilities(q_c, k_c, allowed, scale, lse=None):
-    """``(p, allowed, lse)`` of a chunk: ``q_c`` ``(B, H, c, bq, D)``, ``k_c`` ``(B, H, c, W,
-    bkv, D)``; ``p`` ``(B, H, c, bq, W, bkv)`` exactly 0 where not allowed; ``lse`` computed
-    unless given (``-inf`` for a query with no allowed key, whose row of ``p`` is 0)."""
-    s = torch.einsum("bhcqd,bhcwkd->bhcqwk", q_c, k_c) * scale
-    s = s.masked_fill(~allowed, float("-inf"))
-    if lse is None:
-        lse = torch.logsumexp(s.flatten(-2), dim=-1)
-    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-    p = torch.exp(s - safe[..., None, None]).masked_fill(~allowed, 0.0)
-    return p, allowed, lse

@@ -1,7 +1,7 @@
 """Run benchmark cases: check each backend against the reference, then time it next to the
 dense baseline in the same process.
 
-Conventions (DESIGN.md, Benchmarks): effective TFLOP/s count only allowed pairs, forward
+Conventions (docs/design.md, "Benchmarks"): effective TFLOP/s count only allowed pairs, forward
 ``4 * pairs * D`` and forward+backward 3.5 times that; the dense baseline of a causal case
 is causal SDPA, of any other case dense SDPA on the same shape (cuDNN on CUDA where it
 takes the problem); times are warm medians, every run of a case timed the same way

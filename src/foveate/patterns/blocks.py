@@ -18,7 +18,8 @@ class Blocks(Pattern):
         mask: bool tensor ``(nq, nkv)`` or ``(B|1, H|1, nq, nkv)``: ``mask[b, h, i, j]`` selects
             the pairs of query block ``i`` and key block ``j`` for batch ``b`` and query head
             ``h`` (1 = the same for every batch / head). Every selected block is full.
-        block_q, block_kv: block sizes; a layout backend must run blocks of exactly this size.
+        block_q: query block size; a layout backend must run blocks of exactly this size.
+        block_kv: key block size, likewise.
 
     Lengths: ``ceil(q_len / block_q) == nq`` and ``ceil(kv_len / block_kv) == nkv``. The mask
     is copied: changing the caller's tensor later does not change the pattern. Two patterns

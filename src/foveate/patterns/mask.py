@@ -16,10 +16,10 @@ class Mask(Pattern):
         fn: the mask, for the lengths it is called with (queries and keys from 0, in the
             caller's order; with ``kv_len != q_len`` no alignment is implied: ``fn`` sees the raw
             indices).
-        batch, heads: ``None`` (the default): the mask is the same for every batch element and
-            query head, and ``fn`` is called with ``b = h = 0``; an int: the mask differs along
-            that axis, whose size the inputs must have (as FlexAttention's ``create_block_mask``
-            takes ``B`` and ``H``).
+        batch: ``None`` (the default): the mask is the same for every batch element, and ``fn``
+            is called with ``b = 0``; an int: the mask differs per batch element, and the inputs
+            must have that batch size (as FlexAttention's ``create_block_mask`` takes ``B``).
+        heads: likewise for the query heads (``h``).
 
     The layout is built by evaluating ``fn`` on every block pair (``O(q_len * kv_len)`` mask
     evaluations, once per lengths: layouts are cached), and the Triton kernels mask its partial

@@ -35,6 +35,7 @@ from ..selection import (
 )
 from ..selection.partition import PARTITIONS, partition_tile
 from ..selection.scores import check_stride
+from ..settings import policy
 from ..tiling import Tiled, TiledOrder
 from .band import band_mask_mod
 from .base import Pattern, is_int, set_ints
@@ -44,12 +45,6 @@ from .neighborhood import Neighborhood
 
 _SCORES = ("mean", "antidiagonal")
 
-#: How ``BlockTopK(score="mean")`` selects: the ``method`` of
-#: :func:`foveate.selection.scores.mean_topk`. ``"auto"`` runs the fused Triton kernels on CUDA
-#: where they take the inputs and PyTorch elsewhere; ``"torch"`` or ``"triton"`` force one
-#: (``"triton"`` on CPU needs ``TRITON_INTERPRET=1``). A process-wide switch, for tests and
-#: benchmarks.
-MEAN_TOPK_METHOD = "auto"
 
 
 class SelectedBlocks(Pattern):
@@ -467,15 +462,15 @@ class BlockTopK(_ContentSelected):
         super().__post_init__()
 
     def _choose(self, q, k, geometry, scale):
-        if self.score == "mean":  # fused on CUDA (MEAN_TOPK_METHOD)
+        if self.score == "mean":  # fused on CUDA (foveate.policy.mean_topk_method)
             if self.order is not None and self.order.has_padding:  # (blocks with padding are partial)
-                return mean_topk(q, k, geometry, scale, self.k, method=MEAN_TOPK_METHOD), None
+                return mean_topk(q, k, geometry, scale, self.k, method=policy.mean_topk_method), None
             # The kernel also writes the forward's lists of the selection (its blocks full, or
             # under causal of their causal states): the layout builder then has no launch of
             # its own.
             states = (_causal_block_states(geometry.q_len, geometry.kv_len, self.q_block, self.block, str(q.device))
                       if self.causal else None)
-            return mean_topk_with_lists(q, k, geometry, scale, self.k, states, method=MEAN_TOPK_METHOD)
+            return mean_topk_with_lists(q, k, geometry, scale, self.k, states, method=policy.mean_topk_method)
         return select_topk(self._mass(q, k, geometry, scale), self.k, geometry.candidates(q.device),
                            geometry.forced(q.device)), None
 

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...settings import policy
 from ...triton_launch import cdiv, launch as fast_launch
 from .common import LOG2E, block_lists, bounds_flags, head_block, mask_operands
 from .masks import HAS_BITS, MaskSpec, allowed_block, allowed_block_t, block_bits, tile_rows, token_rows
@@ -320,8 +321,8 @@ def _backward_kernels(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sca
     bits, bit_rows, *bit_row_strides = mask_operands(layout, spec, q.device)
     _, bit_cols, *bit_col_strides = mask_operands(layout, spec, q.device, transposed=True)
     flags = bounds_flags(spec, q_len, kv_len, layout.block_q, layout.block_kv)
-    concurrent = (CONCURRENT_DQ and q.is_cuda
-                  and cdiv(q_len, cfg.dq.block_m) * batch * heads >= CONCURRENT_MIN_PROGRAMS)
+    concurrent = (policy.concurrent_dq and q.is_cuda
+                  and cdiv(q_len, cfg.dq.block_m) * batch * heads >= policy.concurrent_min_programs)
     side = _side_stream(q.device) if concurrent else None
     if side is not None:  # dq on a second stream, beside dk/dv: each fills the other's tail
         side.wait_stream(torch.cuda.current_stream(q.device))
@@ -347,7 +348,7 @@ def _backward_kernels(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sca
 def _in_tiled_order(spec: MaskSpec, layout) -> bool:
     """Whether the backward moves a raster-order tiled canvas into the tiled order (below)."""
     row_blocks = getattr(layout, "row_blocks", None) or 0.0
-    return spec.raster_io and TILED_ORDER_BACKWARD and row_blocks >= TILED_ORDER_MIN_ROW_BLOCKS
+    return spec.raster_io and policy.tiled_order_backward and row_blocks >= policy.tiled_order_min_row_blocks
 
 
 def _backward_in_tiled_order(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, scale: float):
@@ -363,30 +364,6 @@ def _backward_in_tiled_order(dout, dlse, q, k, v, out, lse, layout, spec: MaskSp
     return order.untile_tokens(dq), order.untile_keys(dk), order.untile_keys(dv)
 
 
-#: Run the backward of a tiled canvas given in raster order (``MaskSpec.raster_io``) on copies
-#: in the tiled order, its gradients moved back, when its query blocks visit at least
-#: ``TILED_ORDER_MIN_ROW_BLOCKS`` kv blocks on average (``BlockLayout.row_blocks``, known for
-#: cached layouts): the kernels then load whole blocks of consecutive rows instead of a tile's
-#: raster segments, which pays for the nine tensors moved (a cost per token) when each token
-#: has enough work (a gain per visited block). H200, bf16, D=128, forward+backward
-#: (``benchmarks/backward_streams.py --setting tiled_order``, 2026-12-01; blocks per query
-#: block in brackets): 3-D Hunyuan strided 1.034x (81), 2-D w80 stride 16 1.010x (50), 3-D
-#: Hunyuan 1.005x (147), 2-D w80 1.001x (68); 3-D k7x15x15 0.969x (33) and 2-D k13 0.840x (8)
-#: lose, and keep the raster loads. The forward gains nothing that way (1.341 / 1.332 ms on
-#: 3-D Hunyuan strided). The copies hold one more q, k, v, out and dO while the kernels run
-#: (set this to ``False`` to save that memory).
-TILED_ORDER_BACKWARD = True
-TILED_ORDER_MIN_ROW_BLOCKS = 48
-
-#: Run the dq kernel on a second CUDA stream, concurrently with the dk/dv kernel (results are
-#: bitwise the same: each writes its own gradients), when it has at least
-#: ``CONCURRENT_MIN_PROGRAMS`` programs. H200, bf16, forward+backward
-#: (``benchmarks/backward_streams.py``, 2026-12-01): 1.037x on causal 8K (1024 dq programs),
-#: 1.014x on 3-D Hunyuan strided (900), 1.020x on 2-D k13 (2048), within 0.5 % either way on
-#: long runs (2-D w80 strided, 3-D k7x15x15); on host-bound calls with few programs (1-D 32K
-#: tokens, one head: 256) the stream switches' host time decides (0.83x in that run).
-CONCURRENT_DQ = True
-CONCURRENT_MIN_PROGRAMS = 512
 
 _SIDE_STREAMS: dict = {}
 

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...settings import policy
 from ...triton_launch import cdiv
 from .common import LOG2E, block_lists, bounds_flags, head_block, mask_operands
 from .masks import HAS_BITS, MaskSpec, allowed_block, block_bits, tile_rows, token_rows
@@ -178,7 +179,7 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
     this module's; ``"hopper"`` the Hopper kernel or a ``ValueError`` saying why not."""
     if kernel not in FORWARD_KERNELS:
         raise ValueError(f"kernel must be one of {FORWARD_KERNELS}, got {kernel!r}")
-    if kernel == "auto" and not USE_HOPPER:
+    if kernel == "auto" and not policy.hopper_forward:
         kernel = "portable"
     if kernel != "portable":
         if any(x is not None for x in (block_m, block_n, num_warps, num_stages)):
@@ -214,20 +215,12 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
            dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=head_block(head_dim),
                 BLOCK_DV=head_block(head_dim_v), LAYOUT_BLOCK_Q=layout.block_q, LAYOUT_BLOCK_KV=layout.block_kv,
                 **bounds_flags(spec, q_len, kv_len, bm, layout.block_kv), IEEE=q.dtype == torch.float32,
-                MASK=spec.constexpr, FULL_RUNS=USE_FULL_RUNS and getattr(layout, "full_runs", None) is True))
+                MASK=spec.constexpr, FULL_RUNS=policy.full_runs and getattr(layout, "full_runs", None) is True))
     return out, lse
 
 
 #: What ``attention_forward(kernel=...)`` may be.
 FORWARD_KERNELS = ("auto", "portable", "hopper")
-
-#: Whether ``kernel="auto"`` runs the Hopper kernel where it can (off: the portable kernel
-#: everywhere, as the portable kernel's tests and side-by-side benchmarks want).
-USE_HOPPER = True
-
-#: Whether the forward walks the full blocks as ranges on layouts known to hold runs of them
-#: (``BlockLayout.full_runs``, found once for cached layouts).
-USE_FULL_RUNS = True
 
 
 __all__ = ["FORWARD_KERNELS", "attention_forward"]

@@ -1,0 +1,53 @@
+"""Draw the pattern gallery of the documentation with ``foveate show``.
+
+Writes ``docs/img/gallery/*.png`` and ``docs/gallery.md`` (run from the repository root:
+``python docs/make_gallery.py``). Every figure is the command printed beside it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shlex
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent
+OUT = ROOT / "img" / "gallery"
+
+#: (file name, title, what it shows, arguments of ``foveate show``)
+ENTRIES = [
+    ("causal", "Causal", "Causal attention: the mask beside its block layout (partial blocks on the "
+     "diagonal, full blocks below).", "causal --len 2048"),
+    ("sliding", "Sliding window", "`P.SlidingWindow(255)`: each query sees itself and the 255 keys before it.",
+     "sliding --left 255 --len 2048"),
+    ("sinks", "Sinks", "`P.Sinks(64)`: the first 64 keys, seen by every query (combine with a window for "
+     "StreamingLLM: `P.SlidingWindow(255) | P.Sinks(4)`).", "sinks --n 64 --len 2048"),
+    ("neighborhood-2d", "2-D neighborhood", "`P.Neighborhood((64, 64), (17, 17))`: one query's keys, the layout "
+     "in raster order and in the tiled order the simulator chooses.", "neighborhood --canvas 64 64 --kernel 17 17"),
+    ("neighborhood-2d-strided", "2-D strided neighborhood", "`stride=(8, 8)`: queries of an 8x8 group share one "
+     "window (blocked attention at `stride == kernel`).",
+     "neighborhood --canvas 64 64 --kernel 24 24 --stride 8 8"),
+    ("neighborhood-3d", "3-D neighborhood (video)", "`P.Neighborhood((8, 32, 32), (3, 9, 9))`: one panel per frame "
+     "that holds keys of the query.", "neighborhood --canvas 8 32 32 --kernel 3 9 9"),
+    ("moba", "MoBA (content-selected blocks)", "`P.MoBA(block=256, topk=3)` on synthetic inputs with planted key "
+     "blocks: the blocks each query block selects, per head.",
+     "moba --block 256 --topk 3 --len 4096"),
+]
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    lines = ["# Pattern gallery", "",
+             "Drawn by `foveate show` (`python docs/make_gallery.py` redraws them). Orange blocks are partial "
+             "(the kernels mask inside them), dark blue blocks full (no mask work), empty blocks are skipped.", ""]
+    for name, title, text, args in ENTRIES:
+        path = OUT / f"{name}.png"
+        cmd = [sys.executable, "-m", "foveate", "show", *shlex.split(args), "--out", str(path)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        lines += [f"## {title}", "", text, "", f"```bash\nfoveate show {args}\n```", "",
+                  f"![{title}](img/gallery/{name}.png)", ""]
+    (ROOT / "gallery.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

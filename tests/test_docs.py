@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -35,3 +38,20 @@ def test_every_reference_to_the_design_page_resolves():
     outside = "DESIGN" + ".md"  # (the founders' page outside the repository)
     for path in [*ROOT.glob("src/**/*.py"), *ROOT.glob("tests/*.py")]:
         assert outside not in path.read_text(), f"{path} cites {outside}, which is not in the repository"
+
+
+def _python_blocks(path: pathlib.Path) -> list[str]:
+    text = path.read_text()
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md"])
+def test_the_examples_run(page):
+    """The Python examples of the README and the getting-started page run as written, one
+    namespace per page (on a CPU: the ``torch`` backend; a few seconds each)."""
+    blocks = _python_blocks(ROOT / page)
+    assert blocks, f"{page} has no Python example"
+    namespace: dict = {}
+    for code in blocks:
+        exec(compile(code, page, "exec"), namespace)
+    assert "out" in namespace

@@ -50,7 +50,7 @@ def test_override_is_scoped_and_restored_after_an_exception():
 def test_the_selection_reads_its_method_from_the_policy(monkeypatch):
     """``mean_topk_method`` reaches ``BlockTopK``'s selection (here: the torch method, on CPU
     the only one that runs without the interpreter, asked for by name)."""
-    from foveate.patterns import selected
+    from foveate.patterns import content_selected as selected
 
     seen = []
     real = selected.mean_topk_with_lists

@@ -12,7 +12,8 @@ from .dense import Dense
 from .kernel_mask import KernelMask
 from .mask import Mask
 from .neighborhood import Neighborhood
-from .selected import BlockTopK, BlockTopP, MoBA, SelectedBlocks, XAttention
+from .content_selected import BlockTopK, BlockTopP, MoBA, XAttention
+from .selected import SelectedBlocks
 from .sinks import Sinks
 from .sliding import SlidingWindow
 

@@ -11,7 +11,7 @@ the best, hand the result to the block-sparse kernels as a per-(batch, head) lay
 - :mod:`.partition`: canvas partitions (VMoBA's 1-D, 2-D, 3-D key blocks) and their tiles;
 - :mod:`.naive`: brute-force definitions of the scores, the oracle of the tests.
 
-The patterns built on these are in :mod:`foveate.patterns.selected`.
+The patterns built on these are in :mod:`foveate.patterns.content_selected`.
 """
 
 from .geometry import SelectionGeometry

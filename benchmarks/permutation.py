@@ -2,7 +2,7 @@
 
 For each canvas, in both directions (raster -> tiled: ``tile``, tiled -> raster: ``untile``):
 ``TiledOrder.tile_tokens`` / ``untile_tokens`` with ``method="torch"`` (reshape + permute
-copies) and ``method="triton"`` (the gathering copy kernel of ``foveate.tiling_triton``),
+copies) and ``method="triton"`` (the gathering copy kernel of ``foveate.tiling.permute_triton``),
 ``index_select`` with the permutation indices, the Triton kernel on an input in
 ``(B, N, H, D)`` memory order (a ``q`` straight from a projection, seen through
 ``transpose(1, 2)``; the torch path copies it first), the Triton kernel on lse-shaped
@@ -24,7 +24,7 @@ import itertools
 import torch
 import triton
 
-from foveate import tiling_triton
+from foveate.tiling import permute_triton as tiling_triton
 from foveate.tiling import TiledOrder
 
 from common import bench_ms, run_header

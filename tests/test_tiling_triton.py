@@ -1,4 +1,4 @@
-"""The Triton kernel of the token permutation (``foveate.tiling_triton``) against the torch path.
+"""The Triton kernel of the token permutation (``foveate.tiling.permute_triton``) against the torch path.
 
 ``TiledOrder.tile_tokens`` / ``untile_tokens`` with ``method="triton"`` must equal
 ``method="torch"`` (the reshape/permute reference, itself checked against brute force in
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import brute
 from kernel_spy import DEVICE, KernelSpy, needs_triton
-from foveate import tiling_triton
+from foveate.tiling import permute_triton as tiling_triton
 from foveate.tiling import TiledOrder
 from strategies import tile_of
 

@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 
 from .patterns import Intersection, Pattern, Union
 from .patterns.canvas_layout import block_counts
-from .tiling import Tiled, candidate_tiles
+from .patterns.tiled import Tiled
+from .tiling import candidate_tiles
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ class Backend:
 def tiled(problem: Problem, tile: tuple[int, ...]):
     """``(problem in the tiled order of tile, that TiledOrder)``: the pattern becomes
     :class:`~foveate.tiling.Tiled` and the lengths those of the padded, tiled canvas."""
-    from ..tiling import Tiled
+    from ..patterns.tiled import Tiled
 
     pattern = Tiled(problem.pattern, tile)
     q_len, kv_len = pattern.default_lengths()

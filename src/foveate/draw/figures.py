@@ -137,7 +137,7 @@ def _draw_tiled(pattern, layout, tile, ax, *, max_cells) -> None:
     """The layout panel of the tiled order (``tile``: 'auto' or a shape)."""
     from .patterns import Neighborhood
     from .simulator import choose_tile
-    from .tiling import Tiled
+    from ..patterns.tiled import Tiled
 
     bq, bkv = layout.block_q, layout.block_kv
     chosen = choose_tile(pattern, block_q=bq, block_kv=bkv) if tile == "auto" else tuple(tile)

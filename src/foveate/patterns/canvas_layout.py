@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..canvas import RasterOrder
+from ..tiling.raster import RasterOrder
 from ..layout import BlockLayout
 from .neighborhood import Neighborhood, axis_window
 
@@ -240,7 +240,7 @@ def _product_layout(pattern, axes, order, q_tile, kv_tile, block_q, block_kv, de
     if isinstance(order, RasterOrder):
         mask_mod, padded = pattern.mask_mod(q_len, kv_len), None
     else:
-        from ..tiling import Tiled
+        from .tiled import Tiled
 
         mask_mod, padded = Tiled(pattern, order.tile).mask_mod(q_len, kv_len), order.padded
     return BlockLayout(
@@ -343,6 +343,6 @@ def token_order(canvas, tile):
     """Raster order (``tile=None``) or the tiled order of ``tile``."""
     if tile is None:
         return RasterOrder(canvas)
-    from ..tiling import TiledOrder
+    from ..tiling.order import TiledOrder
 
     return TiledOrder(canvas, tile)

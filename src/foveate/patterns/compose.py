@@ -108,7 +108,7 @@ class _Composite(Pattern):
         :meth:`~foveate.layout.BlockLayout.from_pairs` over the parts' common (batch, head)
         axes (:func:`_batch_heads`); ``unknown`` pairs (their state is not decided by the parts'
         states) are kept and partial until evaluated."""
-        nq, nkv = layouts[0].num_q_blocks, layouts[0].num_kv_blocks
+        nkv = layouts[0].num_kv_blocks
         batch_heads = _batch_heads(layouts)
         # Per pair over all parts: how many parts list it, and how many list it as full.
         keys, fulls = [], []
@@ -146,7 +146,7 @@ class _Composite(Pattern):
         if tile is None:
             mask_mod = self.mask_mod(q_len, kv_len)
         else:
-            from ..tiling import Tiled
+            from .tiled import Tiled
 
             mask_mod = Tiled(self, tile).mask_mod(q_len, kv_len)
         row, kb, full, keep, unknown = self._combined_pairs(layouts)

@@ -34,7 +34,7 @@ from ..selection import (
 from ..selection.partition import PARTITIONS, partition_tile
 from ..selection.scores import check_stride
 from ..settings import policy
-from ..tiling import TiledOrder
+from ..tiling.order import TiledOrder
 from .base import Pattern, is_int, set_ints
 from .selected import SelectedBlocks, _causal_block_states, _divisor_reason
 

@@ -16,7 +16,8 @@ import torch
 
 from ..layout import EMPTY, FULL, PARTIAL, BlockLayout, grid_states
 from ..selection import SelectionGeometry
-from ..tiling import Tiled, TiledOrder
+from ..tiling.order import TiledOrder
+from .tiled import Tiled
 from .band import band_mask_mod
 from .base import Pattern
 from .kernel_mask import Band

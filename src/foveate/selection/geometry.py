@@ -140,7 +140,7 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=8)
 def _real_tokens(tiling: tuple[tuple[int, ...], tuple[int, ...]], device: str) -> torch.Tensor:
-    from ..tiling import TiledOrder
+    from ..tiling.order import TiledOrder
 
     tiled_to_raster, _ = TiledOrder(*tiling).permutation(device)
     return tiled_to_raster >= 0

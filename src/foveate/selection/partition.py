@@ -42,7 +42,7 @@ def partition_tile(canvas: tuple[int, ...], partition: str, block: int) -> tuple
     ``None`` for ``"1d"`` (raster order). Raises ``ValueError`` naming the argument when the
     partition cannot be made (``"3d"`` on an image, ``"2d"`` with ``block`` not a multiple of
     ``T``, a tile larger than the canvas)."""
-    from ..tiling import candidate_tiles
+    from ..tiling.order import candidate_tiles
 
     if partition not in PARTITIONS:
         raise ValueError(f"partition={partition!r}: expected one of {PARTITIONS}")

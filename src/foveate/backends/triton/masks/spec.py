@@ -147,7 +147,7 @@ class MaskSpec:
 
     def tiled_order(self):
         """The :class:`~foveate.tiling.TiledOrder` of a tiled canvas spec."""
-        from ....tiling import TiledOrder
+        from ....tiling.order import TiledOrder
 
         axes = self._axes()
         return TiledOrder(tuple(axis[AXIS_L] for axis in axes), tuple(axis[AXIS_T] for axis in axes))

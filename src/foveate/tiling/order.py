@@ -1,4 +1,4 @@
-"""Token tiling of 2-D/3-D canvases.
+"""The tiled token order of 2-D/3-D canvases (:class:`TiledOrder`) and the candidate tiles.
 
 In raster order a block of 128 tokens is a thin strip of the canvas, so a neighborhood spans
 many blocks, most of them partial. Tiling permutes the tokens so that each block is a
@@ -11,20 +11,17 @@ canvas), which keeps border blocks full where possible; its output is discarded.
 tiled sequence has ``prod(padded canvas)`` tokens, then the ``extra_kv`` keys.
 
 ``attention()`` applies all this; the pieces are public for drawing, simulation and tests:
-:class:`TiledOrder` (the permutation and its inverse), :class:`Tiled` (a pattern in tiled
-order) and :func:`candidate_tiles`.
+:class:`TiledOrder` (the permutation and its inverse), :class:`~foveate.patterns.tiled.Tiled`
+(a pattern in tiled order) and :func:`candidate_tiles`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
-from .kernel_choice import use_triton
-from .patterns.base import Pattern
-from .patterns.kernel_mask import Tiles
+from ..kernel_choice import use_triton
 
 
 def _row_major_strides(shape) -> list[int]:
@@ -103,12 +100,12 @@ class TiledOrder:
         ``(B, H, num_tokens, D)`` in tiled order, zeros at padding. A trailing feature axis is
         optional. Differentiable.
 
-        ``method``: ``"triton"`` (a gathering copy kernel, :mod:`foveate.tiling_triton`; CUDA,
+        ``method``: ``"triton"`` (a gathering copy kernel, :mod:`foveate.tiling.permute_triton`; CUDA,
         or CPU under ``TRITON_INTERPRET=1``), ``"torch"`` (reshape/permute copies, any device:
         the reference) or ``"auto"`` (triton for CUDA tensors it supports, outside
         ``torch.compile``, which fuses the torch path itself)."""
         if use_triton(method, x, lambda: _triton_takes(self, x)):
-            from .tiling_triton import tile_tokens
+            from .permute_triton import tile_tokens
 
             return tile_tokens(self, x)
         squeeze = x.dim() == 3
@@ -135,7 +132,7 @@ class TiledOrder:
         padding dropped. A trailing feature axis is optional (lse has none). ``method`` as
         for :meth:`tile_tokens`."""
         if use_triton(method, x, lambda: _triton_takes(self, x)):
-            from .tiling_triton import untile_tokens
+            from .permute_triton import untile_tokens
 
             return untile_tokens(self, x)
         squeeze = x.dim() == 3
@@ -173,77 +170,10 @@ def _triton_takes(order: TiledOrder, x: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():
         return False
     try:
-        from .tiling_triton import supports
+        from .permute_triton import supports
     except ImportError:  # no Triton
         return False
     return supports(order, x) is None
-
-
-@dataclass(frozen=True, repr=False)
-class Tiled(Pattern):
-    """``base`` (a canvas pattern that can be tiled: a Neighborhood or a composition of
-    them) seen in the tiled token order of ``tile``.
-
-    Lengths: ``q_len = prod(padded canvas)``, ``kv_len = q_len + base.extra_kv``; ``k`` and
-    ``v`` are the padded canvas in tiled order followed by the extra tokens.
-    """
-
-    base: Pattern = field()
-    tile: tuple[int, ...] = field()
-
-    def __post_init__(self):
-        if not isinstance(self.base, Pattern) or not self.base.can_tile:
-            raise ValueError(f"tile={self.tile!r}: only canvas patterns (Neighborhood and compositions of them) "
-                             f"can be tiled, not {self.base!r}")
-        tile = tuple(self.tile) if isinstance(self.tile, list) else self.tile
-        self.base._check_tile(tile)
-        object.__setattr__(self, "tile", tile)
-
-    def __repr__(self) -> str:
-        return f"Tiled({self.base!r}, tile={self.tile})"
-
-    @property
-    def order(self) -> TiledOrder:
-        return TiledOrder(self.base.canvas, self.tile)
-
-    def default_lengths(self) -> tuple[int, int]:
-        n = self.order.num_tokens
-        return n, n + self.base.extra_kv
-
-    def mask_mod(self, q_len: int, kv_len: int):
-        self.check_lengths(q_len, kv_len)
-        order = self.order
-        n_tiled = order.num_tokens
-        allowed = self.base.coords_allowed
-        canvas, padded, extra = order.canvas, order.has_padding, self.base.extra_kv
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            q_coords = order.coords(q_idx)
-            k_coords = order.coords(kv_idx)
-            if padded:  # a padded query acts as its nearest canvas query
-                q_coords = [torch.clamp(c, max=n - 1) for c, n in zip(q_coords, canvas)]
-            ok = allowed(q_coords, k_coords)
-            if padded:  # padding keys are never allowed
-                for c, n in zip(k_coords, canvas):
-                    ok = ok & (c < n)
-            return ok | (kv_idx >= n_tiled) if extra else ok
-
-        return mask_mod
-
-    def kernel_mask(self, q_len: int, kv_len: int) -> Tiles | None:
-        self.check_lengths(q_len, kv_len)
-        n_canvas = self.order.num_canvas
-        inner = self.base.kernel_mask(n_canvas, n_canvas + self.base.extra_kv)
-        return None if inner is None else Tiles(inner, self.base.canvas, self.tile, self.base.extra_kv)
-
-    def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
-        if tile is not None:
-            raise ValueError(f"tile={tile!r}: {self!r} is already tiled")
-        n_canvas = self.order.num_canvas
-        return self.base.build(
-            n_canvas, n_canvas + self.base.extra_kv, block_q=block_q, block_kv=block_kv,
-            device=device, tile=self.tile,
-        )
 
 
 def candidate_tiles(canvas: tuple[int, ...], size: int = 128) -> list[tuple[int, ...]]:

@@ -39,10 +39,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_launch import cdiv, launch
+from ..triton_launch import cdiv, launch
 
 if TYPE_CHECKING:
-    from .tiling import TiledOrder
+    from .order import TiledOrder
 
 #: Integer dtype of each element size: the kernel moves bits.
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

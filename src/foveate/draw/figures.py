@@ -135,8 +135,8 @@ def _canvas_panels(fig, pattern, layout, query, tile) -> None:
 
 def _draw_tiled(pattern, layout, tile, ax, *, max_cells) -> None:
     """The layout panel of the tiled order (``tile``: 'auto' or a shape)."""
-    from .patterns import Neighborhood
-    from .simulator import choose_tile
+    from ..patterns import Neighborhood
+    from ..simulator import choose_tile
     from ..patterns.tiled import Tiled
 
     bq, bkv = layout.block_q, layout.block_kv

@@ -98,7 +98,7 @@ def counterpart_pairs(q_len: int, kv_len: int, causal: bool) -> int:
     :class:`~foveate.patterns.Causal` (from its layout)."""
     if not causal:
         return q_len * kv_len
-    from .patterns import Causal
+    from ..patterns import Causal
 
     return Causal().build(q_len, kv_len, block_q=128, block_kv=128).allowed_pairs()
 

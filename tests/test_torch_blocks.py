@@ -175,3 +175,14 @@ def test_composition_with_a_per_head_part_matches_naive(torch_backend, rng):
     q, k, v = make_qkv(rng, batch=1, heads_q=3, q_shape=(45,), head_dim=8)
     assert pattern.build(45, 45, block_q=8, block_kv=8).batch_heads == (1, 3)
     _check_against_naive(q, k, v, pattern, mask_from_mod(pattern.mask_mod(45, 45), 1, 3, 45, 45))
+
+
+def test_a_pattern_that_allows_nothing(rng):
+    """No visited block at all (found by hypothesis): output 0, lse -inf, zero gradients."""
+    pattern = P.Dense() & P.SlidingWindow(0, 0) & P.Sinks(1)  # query 0 sits at key 1; only key 0 is a sink
+    q, k, v = make_qkv(rng, batch=1, heads_q=1, q_shape=(1,), kv_shape=(2,), head_dim=8, requires_grad=True)
+    assert pattern.build(1, 2, block_q=8, block_kv=8).num_visited() == 0
+    out, lse = foveate.attention(q, k, v, pattern, backend="torch", return_lse=True)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()
+    out.sum().backward()
+    assert all(torch.equal(t.grad, torch.zeros_like(t)) for t in (q, k, v))

@@ -144,6 +144,8 @@ class _Plan:
     def from_lists(cls, lists, mask_mod, problem: Problem, dims) -> "_Plan":
         """From :func:`_trimmed` lists and ``dims = (block_q, block_kv, q_len, kv_len)``."""
         counts_p, idx_p, counts_f, idx_f = lists
+        if idx_p.shape[-1] + idx_f.shape[-1] == 0:  # nothing visited: one unlisted column (all rows empty)
+            idx_f = torch.zeros(*idx_f.shape[:-1], 1, dtype=idx_f.dtype, device=idx_f.device)
         listed = [torch.arange(idx.shape[-1], device=idx.device) < counts[..., None]
                   for counts, idx in ((counts_p, idx_p), (counts_f, idx_f))]
         return cls(_Dims(*dims, mask_mod), problem, torch.cat([idx_p.long(), idx_f.long()], -1),

@@ -93,6 +93,21 @@ class Backend:
         return f"<foveate backend {self.name!r}>"
 
 
+class PyTorchBackend(Backend):
+    """A backend of plain PyTorch operations (``torch``, ``reference``): it runs on any device,
+    for every floating dtype (computing in float32, float64 kept)."""
+
+    DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+    def available(self) -> bool:
+        return True
+
+    def supports(self, problem: Problem) -> str | None:
+        if problem.dtype not in self.DTYPES:
+            return f"dtype {problem.dtype} is not one of {self.DTYPES}"
+        return None
+
+
 def tiled(problem: Problem, tile: tuple[int, ...]):
     """``(problem in the tiled order of tile, that TiledOrder)``: the pattern becomes
     :class:`~foveate.tiling.Tiled` and the lengths those of the padded, tiled canvas."""

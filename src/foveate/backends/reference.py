@@ -10,26 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import Backend, Problem
+from .base import PyTorchBackend
 from .strong_zeros import strong_zero_einsum
 
 #: Score elements (batch x heads x queries x keys) held at once; bounds the memory.
 CHUNK_ELEMENTS = 1 << 24
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-class ReferenceBackend(Backend):
+class ReferenceBackend(PyTorchBackend):
     name = "reference"
     uses_layout = False  # evaluates mask_mod directly: tiling changes nothing but the cost
-
-    def available(self) -> bool:
-        return True
-
-    def supports(self, problem: Problem) -> str | None:
-        if problem.dtype not in _DTYPES:
-            return f"dtype {problem.dtype} is not one of {_DTYPES}"
-        return None
 
     def forward(self, q, k, v, problem, scale):
         mask_mod = problem.pattern.mask_mod(problem.q_len, problem.kv_len)

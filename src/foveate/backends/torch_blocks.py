@@ -20,26 +20,16 @@ import torch
 
 from ..graph_constants import pattern_from_key, pattern_key
 from ..layout import BlockLayout
-from .base import Backend, Problem, cached_layout
+from .base import Problem, PyTorchBackend, cached_layout
 from .strong_zeros import strong_zero_einsum
 
 #: Score elements (batch x heads x queries x gathered keys) held at once; bounds the memory.
 CHUNK_ELEMENTS = 1 << 23
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-
-class TorchBlocksBackend(Backend):
+class TorchBlocksBackend(PyTorchBackend):
     name = "torch"
     block_size = 128
-
-    def available(self) -> bool:
-        return True
-
-    def supports(self, problem: Problem) -> str | None:
-        if problem.dtype not in _DTYPES:
-            return f"dtype {problem.dtype} is not one of {_DTYPES}"
-        return None
 
     def block_reason(self, problem: Problem) -> str | None:
         if self._blocks(problem.pattern) is None:
@@ -71,8 +61,11 @@ class TorchBlocksBackend(Backend):
             block_q, block_kv = self._blocks(problem.pattern)
             q_len, kv_len = operator.index(problem.q_len), operator.index(problem.kv_len)
             lists = _traced_lists(pattern_key(problem.pattern), q_len, kv_len, block_q, block_kv, q.device)
-            plan = _Plan.from_lists(lists, problem.pattern.mask_mod(q_len, kv_len), problem,
-                                    (block_q, block_kv, q_len, kv_len))
+            layout = BlockLayout(block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
+                                 kv_num_blocks=lists[0], kv_indices=lists[1], full_kv_num_blocks=lists[2],
+                                 full_kv_indices=lists[3], transposed=_no_transposed,
+                                 mask_mod=problem.pattern.mask_mod(q_len, kv_len))
+            plan = _Plan.of(layout, problem, trimmed=lists)
             out, lse, *_ = _attend(q, k, v, plan, float(scale))
         else:
             plan = _Plan.of(self.layout(problem, q.device), problem)
@@ -86,6 +79,10 @@ def _traced_lists(key: tuple, q_len: int, kv_len: int, block_q: int, block_kv: i
     (:func:`~foveate.graph_constants.pattern_key`), run (not traced) when a graph is traced."""
     layout = cached_layout(pattern_from_key(key), q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device)
     return _trimmed(layout)
+
+
+def _no_transposed():
+    raise RuntimeError("the torch backend walks the kv lists only")
 
 
 def _trimmed(layout: BlockLayout) -> tuple[torch.Tensor, ...]:
@@ -104,51 +101,27 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @dataclass
-class _Dims:
-    block_q: int
-    block_kv: int
-    q_len: int
-    kv_len: int
-    mask_mod: object
-
-    @property
-    def num_q_blocks(self) -> int:
-        return -(-self.q_len // self.block_q)
-
-    @property
-    def num_kv_blocks(self) -> int:
-        return -(-self.kv_len // self.block_kv)
-
-
-@dataclass
 class _Plan:
     """A layout read for gathering: per query block, the partial kv blocks then the full ones
     (``idx`` ``(Bl, Hl, nq, W)``, long), which entries are listed (``listed``), and how many of
-    the ``W`` columns are partial (``n_partial``: the mask is evaluated on those only).
-    ``layout``: the block sizes, lengths and ``mask_mod`` (a layout or :class:`_Dims`)."""
+    the ``W`` columns are partial (``n_partial``: the mask is evaluated on those only)."""
 
-    layout: BlockLayout | _Dims
+    layout: BlockLayout
     problem: Problem
     idx: torch.Tensor
     listed: torch.Tensor
     n_partial: int
 
     @classmethod
-    def of(cls, layout: BlockLayout, problem: Problem) -> "_Plan":
-        plan = cls.from_lists(_trimmed(layout), layout.mask_mod, problem,
-                              (layout.block_q, layout.block_kv, layout.q_len, layout.kv_len))
-        plan.layout = layout
-        return plan
-
-    @classmethod
-    def from_lists(cls, lists, mask_mod, problem: Problem, dims) -> "_Plan":
-        """From :func:`_trimmed` lists and ``dims = (block_q, block_kv, q_len, kv_len)``."""
-        counts_p, idx_p, counts_f, idx_f = lists
+    def of(cls, layout: BlockLayout, problem: Problem, *, trimmed=None) -> "_Plan":
+        """The plan of ``layout``; ``trimmed``: its :func:`_trimmed` lists when already known
+        (under ``torch.compile``, where trimming them would read their counts)."""
+        counts_p, idx_p, counts_f, idx_f = _trimmed(layout) if trimmed is None else trimmed
         if idx_p.shape[-1] + idx_f.shape[-1] == 0:  # nothing visited: one unlisted column (all rows empty)
             idx_f = torch.zeros(*idx_f.shape[:-1], 1, dtype=idx_f.dtype, device=idx_f.device)
         listed = [torch.arange(idx.shape[-1], device=idx.device) < counts[..., None]
                   for counts, idx in ((counts_p, idx_p), (counts_f, idx_f))]
-        return cls(_Dims(*dims, mask_mod), problem, torch.cat([idx_p.long(), idx_f.long()], -1),
+        return cls(layout, problem, torch.cat([idx_p.long(), idx_f.long()], -1),
                    torch.cat(listed, -1), idx_p.shape[-1])
 
     def chunks(self):

@@ -235,6 +235,81 @@ def sinks_mask(q_len: int, kv_len: int, n: int) -> torch.Tensor:
     return _from_rows([[j < n for j in range(kv_len)] for _ in range(q_len)], q_len, kv_len)
 
 
+# -- sequence patterns of issue #25 (prefix LM, global tokens, chunks, PowerAttention, S2) --------
+
+
+def prefix_lm_mask(q_len: int, kv_len: int, prefix: int) -> torch.Tensor:
+    """Keys up to the query's position, and the whole prefix for queries inside the prefix."""
+    rows = []
+    for i in range(q_len):
+        p = position(i, q_len, kv_len)
+        rows.append([j <= p or (p < prefix and j < prefix) for j in range(kv_len)])
+    return _from_rows(rows, q_len, kv_len)
+
+
+def global_mask(q_len: int, kv_len: int, n: int) -> torch.Tensor:
+    """The first ``n`` positions see every key and are seen by every query."""
+    rows = []
+    for i in range(q_len):
+        p = position(i, q_len, kv_len)
+        rows.append([p < n or j < n for j in range(kv_len)])
+    return _from_rows(rows, q_len, kv_len)
+
+
+def chunk_causal_mask(q_len: int, kv_len: int, chunk: int) -> torch.Tensor:
+    """A key is allowed when its chunk is not after the query's (queries at ``p < 0``: none)."""
+    rows = []
+    for i in range(q_len):
+        p = position(i, q_len, kv_len)
+        rows.append([p >= 0 and j // chunk <= p // chunk for j in range(kv_len)])
+    return _from_rows(rows, q_len, kv_len)
+
+
+def _powers_of_two(limit: int) -> set[int]:
+    powers, d = set(), 1
+    while d <= limit:
+        powers.add(d)
+        d *= 2
+    return powers
+
+
+def power_mask(q_len: int, kv_len: int, block: int, window: int, sink: int) -> torch.Tensor:
+    """PowerAttention: causal; the key's block is a sink, within the window, or at a power-of-two
+    distance (in blocks) from the query's block."""
+    powers = _powers_of_two(kv_len)
+    rows = []
+    for i in range(q_len):
+        p = position(i, q_len, kv_len)
+        row = []
+        for j in range(kv_len):
+            d = p // block - j // block
+            row.append(j <= p and (j // block < sink or d < window or d in powers))
+        rows.append(row)
+    return _from_rows(rows, q_len, kv_len)
+
+
+def strided_heads_mask(q_len: int, kv_len: int, block: int, local: int, vertical: int, kv_heads: int,
+                       group: int = 1, offset: int = 0) -> torch.Tensor:
+    """S2-Attention, ``(kv_heads * group, q_len, kv_len)``: query head ``hq`` uses kv head ``hq //
+    group``'s pattern; causal, and the key's block within ``local`` blocks of the query's or in
+    the head's shard."""
+    step = max(1, vertical // kv_heads)
+    heads = []
+    for hq in range(kv_heads * group):
+        h = hq // group
+        rows = []
+        for i in range(q_len):
+            p = position(i, q_len, kv_len)
+            row = []
+            for j in range(kv_len):
+                near = p // block - j // block < local
+                shard = (j // block + h * step + offset) % vertical == 0
+                row.append(j <= p and (near or shard))
+            rows.append(row)
+        heads.append(_from_rows(rows, q_len, kv_len))
+    return torch.stack(heads)
+
+
 def user_mask(fn, q_len: int, kv_len: int, b: int = 0, h: int = 0) -> torch.Tensor:
     """A user's ``mask_mod`` (its own definition) on every (query, key) pair: an index grid."""
     q_idx, kv_idx = torch.arange(q_len)[:, None], torch.arange(kv_len)[None, :]
@@ -243,7 +318,8 @@ def user_mask(fn, q_len: int, kv_len: int, b: int = 0, h: int = 0) -> torch.Tens
 
 def pattern_mask(pattern, q_len: int, kv_len: int) -> torch.Tensor:
     """The brute-force ``(q_len, kv_len)`` mask of a foveate Dense, Causal, SlidingWindow,
-    Sinks, Mask or Neighborhood (raster order), of unions and intersections of them, or of a
+    Sinks, PrefixLM, Global, ChunkCausal, PowerAttention, Mask or Neighborhood (raster order), of
+    unions and intersections of them, or of a
     Tiled Neighborhood or composition (tiled order); reads only the patterns' parameters."""
     name = type(pattern).__name__
     if name == "Dense":
@@ -256,6 +332,14 @@ def pattern_mask(pattern, q_len: int, kv_len: int) -> torch.Tensor:
         return sinks_mask(q_len, kv_len, pattern.n)
     if name == "Mask":
         return user_mask(pattern.fn, q_len, kv_len)
+    if name == "PrefixLM":
+        return prefix_lm_mask(q_len, kv_len, pattern.prefix)
+    if name == "Global":
+        return global_mask(q_len, kv_len, pattern.n)
+    if name == "ChunkCausal":
+        return chunk_causal_mask(q_len, kv_len, pattern.chunk)
+    if name == "PowerAttention":
+        return power_mask(q_len, kv_len, pattern.block, pattern.window, pattern.sink)
     if name in ("Union", "Intersection"):
         parts = [pattern_mask(p, q_len, kv_len) for p in pattern.parts]
         out = parts[0]

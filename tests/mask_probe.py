@@ -65,15 +65,18 @@ def _fallback_calls():
         window.allowed = real
 
 
-def probe(spec: masks.MaskSpec, q_len: int, kv_len: int, block_m: int, block_n: int, transposed: bool):
+def probe(spec: masks.MaskSpec, q_len: int, kv_len: int, block_m: int, block_n: int, transposed: bool,
+          ids: torch.Tensor | None = None):
     """``(mask, fallback)``: the ``(q_len, kv_len)`` bool mask of ``allowed_block`` (or
     ``allowed_block_t``) over whole blocks of ``block_m`` queries and ``block_n`` keys, cropped
     to the lengths, and whether a window leaf fell back to ``window.allowed`` (``None``:
-    unknown). The spec reads no bits."""
+    unknown). The spec reads no bits; ``ids``: the one row of segment ids of a spec that reads
+    them (:meth:`TokenIds.operand <foveate.patterns.kernel_mask.TokenIds.operand>`)."""
     assert not spec.uses_bits, "a bitmask spec is probed on a layout's partial blocks: probe_partial"
+    assert spec.uses_ids == (ids is not None), "segment ids go with a spec that reads them"
     q_pad, kv_pad = triton.cdiv(q_len, block_m) * block_m, triton.cdiv(kv_len, block_n) * block_n
     out = torch.full((q_pad, kv_pad), -1, dtype=torch.int8, device=DEVICE)
-    no_bits = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    no_bits = torch.zeros(1, dtype=torch.int32, device=DEVICE) if ids is None else ids.reshape(-1).to(DEVICE)
     with _fallback_calls() as calls:
         _probe_kernel[(q_pad // block_m, kv_pad // block_n)](
             out, kv_pad, no_bits, MASK=spec.constexpr, BLOCK_M=block_m, BLOCK_N=block_n, TRANSPOSED=transposed)

@@ -28,7 +28,8 @@ PUBLIC = {
                 "__version__"},
     "foveate.patterns": {"Pattern", "MaskMod", "KernelMask", "Blocks", "Dense", "Causal", "SlidingWindow", "Sinks",
                          "Neighborhood", "Mask", "Union", "Intersection", "BlockTopK", "BlockTopP", "MoBA",
-                         "XAttention", "SelectedBlocks"},
+                         "XAttention", "SelectedBlocks", "Documents", "Segments", "PrefixLM", "Global",
+                         "ChunkCausal", "PowerAttention", "StridedHeads", "PerHead"},
     "foveate.backends": {"Backend", "Problem", "register", "names", "available", "get", "reasons", "select",
                          "cached_layout"},
 }

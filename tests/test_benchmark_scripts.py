@@ -39,3 +39,33 @@ def test_gpu_script_refuses_a_machine_without_cuda(name, benchmarks_path, monkey
     with pytest.raises(SystemExit) as exit_info:
         module.main()
     assert "needs a CUDA GPU" in str(exit_info.value)
+
+
+def test_sequence_patterns_smoke_run_writes_every_group(benchmarks_path, tmp_path):
+    """``benchmarks/sequence_patterns.py --tiny`` (tiny shapes; without CUDA the torch and
+    reference backends) runs every group and writes its JSON: each row checked and timed, or
+    skipped with the reason (a pattern not written yet); the derived columns present."""
+    import json
+
+    module = importlib.import_module("sequence_patterns")
+    out = tmp_path / "sequence_patterns.json"
+    argv = ["--tiny", "--json", str(out), "--markdown", str(tmp_path / "sequence_patterns.md")]
+    module.main(argv + (["--no-flex"] if torch.cuda.is_available() else []))  # (no Flex compiles on a GPU)
+    records = json.loads(out.read_text())
+    assert {r["group"] for r in records} == {"baselines", "documents", "streaming", "strided"}
+    for r in records:
+        assert r["status"] in ("ok", "skipped"), (r["name"], r["kernel"], r["status"], r.get("reason"))
+        if r["status"] == "skipped":
+            assert r["reason"], r["name"]
+            continue
+        assert r["max_err"] < module.ERROR_LIMIT and r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0, r
+        assert r["fwd_of_ideal"] > 0 and r["fwdbwd_sol"] > 0, r
+    ran = {(r["group"], r["name"], r["kernel"]) for r in records if r["status"] == "ok"}
+    assert {("baselines", "dense", "cudnn"), ("baselines", "causal", "cudnn"), ("baselines", "causal", "triton"),
+            ("documents", "documents one by one (causal kernel)", "triton")} <= ran
+    assert any(g == "streaming" and "sinks" in name for g, name, _ in ran)
+    # (the rows measured against another carry the ratio, and the streaming rows the target)
+    compared = [r for r in records if r["status"] == "ok" and r["kernel"] == "triton" and r.get("compare")]
+    assert compared and all("fwd_vs_compare" in r and "compare_ideal" in r for r in compared)
+    assert all(r.get("fwd_target") in ("met", "missed") for r in compared if r["group"] == "streaming")
+    assert (tmp_path / "sequence_patterns.md").read_text().count("\n| ") == len(records) + 1

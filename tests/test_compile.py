@@ -51,6 +51,9 @@ CASES = [
     pytest.param(P.Neighborhood((16, 24), (5, 7)), (16, 24), "auto", id="2d-tiled"),
     pytest.param(P.Blocks(torch.tensor([[True, False, True], [False, True, True], [True, True, False]])), (300,),
                  None, id="blocks"),
+    pytest.param(P.Documents([100, 1, 150, 49]), (300,), None, id="documents"),  # (segment ids: a tensor operand)
+    pytest.param(P.Segments([0] * 40 + [1] * 200 + [2] * 60, [["full", "none", "none"], ["full", "causal", "none"],
+                                                             ["full", "full", "causal"]]), (300,), None, id="segments"),
 ]
 
 

@@ -32,6 +32,11 @@ def _documents(b, h, q_idx, kv_idx):
     return (docs[q_idx] == docs[kv_idx]) & (kv_idx <= q_idx)
 
 
+_PACKED = P.Documents([700, 13, 900, 1, 434])  # the same documents, as a pattern (segment ids on the kernels)
+_PACKED_PER_BATCH = P.Documents([[700, 13, 900, 1, 434], [1, 2047]], inner=P.SlidingWindow(300))
+_BLOCK_RANK = P.Segments(torch.repeat_interleave(torch.arange(6), torch.tensor([100, 500, 300, 1, 600, 547])),
+                         [["causal" if (b == 0 or b == a or a == 5) else "none" for b in range(6)] for a in range(6)])
+
 _VIDEO = (P.Neighborhood((8, 24, 20), (3, 7, 5)) & P.Neighborhood((8, 24, 20), (8, 24, 20), causal=(True, False, False)))
 
 CASES = [
@@ -74,6 +79,9 @@ TRAINING = [pytest.param("flex", *case.values, id=f"flex-{case.id}") for case in
     pytest.param("triton", _VIDEO, None, None, 4, 2, 64, "auto", id="triton-composed-3d-tiled"),
     pytest.param("triton", P.Mask(_prefix_lm), 1500, 1500, 4, 4, 128, None, id="triton-bitmask-prefix-lm"),
     pytest.param("triton", P.Mask(_documents), 2048, 2048, 4, 1, 64, None, id="triton-bitmask-documents-mqa"),
+    pytest.param("triton", _PACKED, 2048, 2048, 4, 1, 64, None, id="triton-documents-mqa"),
+    pytest.param("triton", _PACKED_PER_BATCH, 2048, 2048, 4, 2, 128, None, id="triton-documents-per-batch-window"),
+    pytest.param("triton", _BLOCK_RANK, 2048, 2048, 4, 2, 128, None, id="triton-segments-block-rank"),
     pytest.param("triton", None, 4096, 4096, 4, 4, 128, None, id="triton-dense-d128"),
     pytest.param("triton", P.Causal(), 2000, 2000, 8, 2, 256, None, id="triton-causal-gqa-d256"),
     pytest.param("triton", P.Neighborhood((64, 64), (13, 13)), None, None, 4, 4, 80, "auto", id="triton-2d-d80"),
@@ -324,6 +332,9 @@ _BLOCKS_WITH_EMPTY_ROW[0, 0, 3] = False
                  4096, 4096, 64, 128, False, id="composed-2d-raster"),
     pytest.param(P.Mask(_prefix_lm), 1, 4, 2, 1500, 1500, 128, 128, False, id="bitmask-prefix-lm-ragged"),
     pytest.param(P.Mask(_documents), 2, 2, 2, 2048, 2048, 64, 128, False, id="bitmask-documents"),
+    pytest.param(_PACKED, 2, 2, 2, 2048, 2048, 64, 128, False, id="documents-segment-ids"),
+    pytest.param(_PACKED_PER_BATCH, 2, 4, 2, 2048, 2048, 128, 128, False, id="documents-per-batch"),
+    pytest.param(_BLOCK_RANK, 1, 2, 2, 2048, 2048, 128, 128, False, id="segments-table"),
 ])
 def test_hopper_forward_matches_reference(pattern, batch, hq, hkv, q_len, kv_len, dim, block, bnhd, dtype):
     """The warp-specialized Hopper forward (``fwd_hopper``): out and lse against the float32

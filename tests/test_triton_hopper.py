@@ -40,6 +40,9 @@ COMPILED = {  # id: (pattern, length, options)
                           16 * 32 * 32, dict(full_runs=False)),
     "layout-256": (P.SlidingWindow(700, 300), 4096, dict(layout_block=256)),
     "composed-streaming": ((P.SlidingWindow(300) | P.Sinks(16)) & P.Causal(), 4096, dict()),
+    "documents-ids": (P.Documents([1000, 1, 2000, 1095], inner=P.SlidingWindow(300)), 4096, dict()),
+    "segments-table": (P.Segments([0] * 96 + [1] * 2000 + [2] * 2000, [["full", "none", "none"], ["causal", "causal", "none"],
+                                                                       ["full", "none", "causal"]]), 4096, dict()),
     "bitmask-ragged": (P.Mask(lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) | (kv_idx < 100)), 1000,
                        dict(even_n=False)),
 }

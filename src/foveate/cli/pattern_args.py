@@ -4,6 +4,13 @@
     causal       --len N [--kv-len M]
     sliding      --left L [--right R] --len N [--kv-len M]
     sinks        --n S --len N [--kv-len M]
+    prefix-lm    --prefix P --len N [--kv-len M]
+    global       --n G --len N [--kv-len M]
+    chunk-causal --chunk C --len N [--kv-len M]
+    power        [--block 256] [--window 5] [--sink 1] --len N [--kv-len M]
+    strided-heads --kv-heads K [--group 1] [--block 64] [--local 16] [--vertical 8] [--offset 0]
+                 --len N [--kv-len M]
+    documents    --lengths 100 200 ... [--inner causal|dense|sliding] [--left L] [--len N]
     neighborhood --canvas 64 64 --kernel 13 13 [--dilation 1 1] [--stride 1 1]
                  [--causal 0 0] [--extra-kv E]
 
@@ -29,7 +36,17 @@ from typing import Callable
 from .. import patterns as P
 from .selection_inputs import SYNTHETIC_HELP, add_input_options
 
-KINDS = ("dense", "causal", "sliding", "sinks", "neighborhood")
+KINDS = ("dense", "causal", "sliding", "sinks", "prefix-lm", "global", "chunk-causal", "power", "strided-heads",
+         "documents", "neighborhood")
+
+_HELP = {
+    "prefix-lm": "prefix LM: a bidirectional prefix, causal after it (PrefixLM)",
+    "global": "global tokens: the first N see and are seen by all (Global)",
+    "chunk-causal": "chunk-causal: keys of the query's chunk and of earlier chunks (ChunkCausal)",
+    "power": "PowerAttention: sinks, a local window and power-of-two distances, in blocks",
+    "strided-heads": "S2-Attention: a local window and a strided shard of blocks per kv head (StridedHeads)",
+    "documents": "packed documents: a pattern inside each document (Documents)",
+}
 #: Content-selected kinds: their blocks depend on the inputs.
 SELECTED_KINDS = ("topk", "topp", "moba", "xattention")
 
@@ -50,7 +67,7 @@ def add_pattern_subparsers(
     content-selected kind (which are offered only when it is given)."""
     kinds = parser.add_subparsers(dest="pattern", metavar="PATTERN", required=True)
     for kind in KINDS:
-        p = kinds.add_parser(kind, help=f"{kind} pattern")
+        p = kinds.add_parser(kind, help=_HELP.get(kind, f"{kind} pattern"))
         if kind == "neighborhood":
             p.add_argument("--canvas", type=int, nargs="+", required=True, help="canvas shape, 1 to 3 axes")
             p.add_argument("--kernel", type=int, nargs="+", required=True, help="window per axis")
@@ -65,8 +82,13 @@ def add_pattern_subparsers(
                 p.add_argument("--right", type=int, default=0)
             if kind == "sinks":
                 p.add_argument("--n", type=int, required=True, help="the first N keys, seen by every query")
-            p.add_argument("--len", type=int, required=True, help="query length")
-            p.add_argument("--kv-len", type=int, default=None, help="key length (default: --len)")
+            _sequence_options(p, kind)
+            if kind == "documents":  # the lengths follow from the documents'
+                p.add_argument("--len", type=int, default=None, help="query length (default: the documents' total)")
+                p.add_argument("--kv-len", type=int, default=None, help="key length (default: --len)")
+            else:
+                p.add_argument("--len", type=int, required=True, help="query length")
+                p.add_argument("--kv-len", type=int, default=None, help="key length (default: --len)")
         add_options(p)
     if add_selection_options is None:
         return
@@ -78,6 +100,71 @@ def add_pattern_subparsers(
         _selection_pattern_options(p, kind)
         add_input_options(p)
         add_selection_options(p)
+
+
+def _sequence_options(p: argparse.ArgumentParser, kind: str) -> None:
+    """The options of the sequence kinds of issue #25 (their values checked by the classes)."""
+    if kind == "prefix-lm":
+        p.add_argument("--prefix", type=int, required=True, help="length of the bidirectional prefix")
+    elif kind == "global":
+        p.add_argument("--n", type=int, required=True, help="the first N positions: global tokens")
+    elif kind == "chunk-causal":
+        p.add_argument("--chunk", type=int, required=True, help="chunk length")
+    elif kind == "power":
+        p.add_argument("--block", type=int, default=256, help="pattern block size (default: 256)")
+        p.add_argument("--window", type=int, default=5, help="local key blocks, its own included (default: 5)")
+        p.add_argument("--sink", type=int, default=1, help="first key blocks seen by all (default: 1)")
+    elif kind == "strided-heads":
+        p.add_argument("--kv-heads", type=int, required=True, help="number of kv heads")
+        p.add_argument("--group", type=int, default=1, help="query heads per kv head (default: 1)")
+        p.add_argument("--block", type=int, default=64, help="pattern block size (default: 64)")
+        p.add_argument("--local", type=int, default=16, help="local key blocks, its own included (default: 16)")
+        p.add_argument("--vertical", type=int, default=8, help="stride of each head's shard, in blocks (default: 8)")
+        p.add_argument("--offset", type=int, default=0, help="shift of every head's shard (default: 0)")
+    elif kind == "documents":
+        p.add_argument("--lengths", type=int, nargs="+", required=True, help="the documents' lengths, in order")
+        p.add_argument("--inner", choices=["causal", "dense", "sliding"], default="causal",
+                       help="the pattern inside each document (default: causal)")
+        p.add_argument("--left", type=int, default=None, help="window of --inner sliding (keys before the query)")
+
+
+def _sequence_pattern(args: argparse.Namespace):
+    """The pattern of a sequence kind of issue #25, else ``None``."""
+    kind = args.pattern
+    if kind == "prefix-lm":
+        from ..patterns.prefix import PrefixLM
+
+        return PrefixLM(args.prefix)
+    if kind == "global":
+        from ..patterns.prefix import Global
+
+        return Global(args.n)
+    if kind == "chunk-causal":
+        from ..patterns.chunked import ChunkCausal
+
+        return ChunkCausal(args.chunk)
+    if kind == "power":
+        from ..patterns.power import PowerAttention
+
+        return PowerAttention(block=args.block, window=args.window, sink=args.sink)
+    if kind == "strided-heads":
+        from ..patterns.strided_heads import StridedHeads
+
+        return StridedHeads(block=args.block, local=args.local, vertical=args.vertical, kv_heads=args.kv_heads,
+                            group=args.group, offset=args.offset)
+    if kind == "documents":
+        from foveate.patterns.documents import Documents
+
+        if args.inner == "sliding":
+            if args.left is None:
+                raise ValueError("--inner sliding needs --left (the keys before each query in its window)")
+            inner = P.SlidingWindow(args.left)
+        else:
+            if args.left is not None:
+                raise ValueError(f"--left applies to --inner sliding, not --inner {args.inner}")
+            inner = P.Causal() if args.inner == "causal" else P.Dense()
+        return Documents(list(args.lengths), inner=inner)
+    return None
 
 
 def _selection_pattern_options(p: argparse.ArgumentParser, kind: str) -> None:
@@ -149,13 +236,18 @@ def pattern_from_args(args: argparse.Namespace) -> tuple[P.Pattern, int, int]:
         )
         q_len, kv_len = pattern.default_lengths()
         return pattern, q_len, kv_len
-    if args.pattern == "sinks":
+    pattern = _sequence_pattern(args)
+    if pattern is not None:
+        pass
+    elif args.pattern == "sinks":
         pattern = P.Sinks(args.n)
     elif args.pattern == "sliding":
         pattern = P.SlidingWindow(args.left, args.right)
     else:
         pattern = {"dense": P.Dense, "causal": P.Causal}[args.pattern]()
     q_len = args.len
+    if q_len is None:  # (documents: the documents' total)
+        q_len = pattern.default_lengths()[0]
     kv_len = args.kv_len if args.kv_len is not None else q_len
     pattern.check_lengths(q_len, kv_len)
     return pattern, q_len, kv_len

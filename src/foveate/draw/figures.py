@@ -7,12 +7,15 @@ import math
 
 from ..patterns import Pattern, SelectedBlocks
 from .panels import (_coords, draw_layout, draw_mask, draw_neighborhood, neighborhood_keys, planes_to_draw,
-                     resolve_query)
+                     resolve_query, slot_label)
 from .selection import figure_for_selection
 from .style import _cells, _mpl, legend_handles
 
 
 # -- whole figures ------------------------------------------------------------------------------
+
+#: Heads drawn side by side by default for a pattern that differs per head.
+MAX_DRAWN_HEADS = 4
 
 
 def default_block(q_len: int) -> int:
@@ -26,7 +29,7 @@ def default_block(q_len: int) -> int:
 
 def figure_for(pattern: Pattern, *, q_len: int | None = None, kv_len: int | None = None,
                query=None, block_q: int | None = None, block_kv: int | None = None,
-               tile="auto", dpi: int = 100):
+               tile="auto", dpi: int = 100, heads=None):
     """A matplotlib ``Figure`` (Agg canvas) of ``pattern``, ready for ``savefig``.
 
     * 1-D patterns (sequences, 1-D canvases): the mask matrix and the block layout;
@@ -41,13 +44,20 @@ def figure_for(pattern: Pattern, *, q_len: int | None = None, kv_len: int | None
       :func:`figure_for_selection` with its defaults (batch 0, the first 4 heads); a
       content-selected pattern itself (``BlockTopK``, ...) needs its inputs and is refused.
 
+    * A pattern that differs per query head (``P.PerHead``, ``P.StridedHeads``, ``P.Mask`` with
+      ``heads=``: a layout with a head axis): for sequences, the mask and the layout of each of
+      ``heads`` (query head indices; default the first 4) side by side; for canvases, the
+      panels of ``heads[0]`` (default head 0). Every panel names its head. A layout with a
+      batch axis is drawn for batch 0, and says so.
+
     Lengths default to the canvas (``kv_len`` to ``q_len``). Block sizes default to
     :func:`default_block`; with an explicit tile, to the tile size (the tiled layout needs
     blocks that are whole tiles). Bad values raise ``ValueError`` / ``TypeError``.
     """
     if isinstance(pattern, SelectedBlocks):
-        if query is not None or block_q is not None or block_kv is not None or tile not in ("auto", None):
-            raise ValueError("query, block_q, block_kv and tile do not apply to a selection: "
+        if (query is not None or block_q is not None or block_kv is not None or tile not in ("auto", None)
+                or heads is not None):
+            raise ValueError("query, block_q, block_kv, tile and heads do not apply to a selection: "
                              "use figure_for_selection(selection, batch=..., heads=...)")
         if q_len is not None:
             pattern.check_lengths(q_len, q_len if kv_len is None else kv_len)
@@ -73,14 +83,35 @@ def figure_for(pattern: Pattern, *, q_len: int | None = None, kv_len: int | None
         raise ValueError(f"dpi must be a positive int, got {dpi!r}")
     query = resolve_query(pattern, q_len, query)
     layout = pattern.build(q_len, kv_len, block_q=block_q, block_kv=block_kv)
+    if grid and isinstance(heads, (list, tuple)) and len(heads) > 1:
+        raise ValueError(f"heads={heads!r}: a canvas figure draws one head (heads=[h])")
+    heads = _heads(layout, heads)
 
     fig = mpl.figure.Figure(dpi=dpi, layout="constrained")
     mpl.backends.backend_agg.FigureCanvasAgg(fig)
     if grid:
-        _canvas_panels(fig, pattern, layout, query, tile)
+        _canvas_panels(fig, pattern, layout, query, tile, (0, heads[0]))
     else:
-        _sequence_panels(fig, pattern, layout, query)
+        _sequence_panels(fig, pattern, layout, query, heads)
     return fig
+
+
+def _heads(layout, heads) -> list[int]:
+    """The query heads to draw: ``heads`` checked against the layout's head axis (default: the
+    first :data:`MAX_DRAWN_HEADS`; ``[0]`` for a layout without one)."""
+    n = layout.batch_heads[1]
+    if heads is None:
+        return list(range(min(n, MAX_DRAWN_HEADS)))
+    if n == 1:
+        raise ValueError(f"heads={heads!r}: the pattern is the same for every head (its layout has no head axis)")
+    if isinstance(heads, int) and not isinstance(heads, bool):
+        heads = [heads]
+    if (not isinstance(heads, (list, tuple)) or not heads
+            or not all(isinstance(h, int) and not isinstance(h, bool) and 0 <= h < n for h in heads)):
+        raise ValueError(f"heads={heads!r}: expected query head indices in [0, {n})")
+    if len(heads) > MAX_DRAWN_HEADS:
+        raise ValueError(f"heads={heads!r}: at most {MAX_DRAWN_HEADS} heads side by side")
+    return list(heads)
 
 
 def _lengths(pattern: Pattern, q_len, kv_len) -> tuple[int, int]:
@@ -92,21 +123,36 @@ def _lengths(pattern: Pattern, q_len, kv_len) -> tuple[int, int]:
     return q_len, q_len if kv_len is None else kv_len
 
 
-def _sequence_panels(fig, pattern, layout, query) -> None:
-    fig.set_size_inches(12, 7.8)
-    ax_mask, ax_layout = fig.subplots(1, 2)
-    draw_mask(pattern, layout.q_len, layout.kv_len, ax_mask, layout=layout, query=query,
-              max_cells=_cells(fig, 5.5))
-    draw_layout(layout, ax_layout, title="block layout", max_cells=_cells(fig, 5.5))
-    fig.suptitle(f"{pattern!r}   q_len={layout.q_len}, kv_len={layout.kv_len}", fontweight="bold")
+def _sequence_panels(fig, pattern, layout, query, heads) -> None:
+    suptitle = f"{pattern!r}   q_len={layout.q_len}, kv_len={layout.kv_len}"
+    if layout.batch_heads[1] == 1:  # the mask beside its layout
+        fig.set_size_inches(12, 7.8)
+        ax_mask, ax_layout = fig.subplots(1, 2)
+        axes = [(ax_mask, ax_layout)]
+    else:  # per head: masks above their layouts, heads side by side
+        fig.set_size_inches(max(12, 5.5 * len(heads)), 13)
+        grid = fig.subplots(2, len(heads), squeeze=False)
+        axes = list(zip(grid[0], grid[1]))
+        shown = ", ".join(map(str, heads))
+        suptitle += (f"\ndiffers per query head: head{'s' if len(heads) > 1 else ''} {shown} of "
+                     f"{layout.batch_heads[1]} drawn")
+    if layout.batch_heads[0] > 1:
+        suptitle += f"\ndiffers per batch element: batch 0 of {layout.batch_heads[0]} drawn"
+    for (ax_mask, ax_layout), h in zip(axes, heads):
+        draw_mask(pattern, layout.q_len, layout.kv_len, ax_mask, layout=layout, query=query,
+                  max_cells=_cells(fig, 5.5), slot=(0, h))
+        draw_layout(layout, ax_layout, title="block layout", max_cells=_cells(fig, 5.5), slot=(0, h))
+    fig.suptitle(suptitle, fontweight="bold")
     fig.legend(handles=legend_handles(), loc="outside lower center", ncols=6, frameon=False)
 
 
-def _canvas_panels(fig, pattern, layout, query, tile) -> None:
-    keys = neighborhood_keys(pattern, query)
+def _canvas_panels(fig, pattern, layout, query, tile, slot=(0, 0)) -> None:
+    keys = neighborhood_keys(pattern, query, slot)
     coords = _coords(pattern.canvas, query)
     n_layouts = 1 if tile is None else 2
-    fig.suptitle(repr(pattern), fontweight="bold")
+    label = slot_label(layout, slot)
+    fig.suptitle(repr(pattern) + (f"\n{label} drawn (the pattern differs per head or batch element)" if label else ""),
+                 fontweight="bold")
     if len(pattern.canvas) == 2:  # one row: the neighborhood, then the layouts
         fig.set_size_inches(5.5 * (1 + n_layouts), 7.8)
         ax, *layout_axes = fig.subplots(1, 1 + n_layouts)
@@ -127,7 +173,7 @@ def _canvas_panels(fig, pattern, layout, query, tile) -> None:
         shown = f"{len(planes)} nearest of " if len(planes) < holding else ""
         top.suptitle(f"{seen}; slices along axis 0: {shown}{holding} with allowed keys")
         layout_axes = bottom.subplots(1, n_layouts, squeeze=False)[0]
-    draw_layout(layout, layout_axes[0], title="raster order", max_cells=_cells(fig, 5.5))
+    draw_layout(layout, layout_axes[0], title="raster order", max_cells=_cells(fig, 5.5), slot=slot)
     if tile is not None:
         _draw_tiled(pattern, layout, tile, layout_axes[1], max_cells=_cells(fig, 5.5))
     fig.legend(handles=legend_handles(), loc="outside lower center", ncols=6, frameon=False)

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ..layout import EMPTY, FULL, PARTIAL, BlockLayout
+from ..layout import EMPTY, FULL, PARTIAL, BlockLayout, block_areas, count_allowed
 from ..patterns import Pattern
 from .style import _CHUNK, BLOCK_COLORS, QUERY, TOKEN_COLORS, _aspect, _imshow
 
@@ -42,12 +42,61 @@ def _coords(canvas, flat: int) -> tuple[int, ...]:
     return tuple((flat // math.prod(canvas[a + 1 :])) % n for a, n in enumerate(canvas))
 
 
+# -- (batch, head) slots ------------------------------------------------------------------------
+#
+# A pattern that differs per batch element or head (``P.PerHead``, ``P.StridedHeads``, ``P.Mask``
+# with ``heads=``, ...) has a layout with leading axes ``(B, H)``; a panel shows one slot of it,
+# ``slot = (batch, head)`` (an axis of 1 is shared by every batch element or head).
+
+
+def _slot_row(layout: BlockLayout, slot: tuple[int, int]) -> int:
+    """The flat ``b * H + h`` of ``slot`` among the layout's leading axes (``ValueError`` when out
+    of range)."""
+    (nb, nh), (b, h) = layout.batch_heads, slot
+    for name, value, n in (("batch", b, nb), ("head", h, nh)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise ValueError(f"{name}={value!r}: expected a non-negative int")
+        if n > 1 and value >= n:
+            raise ValueError(f"{name}={value}: the layout has {n} ({name} axis of {layout.batch_heads})")
+    return (b if nb > 1 else 0) * nh + (h if nh > 1 else 0)
+
+
+def slot_pairs(layout: BlockLayout, slot: tuple[int, int] = (0, 0)):
+    """``(q block, kv block, full)`` of the visited pairs of one ``(batch, head)`` slot."""
+    row, col, full = (t.cpu() for t in layout.pairs())
+    keep = row // layout.num_q_blocks == _slot_row(layout, slot)
+    return row[keep] % layout.num_q_blocks, col[keep], full[keep]
+
+
+def slot_allowed_pairs(layout: BlockLayout, slot: tuple[int, int] = (0, 0)) -> int:
+    """The allowed pairs of one slot (the layout's own count when it has one slot; else full
+    blocks' areas plus ``mask_mod`` evaluated on the slot's partial blocks)."""
+    if layout.batch_heads == (1, 1):
+        return layout.allowed_pairs()
+    qb, kb, full = slot_pairs(layout, slot)
+    count = block_areas(qb, kb, layout)
+    part = ~full
+    if bool(part.any()):
+        row = torch.full_like(qb[part], _slot_row(layout, slot))
+        count[part] = count_allowed(layout.mask_mod, qb[part], kb[part], layout, heads=row,
+                                    num_heads=layout.batch_heads[1])
+    return int(count.sum())
+
+
+def slot_label(layout: BlockLayout, slot: tuple[int, int] = (0, 0)) -> str:
+    """``"query head 2 of 8"`` (and ``"batch 0 of 2"``) for a layout with leading axes, else ``""``."""
+    (nb, nh), (b, h) = layout.batch_heads, slot
+    parts = ([f"batch {b} of {nb}"] if nb > 1 else []) + ([f"query head {h} of {nh}"] if nh > 1 else [])
+    return ", ".join(parts)
+
+
 # -- the mask matrix ----------------------------------------------------------------------------
 
 
 def mask_pixels(pattern: Pattern, q_len: int, kv_len: int, *, layout: BlockLayout | None = None,
-                max_cells: int = 512) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The mask max-pooled to at most ``max_cells`` pixels per side.
+                max_cells: int = 512, slot: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The mask of one ``(batch, head)`` slot (``slot``; patterns that differ per batch element
+    or head) max-pooled to at most ``max_cells`` pixels per side.
 
     Returns ``(pixels, (fq, fk))``: ``pixels`` bool ``(ceil(q_len / fq), ceil(kv_len / fk))``,
     true where some pair of the ``fq x fk`` pairs of the pixel is allowed. ``mask_mod`` is
@@ -61,29 +110,28 @@ def mask_pixels(pattern: Pattern, q_len: int, kv_len: int, *, layout: BlockLayou
     pool = (-(-q_len // max_cells), -(-kv_len // max_cells))
     height, width = -(-q_len // pool[0]), -(-kv_len // pool[1])
     pixels = torch.zeros(height * width, dtype=torch.bool)
-    row, col, full = (t.cpu() for t in layout.pairs())
-    first = row < layout.num_q_blocks  # batch 0, head 0
+    qb, kb, full = slot_pairs(layout, slot)
     mask_mod = pattern.mask_mod(q_len, kv_len)
-    _set_pixels(pixels, width, pool, layout, row[first & full], col[first & full], None)
-    _set_pixels(pixels, width, pool, layout, row[first & ~full], col[first & ~full], mask_mod)
+    _set_pixels(pixels, width, pool, layout, qb[full], kb[full], None)
+    _set_pixels(pixels, width, pool, layout, qb[~full], kb[~full], mask_mod, slot)
     return pixels.view(height, width), pool
 
 
-def _set_pixels(pixels, width, pool, layout, q_block, kv_block, mask_mod) -> None:
+def _set_pixels(pixels, width, pool, layout, q_block, kv_block, mask_mod, slot=(0, 0)) -> None:
     """Set the pixels that hold allowed pairs of the block pairs ``(q_block, kv_block)``.
     ``mask_mod=None`` means the blocks are full: one query (key) per pixel row (column) will do."""
     fq, fk = pool
     qo = _offsets(layout.block_q, fq if mask_mod is None else 1)
     ko = _offsets(layout.block_kv, fk if mask_mod is None else 1)
     step = max(1, _CHUNK // (qo.numel() * ko.numel()))
-    zero = torch.zeros((), dtype=torch.long)
+    b, h = (torch.tensor(x, dtype=torch.long) for x in slot)
     for lo in range(0, q_block.numel(), step):
         # Clamping keeps a short last block's tokens inside it (repeats are harmless).
         qi = (q_block[lo : lo + step, None, None].long() * layout.block_q + qo[:, None]).clamp(max=layout.q_len - 1)
         ki = (kv_block[lo : lo + step, None, None].long() * layout.block_kv + ko).clamp(max=layout.kv_len - 1)
         index = ((qi // fq) * width + ki // fk).expand(-1, qo.numel(), ko.numel())
         if mask_mod is not None:
-            index = index[mask_mod(zero, zero, qi, ki).expand_as(index)]
+            index = index[mask_mod(b, h, qi, ki).expand_as(index)]
         pixels[index.reshape(-1)] = True
 
 
@@ -93,13 +141,17 @@ def _offsets(block: int, step: int) -> torch.Tensor:
 
 
 def draw_mask(pattern: Pattern, q_len: int, kv_len: int, ax, *, layout: BlockLayout | None = None,
-              query: int | None = None, max_cells: int = 512) -> None:
-    """Draw the mask matrix (queries down, keys across) into ``ax``; ``query`` marks a row."""
+              query: int | None = None, max_cells: int = 512, slot: tuple[int, int] = (0, 0)) -> None:
+    """Draw the mask matrix (queries down, keys across) into ``ax``; ``query`` marks a row;
+    ``slot``: the ``(batch, head)`` drawn (patterns that differ per batch element or head: the
+    title names it)."""
     layout = layout if layout is not None else pattern.build(q_len, kv_len)
-    pixels, (fq, fk) = mask_pixels(pattern, q_len, kv_len, layout=layout, max_cells=max_cells)
+    pixels, (fq, fk) = mask_pixels(pattern, q_len, kv_len, layout=layout, max_cells=max_cells, slot=slot)
     image = pixels.to(torch.int8)
     _imshow(ax, image, TOKEN_COLORS, extent=(0, kv_len, q_len, 0), aspect="auto")
-    title = f"mask: {q_len} queries x {kv_len} keys, density {layout.density():.2%}"
+    density = slot_allowed_pairs(layout, slot) / (q_len * kv_len)
+    label = slot_label(layout, slot)
+    title = (f"{label}\n" if label else "") + f"mask: {q_len} queries x {kv_len} keys, density {density:.2%}"
     if (fq, fk) != (1, 1):
         title += f"\nmax-pooled: {fq}x{fk} pairs per pixel (allowed if any is)"
     if query is not None:
@@ -123,34 +175,42 @@ def _block_lines(ax, q_len: int, kv_len: int, block_q: int, block_kv: int) -> No
 # -- the block layout ---------------------------------------------------------------------------
 
 
-def layout_cells(layout: BlockLayout, max_cells: int = 512) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The layout (batch 0, head 0) as an int8 grid of EMPTY / PARTIAL / FULL, downsampled
-    to at most ``max_cells`` cells per side. Returns ``(cells, (fq, fk))``: each cell covers
-    ``fq x fk`` blocks and shows the busiest of them (partial over full over empty)."""
+def layout_cells(layout: BlockLayout, max_cells: int = 512,
+                 slot: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The layout of one ``(batch, head)`` slot (default the first) as an int8 grid of EMPTY /
+    PARTIAL / FULL, downsampled to at most ``max_cells`` cells per side. Returns ``(cells, (fq,
+    fk))``: each cell covers ``fq x fk`` blocks and shows the busiest of them (partial over full
+    over empty)."""
     nq, nkv = layout.num_q_blocks, layout.num_kv_blocks
     pool = (-(-nq // max_cells), -(-nkv // max_cells))
     if pool == (1, 1):
-        return layout.to_dense()[0, 0].cpu(), pool
+        return layout.to_dense().flatten(0, 1)[_slot_row(layout, slot)].cpu(), pool
     # Downsampled: scatter the visited pairs, never the dense nq x nkv grid.
     height, width = -(-nq // pool[0]), -(-nkv // pool[1])
-    row, col, full = (t.cpu() for t in layout.pairs())
-    first = row < nq
-    rank = torch.where(full[first], 1, 2)  # busier blocks rank higher
+    qb, kb, full = slot_pairs(layout, slot)
+    rank = torch.where(full, 1, 2)  # busier blocks rank higher
     cells = torch.zeros(height * width, dtype=torch.long)
-    cells.scatter_reduce_(0, (row[first] // pool[0]) * width + col[first] // pool[1], rank, "amax")
+    cells.scatter_reduce_(0, (qb // pool[0]) * width + kb // pool[1], rank, "amax")
     to_code = torch.tensor([EMPTY, FULL, PARTIAL], dtype=torch.int8)
     return to_code[cells].view(height, width), pool
 
 
-def layout_summary(layout: BlockLayout) -> str:
-    """Two lines: blocks and their sizes; visited / full / partial counts and densities."""
+def layout_summary(layout: BlockLayout, slot: tuple[int, int] | None = None) -> str:
+    """Three lines: blocks and their sizes; visited / full / partial counts and densities (of
+    one ``(batch, head)`` slot when ``slot`` is given, else summed over the slots)."""
     nq, nkv = layout.num_q_blocks, layout.num_kv_blocks
-    visited = layout.num_visited()
-    full = int(layout.full_kv_num_blocks.sum())
+    if slot is None or layout.batch_heads == (1, 1):
+        visited, full = layout.num_visited(), int(layout.full_kv_num_blocks.sum())
+        block_density, density = layout.block_density(), layout.density()
+    else:
+        _, _, is_full = slot_pairs(layout, slot)
+        visited, full = is_full.numel(), int(is_full.sum())
+        block_density = visited / (nq * nkv)
+        density = slot_allowed_pairs(layout, slot) / (layout.q_len * layout.kv_len)
     return (
         f"{nq}x{nkv} blocks of {layout.block_q}x{layout.block_kv} tokens\n"
-        f"visited {visited} ({layout.block_density():.1%}): {full} full, {visited - full} partial\n"
-        f"density {layout.density():.2%} of {layout.q_len}x{layout.kv_len} pairs"
+        f"visited {visited} ({block_density:.1%}): {full} full, {visited - full} partial\n"
+        f"density {density:.2%} of {layout.q_len}x{layout.kv_len} pairs"
     )
 
 
@@ -164,14 +224,18 @@ def _cell_lines(ax, cells, nq: int, nkv: int) -> None:
         ax.tick_params(which="minor", length=0)
 
 
-def draw_layout(layout: BlockLayout, ax, *, title: str | None = None, max_cells: int = 512) -> None:
-    """Draw the layout's blocks (q blocks down, kv blocks across) into ``ax``. ``title``
-    heads the block counts (:func:`layout_summary`)."""
-    cells, (fq, fk) = layout_cells(layout, max_cells)
+def draw_layout(layout: BlockLayout, ax, *, title: str | None = None, max_cells: int = 512,
+                slot: tuple[int, int] = (0, 0)) -> None:
+    """Draw the layout's blocks (q blocks down, kv blocks across) of one ``(batch, head)``
+    slot into ``ax``. ``title`` heads the block counts (:func:`layout_summary`); a layout with
+    leading axes names the slot drawn."""
+    cells, (fq, fk) = layout_cells(layout, max_cells, slot)
     nq, nkv = layout.num_q_blocks, layout.num_kv_blocks
     _imshow(ax, cells, BLOCK_COLORS, extent=(0, nkv, nq, 0), aspect="auto")
     _cell_lines(ax, cells, nq, nkv)
-    text = (title + "\n" if title else "") + layout_summary(layout)
+    label = slot_label(layout, slot)
+    head = ", ".join(t for t in (title, label) if t)
+    text = (head + "\n" if head else "") + layout_summary(layout, slot if label else None)
     if (fq, fk) != (1, 1):
         text += f"\ndownsampled: {fq}x{fk} blocks per cell (partial > full > empty)"
     ax.set(title=text, xlabel="kv block", ylabel="q block")
@@ -180,14 +244,15 @@ def draw_layout(layout: BlockLayout, ax, *, title: str | None = None, max_cells:
 # -- neighborhoods on a canvas ------------------------------------------------------------------
 
 
-def neighborhood_keys(pattern: Pattern, query: int) -> tuple[torch.Tensor, int]:
+def neighborhood_keys(pattern: Pattern, query: int, slot: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, int]:
     """``(keys, extra)``: bool tensor of the canvas shape, the canvas keys that query
-    ``query`` (flat index) may see, and how many of the extra keys it may see."""
+    ``query`` (flat index) may see (in the ``(batch, head)`` ``slot``), and how many of the
+    extra keys it may see."""
     q_len, kv_len = pattern.default_lengths()
     mask_mod = pattern.mask_mod(q_len, kv_len)
-    zero, q = torch.zeros((), dtype=torch.long), torch.tensor(query)
+    (b, h), q = (torch.tensor(x, dtype=torch.long) for x in slot), torch.tensor(query)
     allowed = torch.cat([
-        mask_mod(zero, zero, q, torch.arange(lo, min(lo + _CHUNK, kv_len)))
+        mask_mod(b, h, q, torch.arange(lo, min(lo + _CHUNK, kv_len)))
         for lo in range(0, kv_len, _CHUNK)
     ])
     return allowed[:q_len].view(pattern.canvas), int(allowed[q_len:].sum())

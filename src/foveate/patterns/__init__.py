@@ -7,18 +7,26 @@ compiles it to a :class:`~foveate.layout.BlockLayout`. Patterns compose with ``|
 from .base import MaskMod, Pattern
 from .blocks import Blocks
 from .causal import Causal
+from .chunked import ChunkCausal
 from .compose import Intersection, Union
 from .dense import Dense
+from .documents import Documents
 from .kernel_mask import KernelMask
 from .mask import Mask
 from .neighborhood import Neighborhood
+from .per_head import PerHead
+from .power import PowerAttention
+from .prefix import Global, PrefixLM
 from .content_selected import BlockTopK, BlockTopP, MoBA, XAttention
+from .segments import Segments
 from .selected import SelectedBlocks
 from .sinks import Sinks
 from .sliding import SlidingWindow
+from .strided_heads import StridedHeads
 
 __all__ = [
     "Pattern", "MaskMod", "KernelMask", "Blocks", "Dense", "Causal", "SlidingWindow", "Sinks", "Neighborhood",
+    "Documents", "Segments", "PrefixLM", "Global", "ChunkCausal", "PowerAttention", "StridedHeads", "PerHead",
     "Mask", "Union", "Intersection",
     "BlockTopK", "BlockTopP", "MoBA", "XAttention", "SelectedBlocks",
 ]

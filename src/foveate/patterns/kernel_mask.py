@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 
 class KernelMask:
     """Base class of the node kinds (frozen dataclasses: equal trees compare equal)."""
@@ -49,6 +51,103 @@ class Rect(KernelMask):
     q_end: int
     kv_start: int
     kv_end: int
+
+
+@dataclass(frozen=True)
+class Chunks(KernelMask):
+    """Chunk-causal: key ``j`` allowed for query ``i`` when ``p >= 0`` and ``j // size <= p //
+    size``, ``p = i + offset`` (the key's chunk is not after the query's)."""
+
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class PowerBlocks(KernelMask):
+    """PowerAttention's block rule: with ``d = p // block - j // block`` (``p = i + offset``),
+    key ``j`` allowed for query ``i`` when ``d >= 0`` and (``j // block < sink``, or ``d <
+    window``, or ``d`` is a power of two). Causality inside a block is a separate :class:`Band`."""
+
+    offset: int
+    block: int
+    window: int
+    sink: int
+
+
+class TokenIds:
+    """Per-token segment ids that a :class:`SegmentMask` mask reads from memory (the one kind of
+    kernel mask with a tensor operand), with an optional rule table between segments.
+
+    ``q_ids`` ``(B|1, q_len)`` and ``kv_ids`` ``(B|1, kv_len)``: non-negative integer ids per
+    batch element (or one row for all); ``rules``: ``None`` (a key is allowed when its id equals
+    the query's) or an int ``(S, S)`` table over ids ``0 .. S-1``, ``rules[a][b]`` for a query
+    of segment ``a`` and a key of segment ``b``: :data:`NONE`, :data:`FULL` or :data:`CAUSAL`.
+    Compared by identity: a pattern makes one and hands the same object out on every call.
+    """
+
+    NONE, FULL, CAUSAL = 0, 1, 2
+    #: Ids past each end: the kernels read them for positions past the lengths (padded query
+    #: rows, the last key block's tail), so their loads need no bounds.
+    PAD = 512
+    #: Segments a rule table may have on the kernels (2 bits per rule in one int32 word).
+    MAX_SEGMENTS = 16
+
+    def __init__(self, q_ids: torch.Tensor, kv_ids: torch.Tensor, rules: torch.Tensor | None = None):
+        if q_ids.dim() != 2 or kv_ids.dim() != 2 or q_ids.shape[0] != kv_ids.shape[0]:
+            raise ValueError(f"q_ids and kv_ids must be (B|1, length) with the same B, got {tuple(q_ids.shape)} "
+                             f"and {tuple(kv_ids.shape)}")
+        self.q_ids, self.kv_ids = q_ids.to(torch.int32).cpu(), kv_ids.to(torch.int32).cpu()
+        self.rules = None if rules is None else rules.to(torch.int32).cpu()
+        self._operands: dict = {}
+
+    def __repr__(self) -> str:
+        table = "" if self.rules is None else f", rules={self.n_segments}x{self.n_segments}"
+        return f"TokenIds(batch={self.batch}, q_len={self.q_ids.shape[1]}, kv_len={self.kv_ids.shape[1]}{table})"
+
+    @property
+    def batch(self) -> int:
+        return self.q_ids.shape[0]
+
+    @property
+    def n_segments(self) -> int:
+        """``S``, the rule table's side (0 without a table)."""
+        return 0 if self.rules is None else self.rules.shape[0]
+
+    def packed_rules(self) -> torch.Tensor:
+        """The table as the kernels read it: per query segment ``a`` one int32 word, bit ``b``
+        set when ``rules[a][b]`` is full, bit ``16 + b`` when it is causal (at most
+        :data:`MAX_SEGMENTS` segments)."""
+        if self.n_segments > self.MAX_SEGMENTS:
+            raise ValueError(f"{self.n_segments} segments: the kernels' table holds at most {self.MAX_SEGMENTS}")
+        bits = 1 << torch.arange(self.n_segments, dtype=torch.int64)
+        rules = self.rules.to(torch.int64)
+        words = ((rules == self.FULL) * bits).sum(1) + (((rules == self.CAUSAL) * bits).sum(1) << 16)
+        return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+    def operand(self, device: torch.device | str) -> torch.Tensor:
+        """The int32 ``(B|1, q_len + PAD + kv_len + PAD + S)`` tensor the kernels read: query
+        ids (then -1), key ids (then -2), the packed rule table (:meth:`packed_rules`); kept per
+        device."""
+        device = torch.device(device)
+        known = self._operands.get(device)
+        if known is None:
+            b = self.batch
+            parts = [self.q_ids, torch.full((b, self.PAD), -1, dtype=torch.int32), self.kv_ids,
+                     torch.full((b, self.PAD), -2, dtype=torch.int32)]
+            if self.rules is not None:
+                parts.append(self.packed_rules().reshape(1, -1).expand(b, -1))
+            known = self._operands[device] = torch.cat(parts, dim=1).contiguous().to(device)
+        return known
+
+
+@dataclass(frozen=True)
+class SegmentMask(KernelMask):
+    """Key ``j`` allowed for query ``i`` by their segment ids (``ids``, a :class:`TokenIds`):
+    when the ids are equal (no rule table), else by ``rules[id(i)][id(j)]``: none, full, or
+    causal (``j <= i + offset``). A description holds at most one :class:`TokenIds`."""
+
+    ids: TokenIds
+    offset: int
 
 
 @dataclass(frozen=True)
@@ -98,4 +197,5 @@ class Tiles(KernelMask):
         return self.inner.leaves()
 
 
-__all__ = ["KernelMask", "Band", "Rect", "Window", "AnyOf", "AllOf", "Tiles"]
+__all__ = ["KernelMask", "Band", "Rect", "Chunks", "PowerBlocks", "TokenIds", "SegmentMask", "Window", "AnyOf", "AllOf",
+           "Tiles"]

@@ -69,7 +69,7 @@ class TritonBackend(Backend):
         return None
 
     def forward(self, q, k, v, problem, scale):
-        from .masks import mask_spec
+        from .masks import mask_ids, mask_spec
         from .ops import compiled_attention, run_sparse_attention
 
         if torch.compiler.is_compiling():
@@ -78,6 +78,8 @@ class TritonBackend(Backend):
             return out, (lse if problem.return_lse else None)
         layout = self.layout(problem, q.device)
         spec = mask_spec(problem.pattern, problem.q_len, problem.kv_len, blocks=(self.block_size,) * 2)
+        if spec.uses_ids:  # (the same tensor on every call: the pattern's ids keep it per device)
+            layout.token_ids = mask_ids(problem.pattern, problem.q_len, problem.kv_len, q.device)
         out, lse = run_sparse_attention(q, k, v, layout, spec, scale)
         return out, (lse if problem.return_lse else None)
 

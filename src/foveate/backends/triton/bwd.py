@@ -30,7 +30,7 @@ import triton.language as tl
 from ...settings import policy
 from ...triton_launch import cdiv, launch as fast_launch
 from .common import LOG2E, block_lists, bounds_flags, head_block, mask_operands
-from .masks import HAS_BITS, MaskSpec, allowed_block, allowed_block_t, block_bits, tile_rows, token_rows
+from .masks import HAS_BITS, HAS_IDS, MaskSpec, allowed_block, allowed_block_t, block_bits, tile_rows, token_rows
 from .tiles import load_tile, store_tile
 from .tuning import backward_config, launch
 
@@ -117,6 +117,8 @@ def _dq_kernel(
     h = pid_bh % H
     hk = h // GROUP
     qb = pid_m * BLOCK_M // LAYOUT_BLOCK_Q
+    if MASK[HAS_IDS]:  # the batch element's segment ids
+        BITS += b * bits_sb
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_m = pid_m * BLOCK_M + offs_m0
     offs_d = tl.arange(0, BLOCK_D)
@@ -224,6 +226,8 @@ def _dkdv_kernel(
     b = pid_bh // H_KV
     hk = pid_bh % H_KV
     kvb = pid_n * BLOCK_N // LAYOUT_BLOCK_KV
+    if MASK[HAS_IDS]:  # the batch element's segment ids
+        BITS += b * bits_sb
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_n = pid_n * BLOCK_N + offs_n0
     offs_d = tl.arange(0, BLOCK_D)

@@ -40,8 +40,14 @@ def mask_operands(layout, spec: MaskSpec, device: torch.device, *, transposed: b
     """The kernels' ``BITS, SLOTS`` arguments and the 3 leading strides of ``SLOTS``: the
     layout's partial bitmask (:meth:`~foveate.layout.BlockLayout.partial_bitmask`, built on
     first use and kept with the layout) and the number of each row's first partial block (of
-    each transposed list entry when ``transposed``), for a spec that reads bits; else a
-    placeholder the kernels never read."""
+    each transposed list entry when ``transposed``), for a spec that reads bits; the layout's
+    ``token_ids`` (:func:`~.masks.mask_ids`, set by the backend) twice and their batch stride, for
+    a spec that reads segment ids; else a placeholder the kernels never read."""
+    if spec.uses_ids:
+        ids = getattr(layout, "token_ids", None)
+        if ids is None:
+            raise ValueError("the mask spec reads segment ids and the layout carries none (layout.token_ids)")
+        return ids, ids, (ids.stride(0) if ids.shape[0] > 1 else 0), 0, 0
     if not spec.uses_bits:
         none = _NO_BITS.get(device)
         if none is None:

@@ -28,7 +28,7 @@ import triton.language as tl
 from ...settings import policy
 from ...triton_launch import cdiv
 from .common import LOG2E, block_lists, bounds_flags, head_block, mask_operands
-from .masks import HAS_BITS, MaskSpec, allowed_block, block_bits, tile_rows, token_rows
+from .masks import HAS_BITS, HAS_IDS, MaskSpec, allowed_block, block_bits, tile_rows, token_rows
 from .tiles import load_tile, store_tile
 from .tuning import KernelConfig, forward_config, launch
 
@@ -105,6 +105,8 @@ def _fwd_kernel(
     h = pid_bh % H
     hk = h // GROUP
     qb = pid_m * BLOCK_M // LAYOUT_BLOCK_Q  # the layout's query block of these rows
+    if MASK[HAS_IDS]:  # the batch element's segment ids
+        BITS += b * bits_sb
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_m = pid_m * BLOCK_M + offs_m0
     offs_d = tl.arange(0, BLOCK_D)

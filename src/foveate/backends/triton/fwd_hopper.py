@@ -40,7 +40,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from ...triton_launch import cdiv
 from ...triton_launch import launch as fast_launch
 from .common import LOG2E, block_lists, mask_operands
-from .masks import HAS_BITS, MaskSpec, allowed_block, block_bits
+from .masks import HAS_BITS, HAS_IDS, MaskSpec, allowed_block, block_bits
 from .tuning import _capability
 
 BLOCK_M = gl.constexpr(128)  # query rows per program: two consumer warpgroups of HALF_M rows
@@ -233,6 +233,8 @@ def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, LSE, KV_NUM, KV_IDX, FULL_NUM, F
     hk = h // GROUP
     m0 = pid_m * BLOCK_M
     qb = m0 // LAYOUT_BLOCK_Q
+    if MASK[HAS_IDS]:  # the batch element's segment ids
+        BITS += b * bits_sb
     SUB: gl.constexpr = LAYOUT_BLOCK_KV // BLOCK_N
     n_full_tiles = gl.load(FULL_NUM + b * fnum_sb + h * fnum_sh + qb * fnum_sm) * SUB
     n_tiles = n_full_tiles + gl.load(KV_NUM + b * num_sb + h * num_sh + qb * num_sm) * SUB

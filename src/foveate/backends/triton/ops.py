@@ -28,7 +28,8 @@ from .masks import MaskSpec
 def _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num=None, q_idx=None, full_q_num=None,
             full_q_idx=None, full_runs=None, row_blocks=None, bits=(None, None, None)):
     """The attributes of a BlockLayout that the launchers read (``bits``: the tensors of its
-    :class:`~foveate.bitmask.PartialBitmask`, for a bitmask spec). A compiled graph passes the
+    :class:`~foveate.bitmask.PartialBitmask`, for a bitmask spec, or ``(token_ids, None, None)``
+    for a spec that reads segment ids). A compiled graph passes the
     same constant tensors on every call: the namespace is kept for them (with what the
     launchers remember on it, such as the lists' strides)."""
     lists = (kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, *bits)
@@ -40,7 +41,9 @@ def _layout(block_q, block_kv, kv_num, kv_idx, full_num, full_idx, q_num=None, q
                              full_kv_num_blocks=full_num, full_kv_indices=full_idx, q_num_blocks=q_num,
                              q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx,
                              full_runs=full_runs, row_blocks=row_blocks)
-    if bits[0] is not None:
+    if bits[0] is not None and bits[1] is None:
+        layout.token_ids = bits[0]
+    elif bits[0] is not None:
         partial = PartialBitmask(*bits)
         layout.partial_bitmask = lambda: partial
     _LAYOUTS[key] = (lists, layout)
@@ -63,22 +66,27 @@ def _traced_plan(key: tuple, q_len: int, kv_len: int, block: int, device: torch.
     """What a compiled graph holds as constants for a static pattern (given by its
     :func:`~foveate.graph_constants.pattern_key`) at these lengths: the cached layout's eight
     list tensors, the mask spec as ints, ``full_runs``, ``row_blocks`` (0: not known) and the
-    three tensors of the partial bitmask (``None`` unless the spec reads bits). Run (not
+    three tensors of the partial bitmask (``None`` unless the spec reads bits; the segment ids
+    and two ``None`` for a spec that reads ids). Run (not
     traced) by dynamo when the graph is traced: ``pattern.build`` is host code with
     data-dependent checks."""
     from ..base import cached_layout
-    from .masks import eager_mask_spec
+    from .masks import eager_mask_spec, mask_ids
 
     pattern = pattern_from_key(key)
     layout = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=device)
     spec = eager_mask_spec(pattern, q_len, kv_len, raster_io, (block, block), force_bitmask)
+    if spec.uses_ids:
+        layout.token_ids = mask_ids(pattern, q_len, kv_len, device)
     return (tuple(getattr(layout, name) for name in LIST_FIELDS), tuple(spec.to_ints()), layout.full_runs is True,
             layout.row_blocks or 0.0, _bit_tensors(layout, spec))
 
 
 def _bit_tensors(layout, spec: MaskSpec) -> tuple:
     """The operators' ``bit_*`` arguments: the layout's partial bitmask for a spec that reads
-    one, else three ``None``."""
+    one, its segment ids (then two ``None``) for a spec that reads ids, else three ``None``."""
+    if spec.uses_ids:
+        return layout.token_ids, None, None
     return layout.partial_bitmask().tensors if spec.uses_bits else (None, None, None)
 
 

@@ -4,8 +4,8 @@ arithmetic, never an ``Nq x Nkv`` tensor.
 Host side: :mod:`.lower` turns a pattern's kernel mask description
 (:meth:`Pattern.kernel_mask <foveate.patterns.Pattern.kernel_mask>`) into a :class:`MaskSpec`
 (:mod:`.spec`), a flat tuple of ints the kernels take as the compile-time argument ``MASK``.
-Kernel side, one module per kind of leaf (:mod:`.band`, :mod:`.rect`, :mod:`.window`,
-:mod:`.bits`) and :mod:`.order` (coordinates and memory rows of positions); this module
+Kernel side, one module per kind of leaf (:mod:`.band`, :mod:`.rect`, :mod:`.chunks`,
+:mod:`.power`, :mod:`.segment`, :mod:`.window`, :mod:`.bits`) and :mod:`.order` (coordinates and memory rows of positions); this module
 combines the leaves by the spec's register program (:func:`allowed_block`,
 :func:`allowed_block_t`: the forms the kernels' loops call). A new kind of mask is a node in
 :mod:`foveate.patterns.kernel_mask`, its lowering in :mod:`.lower` and one predicate module.
@@ -16,9 +16,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import band, bits, rect, window
+from . import band, bits, chunks, power, rect, segment, window
 from . import spec as S
-from .lower import eager_mask_spec, lower, mask_spec
+from .lower import eager_mask_spec, lower, mask_ids, mask_spec
 from .order import tile_rows, token_rows
 from .spec import MaskSpec
 
@@ -31,6 +31,9 @@ _BAND = tl.constexpr(S.BAND)
 _RECT = tl.constexpr(S.RECT)
 _WINDOW = tl.constexpr(S.WINDOW)
 _BITS = tl.constexpr(S.BITS)
+_CHUNKS = tl.constexpr(S.CHUNKS)
+_POWER = tl.constexpr(S.POWER)
+_SEGMENT = tl.constexpr(S.SEGMENT)
 _LEAF = tl.constexpr(S.LEAF)
 _OR = tl.constexpr(S.OR)
 _AND = tl.constexpr(S.AND)
@@ -38,17 +41,27 @@ _BLOCK_Q = tl.constexpr(S.BLOCK_Q)
 _BLOCK_KV = tl.constexpr(S.BLOCK_KV)
 #: ``MASK[HAS_BITS]``: whether the kernels must find each partial block's bits.
 HAS_BITS = tl.constexpr(S.HAS_BITS)
+#: ``MASK[HAS_IDS]``: whether the kernels' ``BITS`` argument holds per-token segment ids (moved
+#: to the batch element's row by the kernels).
+HAS_IDS = tl.constexpr(S.HAS_IDS)
 
 
 @triton.jit
 def _leaf(fixed, start, offs, MASK: tl.constexpr, LEAF: tl.constexpr, BITS, TRANSPOSED: tl.constexpr):
-    """The leaf at ``LEAF`` on a block (:func:`allowed_block`, or transposed: :func:`allowed_block_t`)."""
+    """The leaf at ``LEAF`` on a block (:func:`allowed_block`, or transposed: :func:`allowed_block_t`).
+    ``BITS``: the block's bits (``BITS`` leaves) or the batch element's ids (``SEGMENT`` leaves)."""
     KIND: tl.constexpr = MASK[LEAF]
     if TRANSPOSED:
         if KIND == _BAND:
             return band.block_t(start, offs, fixed, MASK, LEAF)
         elif KIND == _RECT:
             return rect.block_t(start, offs, fixed, MASK, LEAF)
+        elif KIND == _CHUNKS:
+            return chunks.block_t(start, offs, fixed, MASK, LEAF)
+        elif KIND == _POWER:
+            return power.block_t(start, offs, fixed, MASK, LEAF)
+        elif KIND == _SEGMENT:
+            return segment.block_t(start, offs, fixed, MASK, LEAF, BITS)
         elif KIND == _WINDOW:
             return window.block_t(start, offs, fixed, MASK, LEAF)
         else:  # (the Gluon kernel, which reads BITS_GATHERED leaves, has no dk/dv)
@@ -58,6 +71,12 @@ def _leaf(fixed, start, offs, MASK: tl.constexpr, LEAF: tl.constexpr, BITS, TRAN
             return band.block(fixed, start, offs, MASK, LEAF)
         elif KIND == _RECT:
             return rect.block(fixed, start, offs, MASK, LEAF)
+        elif KIND == _CHUNKS:
+            return chunks.block(fixed, start, offs, MASK, LEAF)
+        elif KIND == _POWER:
+            return power.block(fixed, start, offs, MASK, LEAF)
+        elif KIND == _SEGMENT:
+            return segment.block(fixed, start, offs, MASK, LEAF, BITS)
         elif KIND == _WINDOW:
             return window.block(fixed, start, offs, MASK, LEAF)
         elif KIND == _BITS:
@@ -152,4 +171,4 @@ def block_bits(BITS, slot, MASK: tl.constexpr):
 
 
 __all__ = ["MaskSpec", "mask_spec", "eager_mask_spec", "lower", "allowed_block", "allowed_block_t", "block_bits",
-           "tile_rows", "token_rows", "HAS_BITS"]
+           "tile_rows", "token_rows", "HAS_BITS", "HAS_IDS", "mask_ids"]

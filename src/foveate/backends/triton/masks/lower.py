@@ -1,10 +1,11 @@
 """Host-side lowering: a pattern's kernel mask description (:mod:`foveate.patterns.kernel_mask`)
 to the kernels' flat :class:`~.spec.MaskSpec`.
 
-The description is a tree of leaves (``Band``, ``Rect``, ``Window``) under ``AnyOf`` / ``AllOf``
-nodes, optionally in a tiled token order (``Tiles`` at the root). It becomes the token order,
-the distinct leaves, and a register program that combines them (each node evaluates its most
-demanding child first, so a tree of ``n`` leaves needs at most ``log2(n) + 1`` registers). A
+The description is a tree of leaves (``Band``, ``Rect``, ``Chunks``, ``PowerBlocks``,
+``SegmentMask``, ``Window``) under ``AnyOf`` / ``AllOf`` nodes, optionally in a tiled token
+order (``Tiles`` at the root). It becomes the token order, the distinct leaves, and a register
+program that combines them (each node evaluates its most demanding child first, so a tree of
+``n`` leaves needs at most ``log2(n) + 1`` registers). A
 pattern without a description, or a tree past the bounds (:data:`.spec.MAX_LEAVES` leaves,
 :data:`.spec.REGISTERS` registers), gets one ``BITS`` leaf: its partial blocks are masked by
 the layout's packed bitmask, evaluated from its ``mask_mod`` (:mod:`foveate.bitmask`).
@@ -22,7 +23,8 @@ import torch
 
 from ....graph_constants import pattern_from_key, pattern_key
 from ....patterns import Pattern
-from ....patterns.kernel_mask import AllOf, AnyOf, Band, KernelMask, Rect, Tiles, Window
+from ....patterns.kernel_mask import (AllOf, AnyOf, Band, Chunks, KernelMask, PowerBlocks, Rect, SegmentMask,
+                                      Tiles, TokenIds, Window)
 from ....settings import policy
 from . import spec as S
 from .spec import MaskSpec
@@ -94,7 +96,8 @@ def lower(described: KernelMask | None, q_len: int, kv_len: int, *, raster_io: b
         leaves, ops, bits = [(S.BITS,)], [(S.LEAF, 0, 0, 0)], True
     else:
         (leaves, ops), bits = program, False
-    ints = [len(leaves), len(ops), *(blocks if bits else (0, 0)), int(bits), *head]
+    ids = any(leaf[0] == S.SEGMENT for leaf in leaves)
+    ints = [len(leaves), len(ops), *(blocks if bits else (0, 0)), int(bits), int(ids), *head]
     for leaf in leaves:
         ints += [*leaf, *(0,) * (S.LEAF_WIDTH - len(leaf))]
     for op in ops:
@@ -141,6 +144,17 @@ def _leaf(node: KernelMask, q_len: int, kv_len: int) -> tuple[int, ...]:
         clip = lambda x, n: max(0, min(x, n))  # noqa: E731
         return (S.RECT, clip(node.q_start, q_len), clip(node.q_end, q_len), clip(node.kv_start, kv_len),
                 clip(node.kv_end, kv_len))
+    if isinstance(node, Chunks):
+        return (S.CHUNKS, max(-q_len, min(node.offset, kv_len)), node.size)
+    if isinstance(node, PowerBlocks):
+        return (S.POWER, max(-q_len, min(node.offset, kv_len)), node.block, node.window, node.sink)
+    if isinstance(node, SegmentMask):
+        ids = node.ids
+        if (ids.q_ids.shape[1], ids.kv_ids.shape[1]) != (q_len, kv_len):
+            raise ValueError(f"segment ids for {ids.q_ids.shape[1]} queries and {ids.kv_ids.shape[1]} keys, "
+                             f"the mask is lowered for {q_len} and {kv_len}")
+        kv_start = q_len + TokenIds.PAD
+        return (S.SEGMENT, node.offset, kv_start, kv_start + kv_len + TokenIds.PAD, ids.n_segments)
     if isinstance(node, Window):
         axes = []
         for a in range(S.MAX_AXES):
@@ -170,9 +184,30 @@ def _need(node: KernelMask) -> int:
     return max(needs[0], *(n + 1 for n in needs[1:]))
 
 
+def token_ids(described: KernelMask | None) -> TokenIds | None:
+    """The one :class:`TokenIds` that the description's ``SegmentMask`` leaves read (``None``:
+    none; ``ValueError``: more than one)."""
+    found = {id(leaf.ids): leaf.ids for leaf in (described.leaves() if described is not None else ())
+             if isinstance(leaf, SegmentMask)}
+    if len(found) > 1:
+        raise ValueError("a kernel mask reads at most one set of token ids")
+    return next(iter(found.values()), None)
+
+
+def mask_ids(pattern: Pattern, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+    """The segment-id operand of a spec that reads ids (:attr:`MaskSpec.uses_ids`): the
+    pattern's :class:`TokenIds` on ``device`` (kept there by them)."""
+    ids = token_ids(pattern.kernel_mask(q_len, kv_len))
+    if ids is None:
+        raise ValueError(f"{pattern!r} has no token ids in its kernel mask")
+    return ids.operand(device)
+
+
 def _program(tree: KernelMask, q_len: int, kv_len: int):
-    """``(leaves, ops)`` of ``tree``, or ``None`` past the bounds."""
+    """``(leaves, ops)`` of ``tree``, or ``None`` past the bounds (or reading two sets of ids)."""
     tree = _flatten(tree)
+    if len({id(leaf.ids) for leaf in tree.leaves() if isinstance(leaf, SegmentMask)}) > 1:
+        return None
     leaves: list[tuple[int, ...]] = []
     for leaf in tree.leaves():
         ints = _leaf(leaf, q_len, kv_len)
@@ -197,4 +232,4 @@ def _program(tree: KernelMask, q_len: int, kv_len: int):
     return leaves, ops
 
 
-__all__ = ["mask_spec", "eager_mask_spec", "lower"]
+__all__ = ["mask_spec", "eager_mask_spec", "lower", "mask_ids", "token_ids"]

@@ -6,7 +6,8 @@ a plain Python tuple: one level of constant indexing works, nested tuples and pa
 of it to a function do not. Its parts, in order:
 
 * the head: ``N_LEAVES``, ``N_OPS``, the layout's ``BLOCK_Q`` and ``BLOCK_KV`` (set only when a
-  leaf reads a bitmask, else 0), ``HAS_BITS``;
+  leaf reads a bitmask, else 0), ``HAS_BITS``, ``HAS_IDS`` (a leaf reads per-token segment ids:
+  the kernels' ``BITS`` argument then points at them, :mod:`.segment`);
 * the **token order** of the kernels' positions: ``NDIM, TILE_SIZE, N_TOKENS, EXTRA, PADDED,
   RASTER_IO, SPLIT`` and per canvas axis ``(L, T, G, GS, TS)``: canvas length, tile length,
   tiles along the axis, tiles per step of the axis, tokens per step inside a tile (raster order
@@ -14,7 +15,7 @@ of it to a function do not. Its parts, in order:
   tensors stay in the caller's raster order while the kernels walk tiled positions, each load
   and store addressing the raster row of its position (the token permutation fused into them);
 * ``N_LEAVES`` **leaves** of ``LEAF_WIDTH`` ints, a kind and its parameters (``BAND``, ``RECT``,
-  ``WINDOW``, ``BITS``; see :mod:`.lower` and one predicate module per kind);
+  ``CHUNKS``, ``POWER``, ``SEGMENT``, ``WINDOW``, ``BITS``; see :mod:`.lower` and one predicate module per kind);
 * ``N_OPS`` **ops** of 4 ints ``(op, dst, a, b)`` combining them: ``LEAF`` puts leaf ``a`` in
   register ``dst``, ``OR`` / ``AND`` put registers ``a`` op ``b`` there; the mask is register 0
   after the last op. At most :data:`MAX_LEAVES` leaves and :data:`REGISTERS` registers.
@@ -27,19 +28,19 @@ import math
 from dataclasses import dataclass
 
 # -- positions in the flat tuple ----------------------------------------------------------------------
-N_LEAVES, N_OPS, BLOCK_Q, BLOCK_KV, HAS_BITS = range(5)
+N_LEAVES, N_OPS, BLOCK_Q, BLOCK_KV, HAS_BITS, HAS_IDS = range(6)
 ORDER_FIELDS = ("NDIM", "TILE_SIZE", "N_TOKENS", "EXTRA", "PADDED", "RASTER_IO", "SPLIT")
-NDIM, TILE_SIZE, N_TOKENS, EXTRA, PADDED, RASTER_IO, SPLIT = range(5, 5 + len(ORDER_FIELDS))
+NDIM, TILE_SIZE, N_TOKENS, EXTRA, PADDED, RASTER_IO, SPLIT = range(6, 6 + len(ORDER_FIELDS))
 AXIS_FIELDS = ("L", "T", "G", "GS", "TS")
 AXIS_L, AXIS_T, AXIS_G, AXIS_GS, AXIS_TS = range(len(AXIS_FIELDS))
 MAX_AXES = 3
-AXES = 5 + len(ORDER_FIELDS)
+AXES = 6 + len(ORDER_FIELDS)
 AXIS_LEN = len(AXIS_FIELDS)
 LEAVES = AXES + MAX_AXES * AXIS_LEN
 
 # -- leaves ----------------------------------------------------------------------------------------------
-BAND, RECT, WINDOW, BITS, BITS_GATHERED = range(5)
-KIND_NAMES = ("band", "rect", "window", "bits", "bits")
+BAND, RECT, WINDOW, BITS, BITS_GATHERED, CHUNKS, POWER, SEGMENT = range(8)
+KIND_NAMES = ("band", "rect", "window", "bits", "bits", "chunks", "power", "segment")
 #: Parameters of each kind, at leaf offsets 1, 2, ...
 LEAF_FIELDS = {
     BAND: ("OFFSET", "LEFT", "RIGHT", "HAS_LEFT", "HAS_RIGHT"),
@@ -47,6 +48,9 @@ LEAF_FIELDS = {
     WINDOW: tuple(f"{name}{a}" for a in range(MAX_AXES) for name in ("W", "DIL", "S", "C")),
     BITS: (),
     BITS_GATHERED: (),
+    CHUNKS: ("OFFSET", "SIZE"),
+    POWER: ("OFFSET", "BLOCK", "WINDOW", "SINK"),
+    SEGMENT: ("OFFSET", "KV_START", "TABLE_START", "N_SEG"),
 }
 WINDOW_AXIS_LEN = 4  # (W, DIL, S, C) per axis
 LEAF_WIDTH = 1 + max(len(f) for f in LEAF_FIELDS.values())
@@ -115,6 +119,11 @@ class MaskSpec:
         """The layout blocks ``(block_q, block_kv)`` the bitmask is laid out for."""
         return self.ints[BLOCK_Q], self.ints[BLOCK_KV]
 
+    @property
+    def uses_ids(self) -> bool:
+        """Whether a leaf reads per-token segment ids (the layout's ``token_ids``)."""
+        return bool(self.ints[HAS_IDS])
+
     def with_gathered_bits(self) -> "MaskSpec":
         """This spec with its ``BITS`` leaves read one word per element (``BITS_GATHERED``: no
         layout-free ``arange`` to spread a word's bits, which Gluon kernels need)."""
@@ -180,7 +189,7 @@ class MaskSpec:
         suffixed with the axis), ``leaves`` (a dict per leaf, ``KIND`` its kind's name) and
         ``ops``."""
         out = {"N_LEAVES": self.ints[N_LEAVES], "N_OPS": self.ints[N_OPS], "BLOCK_Q": self.ints[BLOCK_Q],
-               "BLOCK_KV": self.ints[BLOCK_KV], "HAS_BITS": self.ints[HAS_BITS],
+               "BLOCK_KV": self.ints[BLOCK_KV], "HAS_BITS": self.ints[HAS_BITS], "HAS_IDS": self.ints[HAS_IDS],
                **dict(zip(ORDER_FIELDS, self.ints[NDIM:AXES]))}
         for a in range(MAX_AXES):
             axis = self.ints[AXES + a * AXIS_LEN:AXES + (a + 1) * AXIS_LEN]

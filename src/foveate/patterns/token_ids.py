@@ -1,0 +1,62 @@
+"""Per-token integers that patterns carry (document and segment ids): validation of what users
+hand in, and the tensors a ``mask_mod`` indexes, kept per device.
+
+A pattern holds its ids as tuples (hashable: layouts are cached per pattern) and computes its
+hash once, since a packed batch may hold a million tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import is_int
+
+
+def int_rows(name: str, value, *, minimum: int) -> tuple[tuple[int, ...], bool]:
+    """``(rows, per_batch)``: a 1-D sequence of ints (one row, ``per_batch=False``) or a 2-D one
+    (a row per batch element) given as lists, tuples, NumPy arrays or integer tensors, as
+    tuples of Python ints, each ``>= minimum``; ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, torch.Tensor) or hasattr(value, "__array__") and not isinstance(value, (list, tuple)):
+        t = torch.as_tensor(value)
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integers, got a tensor of {t.dtype}")
+        if t.dim() not in (1, 2):
+            raise ValueError(f"{name} must be 1-D (one sequence) or 2-D (one row per batch element), got shape "
+                             f"{tuple(t.shape)}")
+        rows, per_batch = ([t.tolist()], False) if t.dim() == 1 else (t.tolist(), True)
+    elif isinstance(value, (list, tuple)):
+        if len(value) and all(isinstance(r, (list, tuple)) or hasattr(r, "__array__") for r in value):
+            rows, per_batch = [list(r) for r in value], True
+        else:
+            rows, per_batch = [list(value)], False
+    else:
+        raise TypeError(f"{name} must be a list, tuple or integer tensor, got {type(value).__name__}")
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError(f"{name} must not be empty")
+    out = []
+    for r in rows:
+        bad = next((x for x in r if not is_int(x)), None)
+        if bad is not None:
+            raise TypeError(f"{name} must hold ints, got {type(bad).__name__} {bad!r}")
+        low = min(r)
+        if low < minimum:
+            raise ValueError(f"{name} must hold ints >= {minimum}, got {low}")
+        out.append(tuple(int(x) for x in r))
+    return tuple(out), per_batch
+
+
+class DeviceTensors:
+    """Tensors made once on the CPU and copied to each device on first use."""
+
+    def __init__(self, **tensors: torch.Tensor):
+        self._cpu = tensors
+        self._by_device: dict = {torch.device("cpu"): tensors}
+
+    def on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        known = self._by_device.get(device)
+        if known is None:
+            known = self._by_device[device] = {k: t.to(device) for k, t in self._cpu.items()}
+        return known
+
+
+__all__ = ["int_rows", "DeviceTensors"]

@@ -26,13 +26,11 @@ over the row's time; ``vs compared``: the compared row's time over ours (documen
 documents one by one; streaming and strided: our causal kernel), with the ratio the pair
 counts allow in brackets (compared density / this density); ``vs flex``: Flex's time over
 ours. The documents one by one are counted as the packed pattern (the same pairs; their % SoL
-that of the packed layout). Every pattern's output is checked against the float32 reference (one head; every head
-for a per-head pattern) before it is timed.
+that of the packed layout). Every pattern's output is checked against the float32 reference
+(one head; every head for a per-head pattern) before it is timed.
 
-``P.Documents``, ``P.PowerAttention`` and ``P.StridedHeads`` are taken from
-``foveate.patterns`` or else from their modules (``foveate.patterns.documents``, ``.power``,
-``.strided_heads``); a case whose pattern is missing or cannot be constructed is skipped with
-the reason (a ``skipped`` record in the JSON), as is a row whose backend fails (``failed``).
+A case whose pattern cannot be constructed is skipped with the reason (a ``skipped`` record in
+the JSON); a row whose backend fails is recorded as ``failed``.
 
 ``--tiny`` is a smoke run of the script's logic (tiny shapes, every parameter scaled down): on
 a machine without CUDA in float32, with the ``torch`` backend in place of ``triton`` and the
@@ -46,7 +44,6 @@ Usage: ``python benchmarks/sequence_patterns.py [--heads 16] [--head-dim 128] [-
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 from dataclasses import dataclass, field
 
@@ -72,23 +69,6 @@ KINDS = (("fwd", 1.0), ("fwdbwd", 3.5))  # (timing, FLOP factor over the forward
 
 
 # -- patterns ------------------------------------------------------------------------------
-
-def pattern_class(name: str, module: str):
-    """``(class, None)`` for ``P.<name>``, from ``foveate.patterns`` or else its module
-    ``foveate.patterns.<module>``; ``(None, why)`` when neither has it."""
-    cls = getattr(P, name, None)
-    if cls is not None:
-        return cls, None
-    try:
-        mod = importlib.import_module(f"foveate.patterns.{module}")
-    except Exception as exc:  # (a module being written may fail in any way)
-        return None, (f"P.{name} is missing: foveate.patterns does not export it and foveate.patterns.{module} "
-                      f"does not import ({type(exc).__name__}: {exc})")
-    cls = getattr(mod, name, None)
-    if cls is None:
-        return None, f"P.{name} is missing: foveate.patterns.{module} has no {name}"
-    return cls, None
-
 
 def document_lengths(n: int, shortest: int, longest: int, seed: int = 0) -> list[int]:
     """Random document lengths in ``[shortest, longest]`` that sum to exactly ``n``: drawn
@@ -129,16 +109,12 @@ class Case:
     compare: str | None = None  # the name of the triton row of the same (n, heads) it is measured against
     flex: bool = True
     per_document: list[int] | None = None  # documents one by one through the causal kernel
-    missing: str | None = None  # why the pattern is missing (the case is skipped)
     extra: dict = field(default_factory=dict)
 
 
 def cases(groups, lengths_of, heads: int, strided_heads: int, tiny: bool, device) -> list[Case]:
     """The rows of the selected groups (``lengths_of[group]``: its lengths)."""
     s = TINY if tiny else 1
-    documents, why_documents = pattern_class("Documents", "documents")
-    power, why_power = pattern_class("PowerAttention", "power")
-    strided, why_strided = pattern_class("StridedHeads", "strided_heads")
     rows: list[Case] = []
     if "documents" in groups:
         for n in lengths_of["documents"]:
@@ -151,8 +127,8 @@ def cases(groups, lengths_of, heads: int, strided_heads: int, tiny: bool, device
             rows += [
                 Case(one_by_one, "documents", n, heads, None, ref, key, flex=False, per_document=lengths, extra=info),
                 Case(f"{len(lengths)} documents, causal inside", "documents", n, heads,
-                     lambda lengths=lengths: documents(tuple(lengths), inner=P.Causal()), ref, key,
-                     compare=one_by_one, missing=why_documents, extra=info),
+                     lambda lengths=lengths: P.Documents(tuple(lengths), inner=P.Causal()), ref, key,
+                     compare=one_by_one, extra=info),
                 Case(f"{len(lengths)} documents as P.Mask (bitmask)", "documents", n, heads, ref, ref, key,
                      compare=one_by_one, flex=False, extra=info),
             ]
@@ -160,21 +136,20 @@ def cases(groups, lengths_of, heads: int, strided_heads: int, tiny: bool, device
         window, block = 2048 // s - 1, max(16, 256 // s)
         for n in lengths_of["streaming"]:
             streaming = (lambda window=window: (P.SlidingWindow(window) | P.Sinks(4)) & P.Causal())
-            powered = (lambda block=block: power(block=block, window=5, sink=1))
+            powered = (lambda block=block: P.PowerAttention(block=block, window=5, sink=1))
             rows += [
                 Case(f"(window {window} | sinks 4) & causal", "streaming", n, heads, streaming, streaming,
                      ("streaming", n, heads), compare="causal"),
                 Case(f"PowerAttention(block={block}, window=5, sink=1)", "streaming", n, heads, powered, powered,
-                     ("power", n, heads), compare="causal", missing=why_power),
+                     ("power", n, heads), compare="causal"),
             ]
     if "strided" in groups:
         block = max(8, 64 // s)
         kwargs = dict(block=block, local=16, vertical=8, kv_heads=strided_heads)
         for n in lengths_of["strided"]:
-            make = (lambda kwargs=kwargs: strided(**kwargs))
+            make = (lambda kwargs=kwargs: P.StridedHeads(**kwargs))
             rows.append(Case(f"StridedHeads({', '.join(f'{k}={v}' for k, v in kwargs.items())})", "strided", n,
-                             strided_heads, make, make, ("strided", n, strided_heads), compare="causal",
-                             missing=why_strided))
+                             strided_heads, make, make, ("strided", n, strided_heads), compare="causal"))
     return rows
 
 
@@ -315,8 +290,6 @@ def run_case(setup: Setup, inputs: Inputs, case: Case, refs: dict) -> list[dict]
     base = dict(name=case.name, group=case.group, tokens=case.n, heads=case.heads, dim=setup.dim,
                 compare=case.compare, **case.extra)
     kernels = ["triton"] + (["flex"] if case.flex and setup.flex else [])
-    if case.missing is not None:
-        return [dict(base, kernel=k, status="skipped", reason=case.missing) for k in kernels]
     try:
         pattern = case.ref() if case.per_document is not None else case.make()
         info = counts(pattern, case.n, setup)

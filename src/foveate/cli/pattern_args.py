@@ -103,7 +103,7 @@ def add_pattern_subparsers(
 
 
 def _sequence_options(p: argparse.ArgumentParser, kind: str) -> None:
-    """The options of the sequence kinds of issue #25 (their values checked by the classes)."""
+    """The options of the papers' sequence kinds (their values checked by the classes)."""
     if kind == "prefix-lm":
         p.add_argument("--prefix", type=int, required=True, help="length of the bidirectional prefix")
     elif kind == "global":
@@ -129,32 +129,20 @@ def _sequence_options(p: argparse.ArgumentParser, kind: str) -> None:
 
 
 def _sequence_pattern(args: argparse.Namespace):
-    """The pattern of a sequence kind of issue #25, else ``None``."""
+    """The pattern of one of the papers' sequence kinds, else ``None``."""
     kind = args.pattern
     if kind == "prefix-lm":
-        from ..patterns.prefix import PrefixLM
-
-        return PrefixLM(args.prefix)
+        return P.PrefixLM(args.prefix)
     if kind == "global":
-        from ..patterns.prefix import Global
-
-        return Global(args.n)
+        return P.Global(args.n)
     if kind == "chunk-causal":
-        from ..patterns.chunked import ChunkCausal
-
-        return ChunkCausal(args.chunk)
+        return P.ChunkCausal(args.chunk)
     if kind == "power":
-        from ..patterns.power import PowerAttention
-
-        return PowerAttention(block=args.block, window=args.window, sink=args.sink)
+        return P.PowerAttention(block=args.block, window=args.window, sink=args.sink)
     if kind == "strided-heads":
-        from ..patterns.strided_heads import StridedHeads
-
-        return StridedHeads(block=args.block, local=args.local, vertical=args.vertical, kv_heads=args.kv_heads,
+        return P.StridedHeads(block=args.block, local=args.local, vertical=args.vertical, kv_heads=args.kv_heads,
                             group=args.group, offset=args.offset)
     if kind == "documents":
-        from foveate.patterns.documents import Documents
-
         if args.inner == "sliding":
             if args.left is None:
                 raise ValueError("--inner sliding needs --left (the keys before each query in its window)")
@@ -163,7 +151,7 @@ def _sequence_pattern(args: argparse.Namespace):
             if args.left is not None:
                 raise ValueError(f"--left applies to --inner sliding, not --inner {args.inner}")
             inner = P.Causal() if args.inner == "causal" else P.Dense()
-        return Documents(list(args.lengths), inner=inner)
+        return P.Documents(list(args.lengths), inner=inner)
     return None
 
 
@@ -237,14 +225,13 @@ def pattern_from_args(args: argparse.Namespace) -> tuple[P.Pattern, int, int]:
         q_len, kv_len = pattern.default_lengths()
         return pattern, q_len, kv_len
     pattern = _sequence_pattern(args)
-    if pattern is not None:
-        pass
-    elif args.pattern == "sinks":
-        pattern = P.Sinks(args.n)
-    elif args.pattern == "sliding":
-        pattern = P.SlidingWindow(args.left, args.right)
-    else:
-        pattern = {"dense": P.Dense, "causal": P.Causal}[args.pattern]()
+    if pattern is None:
+        if args.pattern == "sinks":
+            pattern = P.Sinks(args.n)
+        elif args.pattern == "sliding":
+            pattern = P.SlidingWindow(args.left, args.right)
+        else:
+            pattern = {"dense": P.Dense, "causal": P.Causal}[args.pattern]()
     q_len = args.len
     if q_len is None:  # (documents: the documents' total)
         q_len = pattern.default_lengths()[0]

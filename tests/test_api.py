@@ -24,12 +24,14 @@ F64 = torch.float64
 #: Every public name of the public modules: adding, removing or renaming one must change this
 #: table (and the docs' API reference, docs/api.md).
 PUBLIC = {
-    "foveate": {"attention", "patterns", "backends", "simulate", "SimulationRecord", "BlockLayout", "policy",
+    "foveate": {"attention", "patterns", "score_mods", "backends", "simulate", "SimulationRecord", "BlockLayout", "policy",
                 "__version__"},
     "foveate.patterns": {"Pattern", "MaskMod", "KernelMask", "Blocks", "Dense", "Causal", "SlidingWindow", "Sinks",
                          "Neighborhood", "Mask", "Union", "Intersection", "BlockTopK", "BlockTopP", "MoBA",
                          "XAttention", "SelectedBlocks", "Documents", "Segments", "PrefixLM", "Global",
                          "ChunkCausal", "PowerAttention", "StridedHeads", "PerHead"},
+    "foveate.score_mods": {"ScoreMod", "ScoreFn", "Softcap", "ALiBi", "DistanceDecay", "RelativePositionBias",
+                           "LowRankBias", "DenseBias", "ScoreFunction", "alibi_slopes"},
     "foveate.backends": {"Backend", "Problem", "register", "names", "available", "get", "reasons", "select",
                          "cached_layout"},
 }
@@ -61,11 +63,12 @@ def test_public_types():
 def test_attention_signature():
     sig = inspect.signature(foveate.attention)
     params = sig.parameters
-    assert list(params) == ["q", "k", "v", "pattern", "scale", "backend", "tile", "return_lse"]
+    assert list(params) == ["q", "k", "v", "pattern", "score_mod", "scale", "backend", "tile", "return_lse"]
     for name in ("q", "k", "v", "pattern"):
         assert params[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     assert params["pattern"].default is None
-    for name, default in (("scale", None), ("backend", "auto"), ("tile", "auto"), ("return_lse", False)):
+    for name, default in (("score_mod", None), ("scale", None), ("backend", "auto"), ("tile", "auto"),
+                          ("return_lse", False)):
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
         assert params[name].default == default, name
 

@@ -5,7 +5,7 @@
 >>> out = foveate.attention(q, k, v, P.Neighborhood(canvas=(64, 64), kernel=(13, 13)))  # doctest: +SKIP
 """
 
-from . import backends, patterns
+from . import backends, patterns, score_mods
 from .api import attention
 from .layout import BlockLayout
 from .settings import policy
@@ -13,5 +13,5 @@ from .simulator import SimulationRecord, simulate
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "patterns", "backends", "simulate", "SimulationRecord", "BlockLayout", "policy",
+__all__ = ["attention", "patterns", "score_mods", "backends", "simulate", "SimulationRecord", "BlockLayout", "policy",
            "__version__"]

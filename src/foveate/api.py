@@ -11,6 +11,7 @@ from . import backends
 from .backends import Problem
 from .graph_constants import pattern_from_key, pattern_key
 from .patterns import Dense, Pattern, SelectedBlocks
+from .score_mods.resolve import as_score_mod, check_score_mod, fold_low_rank
 from .simulator import choose_tile
 
 
@@ -20,6 +21,7 @@ def attention(
     v: torch.Tensor,
     pattern: Pattern | None = None,
     *,
+    score_mod=None,
     scale: float | None = None,
     backend: str = "auto",
     tile: str | tuple[int, ...] | None = "auto",
@@ -33,6 +35,12 @@ def attention(
             ``Hq % Hkv == 0`` (grouped-query attention).
         v: like ``k`` with its own last dim ``Dv``.
         pattern: a :mod:`foveate.patterns` pattern; ``None`` is dense attention.
+        score_mod: a change of the scaled scores before the mask and the softmax: a
+            :mod:`foveate.score_mods` modification (``Softcap``, ``ALiBi``, ``DistanceDecay``,
+            ``RelativePositionBias``, ``LowRankBias``, ``DenseBias``, chained with ``+``) or a
+            FlexAttention-style function ``fn(score, b, h, q_idx, kv_idx)``; its tensors receive
+            gradients. ``LowRankBias`` runs on every backend (as extra features); the others on
+            the ``reference`` and ``flex`` backends.
         scale: factor on ``q @ k^T``; defaults to ``D ** -0.5``.
         backend: ``"auto"`` (best that runs here), ``"triton"``, ``"flex"`` or ``"reference"``;
             see :func:`foveate.backends.available`.
@@ -57,7 +65,8 @@ def attention(
     if pattern.content_dependent and torch.compiler.is_compiling():
         # The selection launches kernels on q and k and builds a layout per call: it runs
         # eagerly, a graph break (static patterns are traced: their layouts become constants).
-        return _attention_eagerly(q, k, v, pattern, scale=scale, backend=backend, tile=tile, return_lse=return_lse)
+        return _attention_eagerly(q, k, v, pattern, scale=scale, backend=backend, tile=tile, return_lse=return_lse,
+                                  score_mod=score_mod)
     _check_tensors(q, k, v)
     qf, kf, vf = (_flatten(name, t, pattern) for name, t in (("q", q), ("k", k), ("v", v)))
     _check_shapes(qf, kf, vf, pattern)
@@ -67,6 +76,10 @@ def attention(
         raise TypeError(f"backend must be a str, got {type(backend).__name__} {backend!r}")
     scale = _resolve_scale(scale, qf.shape[-1])
     tile = _tile_argument(tile, pattern)
+    score_mod = as_score_mod(score_mod)
+    if score_mod is not None:
+        check_score_mod(score_mod, qf, kf, pattern)
+        qf, kf, vf, scale, score_mod = fold_low_rank(score_mod, qf, kf, vf, scale)
     order = None
     if pattern.content_dependent:
         # A canvas partition: select and attend in its tiled order (padded), back at the end.
@@ -83,7 +96,7 @@ def attention(
         batch=batch, heads_q=heads_q, heads_kv=kf.shape[1], q_len=q_len, kv_len=kf.shape[2],
         head_dim=head_dim, head_dim_v=vf.shape[-1], dtype=q.dtype, device=q.device,
         requires_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)),
-        return_lse=return_lse, pattern=pattern,
+        return_lse=return_lse, pattern=pattern, score_mod=score_mod,
     )
     chosen = backends.select(problem, backend)
     tile = _resolve_tile(tile, pattern, chosen)

@@ -32,6 +32,9 @@ class Problem:
     requires_grad: bool
     return_lse: bool
     pattern: Pattern
+    #: A :class:`~foveate.score_mods.ScoreMod` applied to the scaled scores before the mask, or
+    #: ``None`` (low-rank biases arrive already folded into the features: ``head_dim`` counts them).
+    score_mod: object = None
 
 
 class Backend:
@@ -93,6 +96,14 @@ class Backend:
         return f"<foveate backend {self.name!r}>"
 
 
+def score_mod_reason(problem: Problem) -> str | None:
+    """Why a backend without score modifications cannot run ``problem`` (``None``: it has none)."""
+    if problem.score_mod is None:
+        return None
+    return (f"score_mod={problem.score_mod!r}: score modifications run on the reference and flex backends "
+            "(LowRankBias on every backend)")
+
+
 class PyTorchBackend(Backend):
     """A backend of plain PyTorch operations (``torch``, ``reference``): it runs on any device,
     for every floating dtype (computing in float32, float64 kept)."""
@@ -115,7 +126,13 @@ def tiled(problem: Problem, tile: tuple[int, ...]):
 
     pattern = Tiled(problem.pattern, tile)
     q_len, kv_len = pattern.default_lengths()
-    return dataclasses.replace(problem, pattern=pattern, q_len=q_len, kv_len=kv_len), pattern.order
+    score_mod = problem.score_mod
+    if score_mod is not None:  # (it takes raster indices: the tiled positions mapped back)
+        from ..score_mods.base import Reordered
+
+        score_mod = Reordered(score_mod, pattern.order, problem.pattern.extra_kv)
+    return (dataclasses.replace(problem, pattern=pattern, q_len=q_len, kv_len=kv_len, score_mod=score_mod),
+            pattern.order)
 
 
 _LAYOUT_CACHE: "OrderedDict[tuple, BlockLayout]" = OrderedDict()

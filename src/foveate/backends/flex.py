@@ -86,8 +86,11 @@ class FlexBackend(Backend):
             # Under no_grad, inputs may still carry requires_grad; FlexAttention on CPU refuses
             # those even though no graph is recorded.
             q, k, v = q.detach(), k.detach(), v.detach()
-        result = flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=problem.heads_q != problem.heads_kv,
-                      return_lse=problem.return_lse)
+        score_mod = None
+        if problem.score_mod is not None:
+            score_mod = problem.score_mod.bind(problem.q_len, problem.kv_len, problem.heads_q)
+        result = flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                      enable_gqa=problem.heads_q != problem.heads_kv, return_lse=problem.return_lse)
         if problem.return_lse:
             out, lse = result
             return out, lse.float()

@@ -20,7 +20,7 @@ import torch
 
 from ..graph_constants import pattern_from_key, pattern_key
 from ..layout import BlockLayout
-from .base import Problem, PyTorchBackend, cached_layout
+from .base import Problem, PyTorchBackend, cached_layout, score_mod_reason
 from .strong_zeros import strong_zero_einsum
 
 #: Score elements (batch x heads x queries x gathered keys) held at once; bounds the memory.
@@ -30,6 +30,9 @@ CHUNK_ELEMENTS = 1 << 23
 class TorchBlocksBackend(PyTorchBackend):
     name = "torch"
     block_size = 128
+
+    def supports(self, problem: Problem) -> str | None:
+        return score_mod_reason(problem) or super().supports(problem)
 
     def block_reason(self, problem: Problem) -> str | None:
         if self._blocks(problem.pattern) is None:

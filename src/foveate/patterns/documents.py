@@ -11,11 +11,11 @@ from .base import Pattern
 from .causal import Causal
 from .interval_layout import build_interval_layout
 from .kernel_mask import AllOf, Band, KernelMask, SegmentMask, TokenIds
-from .token_ids import DeviceTensors, int_rows
+from .token_ids import DeviceTensors, HashedOnce, int_rows
 
 
 @dataclass(frozen=True, eq=False)
-class Documents(Pattern):
+class Documents(HashedOnce, Pattern):
     """Packed documents: a query sees only keys of its own document, and among them the pairs
     that ``inner`` allows in the document's own coordinates (positions from the document's
     start, the document's length for both ``q_len`` and ``kv_len``).
@@ -59,7 +59,7 @@ class Documents(Pattern):
         object.__setattr__(self, "lengths", rows if per_batch else rows[0])
         object.__setattr__(self, "_rows", rows)
         object.__setattr__(self, "_per_batch", per_batch)
-        object.__setattr__(self, "_hash", hash((Documents, self.lengths, inner)))
+        self._hash_fields()
 
     @classmethod
     def from_ids(cls, ids, inner: Pattern | None = None) -> "Documents":
@@ -76,14 +76,6 @@ class Documents(Pattern):
                                  "(P.SegmentMask takes any per-token ids with a rule table)")
             lengths.append(tuple(counts.tolist()))
         return cls(tuple(lengths) if per_batch else lengths[0], Causal() if inner is None else inner)
-
-    # -- value semantics (the hash of a long tuple, once) --------------------------------------
-    def __eq__(self, other):
-        return type(other) is Documents and (self is other or (self._hash == other._hash and self.lengths == other.lengths
-                                                               and self.inner == other.inner))
-
-    def __hash__(self):
-        return self._hash
 
     def __repr__(self) -> str:
         shown = [list(r[:4]) + (["..."] if len(r) > 4 else []) for r in self._rows]

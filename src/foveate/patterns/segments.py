@@ -9,14 +9,14 @@ import torch
 from ..layout import BlockLayout
 from .base import Pattern
 from .kernel_mask import SegmentMask, TokenIds
-from .token_ids import DeviceTensors, int_rows
+from .token_ids import DeviceTensors, HashedOnce, int_rows
 
 #: The rules, by name, and their codes in the table the kernels read.
 RULES = {"none": TokenIds.NONE, "full": TokenIds.FULL, "causal": TokenIds.CAUSAL}
 
 
 @dataclass(frozen=True, eq=False)
-class Segments(Pattern):
+class Segments(HashedOnce, Pattern):
     """Segment rules: token ``t`` belongs to segment ``ids[t]``, and a query of segment ``a``
     may see a key of segment ``b`` as ``rules[a][b]`` says: ``"none"`` (never), ``"full"``
     (always) or ``"causal"`` (when the key is not after the query: ``kv_idx <= q_idx``).
@@ -61,14 +61,7 @@ class Segments(Pattern):
         object.__setattr__(self, "rules", tuple(tuple(r) for r in self.rules))
         object.__setattr__(self, "_rows", rows)
         object.__setattr__(self, "_per_batch", per_batch)
-        object.__setattr__(self, "_hash", hash((Segments, self.ids, self.rules)))
-
-    def __eq__(self, other):
-        return type(other) is Segments and (self is other or (self._hash == other._hash and self.rules == other.rules
-                                                              and self.ids == other.ids))
-
-    def __hash__(self):
-        return self._hash
+        self._hash_fields()
 
     def __repr__(self) -> str:
         return (f"Segments({len(self._rows[0])} tokens, {len(self.rules)} segments"

@@ -7,6 +7,8 @@ hash once, since a packed batch may hold a million tokens.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .base import is_int
@@ -45,6 +47,24 @@ def int_rows(name: str, value, *, minimum: int) -> tuple[tuple[int, ...], bool]:
     return tuple(out), per_batch
 
 
+class HashedOnce:
+    """Value equality of a frozen dataclass (``eq=False``) whose fields may be long tuples, with
+    the hash computed once: call :meth:`_hash_fields` at the end of ``__post_init__``."""
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def _hash_fields(self) -> None:
+        object.__setattr__(self, "_hash", hash((type(self), self._fields())))
+
+    def __eq__(self, other):
+        return type(other) is type(self) and (self is other or (self._hash == other._hash
+                                                                and self._fields() == other._fields()))
+
+    def __hash__(self):
+        return self._hash
+
+
 class DeviceTensors:
     """Tensors made once on the CPU and copied to each device on first use."""
 
@@ -59,4 +79,4 @@ class DeviceTensors:
         return known
 
 
-__all__ = ["int_rows", "DeviceTensors"]
+__all__ = ["int_rows", "HashedOnce", "DeviceTensors"]

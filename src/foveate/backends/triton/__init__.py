@@ -21,7 +21,7 @@ import torch
 from ...graph_constants import pattern_from_key, pattern_key
 from ...kernel_choice import triton_importable
 from ...settings import policy
-from ..base import Backend, Problem, cached_layout
+from ..base import Backend, Problem, cached_layout, score_mod_reason
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -44,7 +44,7 @@ class TritonBackend(Backend):
                 "tests) when TRITON_INTERPRET=1 is set before foveate is imported")
 
     def supports(self, problem: Problem) -> str | None:
-        reason = self.block_reason(problem)
+        reason = score_mod_reason(problem) or self.block_reason(problem)
         if reason is not None:
             return reason
         if problem.device.type == "cpu" and not _interpreting():

@@ -1,7 +1,9 @@
 """``foveate show PATTERN ...``: draw a pattern and its block layout to PNG.
 
-1-D patterns (dense, causal, sliding, a 1-D neighborhood): the mask matrix beside the block
-layout; ``--query`` marks one query's row. 2-D/3-D neighborhoods: the keys that one query
+1-D patterns (dense, causal, sliding, sinks, prefix-lm, global, chunk-causal, power,
+documents, a 1-D neighborhood): the mask matrix beside the block layout; ``--query`` marks one
+query's row. A pattern that differs per head (strided-heads) is drawn for its first 4 query
+heads side by side, each panel naming its head. 2-D/3-D neighborhoods: the keys that one query
 sees on the canvas (for 3-D, one panel per slice along axis 0 that holds allowed keys, at
 most 8), and the block layout in raster order beside the tiled order of ``--tile``.
 

@@ -22,6 +22,17 @@ ENTRIES = [
      "sliding --left 255 --len 2048"),
     ("sinks", "Sinks", "`P.Sinks(64)`: the first 64 keys, seen by every query (combine with a window for "
      "StreamingLLM: `P.SlidingWindow(255) | P.Sinks(4)`).", "sinks --n 64 --len 2048"),
+    ("documents", "Packed documents", "`P.Documents([300, 80, 700, 968])`: causal inside each document, nothing "
+     "across (varlen attention in one call).", "documents --lengths 300 80 700 968"),
+    ("prefix-lm", "Prefix LM", "`P.PrefixLM(512)`: a bidirectional prefix, causal after it.",
+     "prefix-lm --prefix 512 --len 2048"),
+    ("chunk-causal", "Chunk-causal", "`P.ChunkCausal(384)`: the keys of the query's chunk and of earlier chunks "
+     "(frame-by-frame video generation).", "chunk-causal --chunk 384 --len 2048"),
+    ("power", "PowerAttention", "`P.PowerAttention(block=64, window=3, sink=1)`: a sink block, local blocks and "
+     "blocks at power-of-two distances.", "power --block 64 --window 3 --sink 1 --len 2048"),
+    ("strided-heads", "Strided heads (S2-Attention)", "`P.StridedHeads(block=64, local=8, vertical=8, kv_heads=4)`: "
+     "local blocks and a strided shard of key blocks that differs per head.",
+     "strided-heads --block 64 --local 8 --vertical 8 --kv-heads 4 --len 2048"),
     ("neighborhood-2d", "2-D neighborhood", "`P.Neighborhood((64, 64), (17, 17))`: one query's keys, the layout "
      "in raster order and in the tiled order the simulator chooses.", "neighborhood --canvas 64 64 --kernel 17 17"),
     ("neighborhood-2d-strided", "2-D strided neighborhood", "`stride=(8, 8)`: queries of an 8x8 group share one "

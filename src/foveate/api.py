@@ -39,8 +39,9 @@ def attention(
             :mod:`foveate.score_mods` modification (``Softcap``, ``ALiBi``, ``DistanceDecay``,
             ``RelativePositionBias``, ``LowRankBias``, ``DenseBias``, chained with ``+``) or a
             FlexAttention-style function ``fn(score, b, h, q_idx, kv_idx)``; its tensors receive
-            gradients. ``LowRankBias`` runs on every backend (as extra features); the others on
-            the ``reference`` and ``flex`` backends.
+            gradients. ``LowRankBias`` runs on every backend (as extra features); ``Softcap``,
+            ``ALiBi`` and 1-D ``DistanceDecay`` also on ``triton``; all on ``reference`` and
+            ``flex``.
         scale: factor on ``q @ k^T``; defaults to ``D ** -0.5``.
         backend: ``"auto"`` (best that runs here), ``"triton"``, ``"flex"`` or ``"reference"``;
             see :func:`foveate.backends.available`.

@@ -100,8 +100,8 @@ def score_mod_reason(problem: Problem) -> str | None:
     """Why a backend without score modifications cannot run ``problem`` (``None``: it has none)."""
     if problem.score_mod is None:
         return None
-    return (f"score_mod={problem.score_mod!r}: score modifications run on the reference and flex backends "
-            "(LowRankBias on every backend)")
+    return (f"score_mod={problem.score_mod!r}: this backend takes no score modification (the reference and flex "
+            "backends take every one, triton Softcap, ALiBi and 1-D DistanceDecay, all LowRankBias)")
 
 
 class PyTorchBackend(Backend):

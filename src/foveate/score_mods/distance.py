@@ -72,7 +72,7 @@ class DistanceDecay(ScoreMod):
     def _rates_repr(self) -> str:
         r = self.rate
         learn = ", learnable" if r.requires_grad else ""
-        return f"rate={float(r[0]):.4g}" if r.numel() == 1 else f"{r.numel()} rates{learn}"
+        return f"rate={float(r[0].detach()):.4g}" if r.numel() == 1 else f"{r.numel()} rates{learn}"
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:

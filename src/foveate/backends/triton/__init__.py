@@ -21,7 +21,7 @@ import torch
 from ...graph_constants import pattern_from_key, pattern_key
 from ...kernel_choice import triton_importable
 from ...settings import policy
-from ..base import Backend, Problem, cached_layout, score_mod_reason
+from ..base import Backend, Problem, cached_layout
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -44,7 +44,7 @@ class TritonBackend(Backend):
                 "tests) when TRITON_INTERPRET=1 is set before foveate is imported")
 
     def supports(self, problem: Problem) -> str | None:
-        reason = score_mod_reason(problem) or self.block_reason(problem)
+        reason = self._score_reason(problem) or self.block_reason(problem)
         if reason is not None:
             return reason
         if problem.device.type == "cpu" and not _interpreting():
@@ -63,6 +63,20 @@ class TritonBackend(Backend):
         return _bitmask_reason(problem.pattern, problem.q_len, problem.kv_len, self.block_size, problem.device,
                                policy.bitmask_budget, policy.force_bitmask)
 
+    @staticmethod
+    def _score_reason(problem: Problem) -> str | None:
+        """Why the kernels cannot take the problem's score modification (``None``: they can)."""
+        if problem.score_mod is None:
+            return None
+        if torch.compiler.is_compiling():
+            return f"score_mod={problem.score_mod!r}: not on the Triton kernels under torch.compile yet"
+        if problem.pattern.canvas is not None:
+            return f"score_mod={problem.score_mod!r} on a canvas pattern: not on the Triton kernels yet"
+        from .score import score_spec
+
+        spec = score_spec(problem.score_mod, problem.q_len, problem.kv_len, problem.heads_q)
+        return spec if isinstance(spec, str) else None
+
     def auto_reason(self, problem: Problem) -> str | None:
         if problem.device.type == "cpu":
             return "the Triton interpreter runs only when named (slow)"
@@ -80,7 +94,12 @@ class TritonBackend(Backend):
         spec = mask_spec(problem.pattern, problem.q_len, problem.kv_len, blocks=(self.block_size,) * 2)
         if spec.uses_ids:  # (the same tensor on every call: the pattern's ids keep it per device)
             layout.token_ids = mask_ids(problem.pattern, problem.q_len, problem.kv_len, q.device)
-        out, lse = run_sparse_attention(q, k, v, layout, spec, scale)
+        score = None
+        if problem.score_mod is not None:
+            from .score import score_spec
+
+            score = score_spec(problem.score_mod, problem.q_len, problem.kv_len, problem.heads_q)
+        out, lse = run_sparse_attention(q, k, v, layout, spec, scale, score)
         return out, (lse if problem.return_lse else None)
 
     def forward_tiled(self, q, k, v, problem, scale, tile):

@@ -28,6 +28,7 @@ import triton.language as tl
 from ...settings import policy
 from ...triton_launch import cdiv
 from .common import LOG2E, block_lists, bounds_flags, head_block, mask_operands
+from . import score as score_terms
 from .masks import HAS_BITS, HAS_IDS, MaskSpec, allowed_block, block_bits, tile_rows, token_rows
 from .tiles import load_tile, store_tile
 from .tuning import KernelConfig, forward_config, launch
@@ -37,9 +38,11 @@ from .tuning import KernelConfig, forward_config, launch
 def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                   stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
                   HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_N: tl.constexpr, PAD_KEYS: tl.constexpr,
-                  BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr, BITS):
+                  BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr, BITS,
+                  rate, SCORE: tl.constexpr):
     """Online-softmax update with the ``BLOCK_N`` keys from position ``start_n``; ``MASKED``:
-    they belong to a partial block (whose bits, for a bitmask spec, are at ``BITS``).
+    they belong to a partial block (whose bits, for a bitmask spec, are at ``BITS``). ``SCORE``,
+    ``rate``: the score modification (:mod:`.score`).
     ``PAD_KEYS``: partial blocks may hold canvas padding, which has no memory row (full blocks
     never do). ``rows_n0 = tile_rows(offs_n0)``."""
     offs_n = start_n + offs_n0
@@ -55,10 +58,14 @@ def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, rows_n0, off
         qk = tl.dot(q, k, input_precision="ieee")
     else:
         qk = tl.dot(q, k)
-    if MASKED or not EVEN_N:
+    if MASKED or not EVEN_N or SCORE[5]:
         # Masked keys get -inf; a row with no allowed key so far keeps m = -inf, and uses 0
         # as its reference so that exp2 gives 0, not NaN.
-        qk = qk * qk_scale
+        if SCORE[5]:  # (modified in natural units, then back to base 2)
+            dist = score_terms.distance(offs_m, offs_n, SCORE)
+            qk = score_terms.modify(qk * (qk_scale * 0.6931471805599453), dist, rate, SCORE) * 1.4426950408889634
+        else:
+            qk = qk * qk_scale
         if MASKED:
             qk = tl.where(allowed_block(offs_m, start_n, offs_n0, MASK, BITS), qk, float("-inf"))
         if not EVEN_N:
@@ -85,19 +92,19 @@ def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, rows_n0, off
 @triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE,
-    KV_NUM, KV_IDX, FULL_NUM, FULL_IDX, BITS, BIT_ROWS,
+    KV_NUM, KV_IDX, FULL_NUM, FULL_IDX, BITS, BIT_ROWS, RATES,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_lb, stride_lh, stride_lm,
     num_sb, num_sh, num_sm, idx_sb, idx_sh, idx_sm, fnum_sb, fnum_sh, fnum_sm, fidx_sb, fidx_sh, fidx_sm,
-    bits_sb, bits_sh, bits_sm,
+    bits_sb, bits_sh, bits_sm, rate_stride,
     H, GROUP, q_len, kv_len, q_rows, kv_rows, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, PAD_KEYS: tl.constexpr,
-    IEEE: tl.constexpr, MASK: tl.constexpr, FULL_RUNS: tl.constexpr,
+    IEEE: tl.constexpr, MASK: tl.constexpr, FULL_RUNS: tl.constexpr, SCORE: tl.constexpr = score_terms.NO_SCORE,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -107,6 +114,7 @@ def _fwd_kernel(
     qb = pid_m * BLOCK_M // LAYOUT_BLOCK_Q  # the layout's query block of these rows
     if MASK[HAS_IDS]:  # the batch element's segment ids
         BITS += b * bits_sb
+    rate = score_terms.head_rate(RATES, h, rate_stride, SCORE)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_m = pid_m * BLOCK_M + offs_m0
     offs_d = tl.arange(0, BLOCK_D)
@@ -137,7 +145,7 @@ def _fwd_kernel(
             acc, m_i, l_i = _block_update(
                 acc, m_i, l_i, q, K, V, kv_start, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
-                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK, BITS)
+                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK, BITS, rate, SCORE)
     else:
         for j in range(0, n_full):
             kv_start = tl.load(full_row + j) * LAYOUT_BLOCK_KV
@@ -145,7 +153,7 @@ def _fwd_kernel(
                 acc, m_i, l_i = _block_update(
                     acc, m_i, l_i, q, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
-                    HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK, BITS)
+                    HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK, BITS, rate, SCORE)
     if MASK[HAS_BITS]:  # the row's partial blocks have consecutive bits, from this one
         BITS = block_bits(BITS, tl.load(BIT_ROWS + b * bits_sb + h * bits_sh + qb * bits_sm), MASK)
     for j in range(0, n_part):  # partial blocks: the pattern's mask
@@ -154,7 +162,8 @@ def _fwd_kernel(
             acc, m_i, l_i = _block_update(
                 acc, m_i, l_i, q, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
-                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, True, MASK, block_bits(BITS, j, MASK))
+                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, True, MASK, block_bits(BITS, j, MASK), rate,
+                SCORE)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -169,7 +178,7 @@ def _fwd_kernel(
 
 def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m: int | None = None,
                       block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
-                      kernel: str = "auto"):
+                      kernel: str = "auto", score: tuple = (score_terms.NO_SCORE, None)):
     """Launch the forward kernel. ``q`` ``(B, Hq, Nq, D)``, ``k`` ``(B, Hkv, Nkv, D)``, ``v``
     ``(B, Hkv, Nkv, Dv)``; ``layout``'s blocks are multiples of the kernel's tiles: ``block_m``
     query rows per program, ``block_n`` keys per step (defaults: :func:`tuning.forward_config`).
@@ -178,11 +187,15 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
 
     ``kernel``: ``"auto"`` runs the warp-specialized Hopper kernel (:mod:`.fwd_hopper`) on the
     inputs it takes when no tile is given, else this module's kernel; ``"portable"`` always
-    this module's; ``"hopper"`` the Hopper kernel or a ``ValueError`` saying why not."""
+    this module's; ``"hopper"`` the Hopper kernel or a ``ValueError`` saying why not.
+    ``score``: ``(SCORE, rates)`` of a score modification (:mod:`.score`; this module's kernel
+    only)."""
     if kernel not in FORWARD_KERNELS:
         raise ValueError(f"kernel must be one of {FORWARD_KERNELS}, got {kernel!r}")
-    if kernel == "auto" and not policy.hopper_forward:
+    if kernel == "auto" and (not policy.hopper_forward or score[0][5]):
         kernel = "portable"
+    if kernel == "hopper" and score[0][5]:
+        raise ValueError("kernel='hopper' cannot run these inputs: it takes no score modification")
     if kernel != "portable":
         if any(x is not None for x in (block_m, block_n, num_warps, num_stages)):
             why = "its tiles and warps are fixed"
@@ -208,16 +221,19 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
         raise ValueError(f"kernel tiles {bm}x{bn} must divide the layout's blocks {layout.block_q}x{layout.block_kv}")
     lists, list_strides = block_lists(layout)
     bits, bit_rows, *bit_strides = mask_operands(layout, spec, q.device)
+    spec_score, rates = score
+    rates, rate_stride = score_terms.rate_operand(rates, bits)
     # IEEE: Triton's fp32 dot would use tf32 on GPUs; fp32 inputs keep full precision.
     launch(_fwd_kernel, KernelConfig(bm, bn, num_warps, num_stages),
            lambda c: (cdiv(q_len, c.block_m), batch * heads),
-           (q, k, v, out, lse, *lists, bits, bit_rows,
+           (q, k, v, out, lse, *lists, bits, bit_rows, rates,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *list_strides, *bit_strides,
-            heads, heads // k.shape[1], q_len, kv_len, q_rows, kv_rows, scale * LOG2E),
+            rate_stride, heads, heads // k.shape[1], q_len, kv_len, q_rows, kv_rows, scale * LOG2E),
            dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=head_block(head_dim),
                 BLOCK_DV=head_block(head_dim_v), LAYOUT_BLOCK_Q=layout.block_q, LAYOUT_BLOCK_KV=layout.block_kv,
                 **bounds_flags(spec, q_len, kv_len, bm, layout.block_kv), IEEE=q.dtype == torch.float32,
-                MASK=spec.constexpr, FULL_RUNS=policy.full_runs and getattr(layout, "full_runs", None) is True))
+                MASK=spec.constexpr, FULL_RUNS=policy.full_runs and getattr(layout, "full_runs", None) is True,
+                SCORE=spec_score))
     return out, lse
 
 

@@ -182,12 +182,14 @@ class _EagerSparseAttention(torch.autograd.Function):
     about as much host time as a small problem's kernels, twice per step."""
 
     @staticmethod
-    def forward(ctx, q, k, v, layout, spec: MaskSpec, scale: float):
+    def forward(ctx, q, k, v, layout, spec: MaskSpec, scale: float, score_spec=None, rates=None):
         from .fwd import attention_forward
+        from .score import NO_SCORE
 
-        out, lse = attention_forward(q, k, v, layout, spec, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.layout, ctx.spec, ctx.scale = layout, spec, scale
+        score_spec = score_spec or NO_SCORE
+        out, lse = attention_forward(q, k, v, layout, spec, scale, score=(score_spec, rates))
+        ctx.save_for_backward(q, k, v, out, lse, rates)
+        ctx.layout, ctx.spec, ctx.scale, ctx.score_spec = layout, spec, scale, score_spec
         ctx.set_materialize_grads(False)
         return out, lse
 
@@ -195,23 +197,33 @@ class _EagerSparseAttention(torch.autograd.Function):
     def backward(ctx, dout, dlse):
         from .bwd import attention_backward
 
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, rates = ctx.saved_tensors
         if dout is None:  # only lse was used
             dout = torch.zeros_like(out)
-        dq, dk, dv = attention_backward(dout, dlse, q, k, v, out, lse, ctx.layout, ctx.spec, ctx.scale)
-        return dq, dk, dv, None, None, None
+        learn = rates is not None and ctx.needs_input_grad[7]
+        drates = torch.zeros(rates.shape, dtype=torch.float32, device=q.device) if learn else None
+        spec_score = ctx.score_spec if learn or rates is None else (*ctx.score_spec[:4], 0, *ctx.score_spec[5:])
+        dq, dk, dv = attention_backward(dout, dlse, q, k, v, out, lse, ctx.layout, ctx.spec, ctx.scale,
+                                        score=(spec_score, rates, drates))
+        return dq, dk, dv, None, None, None, None, (drates.to(rates.dtype) if learn else None)
 
 
-def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float):
+def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float, score: tuple | None = None):
     """``(out, lse)`` for a BlockLayout, differentiable: through the custom operator under
     ``torch.compile``, else through the same launchers without the operator dispatch (and
-    without the autograd Function when no gradient is recorded)."""
+    without the autograd Function when no gradient is recorded). ``score``: ``(SCORE, rates)``
+    of a score modification (:mod:`.score`; eager calls only), the rates differentiable."""
     if not torch.compiler.is_compiling():
-        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        score_spec, rates = score if score is not None else (None, None)
+        tensors = (q, k, v) if rates is None else (q, k, v, rates)
+        if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
             from .fwd import attention_forward  # nothing to record: skip the Function's host time
+            from .score import NO_SCORE
 
-            return attention_forward(q, k, v, layout, spec, float(scale))
-        return _EagerSparseAttention.apply(q, k, v, layout, spec, float(scale))
+            return attention_forward(q, k, v, layout, spec, float(scale), score=(score_spec or NO_SCORE, rates))
+        return _EagerSparseAttention.apply(q, k, v, layout, spec, float(scale), score_spec, rates)
+    if score is not None:
+        raise ValueError("score modifications do not run on the Triton kernels under torch.compile yet")
     return torch.ops.foveate.sparse_attention(
         q, k, v, *[getattr(layout, name) for name in LIST_FIELDS], spec.to_ints(), float(scale), layout.block_q,
         layout.block_kv, layout.full_runs is True, getattr(layout, "row_blocks", None) or 0.0,

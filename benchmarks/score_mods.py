@@ -9,9 +9,10 @@ and into every learnable tensor of the modification):
   left); for each: no modification (on our kernels and on FlexAttention), ``Softcap(50)``,
   ``ALiBi()``, ``DistanceDecay`` (learnable rates; Manhattan on the canvas), a
   ``RelativePositionBias`` (T5 buckets, learnable; Swin's windowed table on the canvas), and
-  ``LowRankBias`` (r=16). ``foveate`` is what ``attention()`` runs (``backend="auto"``: today
-  flex for every modification but the low-rank bias, which runs on our kernels as extra
-  features); ``cost`` is the row's time over the unmodified pattern's on our kernels;
+  ``LowRankBias`` (r=16). ``auto`` is what ``attention()`` runs (our kernels for softcap, ALiBi,
+  1-D decays and the low-rank bias (as extra features); flex for the others, and for every
+  modification on the canvas), beside FlexAttention with the same ``score_mod``; ``cost`` is the
+  row's time over the unmodified pattern's on our kernels;
 * low-rank against dense: ``LowRankBias`` (r=16, N=16K, causal) against ``DenseBias`` of the same
   bias (materialised, 16 x 16K x 16K), forward+backward time and peak memory.
 
@@ -85,8 +86,8 @@ def pattern_rows(heads, dim, device):
         base = None
         for mod_name, mod in modifications(name, pattern, n, heads, device).items():
             learn = [t for t in (mod.parameters() if mod is not None else ()) if t.requires_grad]
-            tensors = [q, k, v, *learn]
-            for backend in (["auto", "flex"] if mod is None else ["auto"]):
+            for backend in ["auto", "flex"]:
+                tensors = [q, k, v, *learn]
                 def run(backend=backend, mod=mod):
                     return foveate.attention(q, k, v, pattern, score_mod=mod, backend=backend)
 
@@ -110,13 +111,14 @@ def pattern_rows(heads, dim, device):
 
 
 def _chosen(q, k, v, pattern, mod, backend):
-    if backend != "auto":
-        return backend
-    if mod is not None and all(isinstance(p, S.LowRankBias) for p in mod.parts()):
-        return "triton (extra features)"
-    if mod is not None:
-        return "flex"
-    return "triton"
+    """The backend that ``attention()`` picks for the row (what its time measures)."""
+    from foveate.backends import Problem, select
+
+    problem = Problem(batch=q.shape[0], heads_q=q.shape[1], heads_kv=k.shape[1], q_len=q.shape[2], kv_len=k.shape[2],
+                      head_dim=q.shape[3], head_dim_v=v.shape[3], dtype=q.dtype, device=q.device, requires_grad=True,
+                      return_lse=False, pattern=pattern,
+                      score_mod=None if mod is None or isinstance(mod, S.LowRankBias) else mod)
+    return select(problem, backend).name
 
 
 def _check(q, k, v, pattern, mod, backend):

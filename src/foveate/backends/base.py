@@ -101,7 +101,7 @@ def score_mod_reason(problem: Problem) -> str | None:
     if problem.score_mod is None:
         return None
     return (f"score_mod={problem.score_mod!r}: this backend takes no score modification (the reference and flex "
-            "backends take every one, triton Softcap, ALiBi and 1-D DistanceDecay, all LowRankBias)")
+            "backends take every one, triton Softcap, ALiBi, 1-D DistanceDecay and DenseBias, all LowRankBias)")
 
 
 class PyTorchBackend(Backend):

@@ -67,10 +67,11 @@ def _delta_kernel(O, DO, DLSE, DELTA,
 def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
                HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_N: tl.constexpr, PAD_KEYS: tl.constexpr,
-               IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr, BITS, rate, drate,
-               SCORE: tl.constexpr):
+               IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr, BITS, rate, drate, BIAS, DBIAS,
+               q_len, bias_sm, bias_sn, dbias_sm, SCORE: tl.constexpr):
     """dq's update with the ``BLOCK_N`` keys from ``start_n``; with a score modification
-    (``SCORE``), also its rate's gradient ``drate`` (a scalar)."""
+    (``SCORE``), also its rate's gradient ``drate`` (a scalar) and its bias's (written to
+    ``DBIAS``, rows of ``dbias_sm``; each pair is visited once)."""
     offs_n = start_n + offs_n0
     pad: tl.constexpr = MASKED and PAD_KEYS
     rows_n = token_rows(start_n, offs_n0, rows_n0, kv_rows, MASK, pad)
@@ -87,7 +88,11 @@ def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, rows_n0, 
         dp = tl.dot(do, tl.trans(v))
     if SCORE[5]:  # (the modified scores, recomputed in natural units)
         dist = score_terms.distance(offs_m, offs_n, SCORE)
-        s_mod = score_terms.modify(qk * (qk_scale * 0.6931471805599453), dist, rate, SCORE)
+        if SCORE[6]:
+            bias = score_terms.bias_tile(BIAS, offs_m, offs_n, q_len, kv_len, bias_sm, bias_sn)
+        else:
+            bias = 0.0
+        s_mod = score_terms.modify(qk * (qk_scale * 0.6931471805599453), dist, rate, bias, SCORE)
         p = tl.math.exp2(s_mod * 1.4426950408889634 - lse2[:, None])
     else:
         p = tl.math.exp2(qk * qk_scale - lse2[:, None])
@@ -100,6 +105,9 @@ def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, rows_n0, 
         ds = score_terms.pre_cap(ds, s_mod, SCORE)
         if SCORE[4]:  # d rate = sum of -distance * d score
             drate -= tl.sum(tl.sum(ds * dist, 1), 0)
+        if SCORE[7]:  # d bias = d score, where the rows and keys exist
+            inside = (offs_m[:, None] < q_len) & (offs_n[None, :] < kv_len)
+            tl.store(DBIAS + offs_m[:, None] * dbias_sm + offs_n[None, :], ds, mask=inside)
     if IEEE:
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision="ieee")
     else:
@@ -110,7 +118,7 @@ def _dq_update(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_n0, rows_n0, 
 @triton.jit
 def _dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA,
-    KV_NUM, KV_IDX, FULL_NUM, FULL_IDX, BITS, BIT_ROWS, RATES, DRATES,
+    KV_NUM, KV_IDX, FULL_NUM, FULL_IDX, BITS, BIT_ROWS, RATES, DRATES, BIAS, DBIAS,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -118,7 +126,7 @@ def _dq_kernel(
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_lb, stride_lh, stride_lm,
     num_sb, num_sh, num_sm, idx_sb, idx_sh, idx_sm, fnum_sb, fnum_sh, fnum_sm, fidx_sb, fidx_sh, fidx_sm,
-    bits_sb, bits_sh, bits_sm, rate_stride,
+    bits_sb, bits_sh, bits_sm, rate_stride, bias_sb, bias_sh, bias_sm, bias_sn, dbias_sh, dbias_sm,
     H, GROUP, q_len, kv_len, q_rows, kv_rows, qk_scale, scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -135,6 +143,8 @@ def _dq_kernel(
         BITS += b * bits_sb
     rate = score_terms.head_rate(RATES, h, rate_stride, SCORE)
     drate = tl.sum(tl.zeros([1], tl.float32), 0)  # (a float32 scalar: carried through the loops)
+    BIAS += b * bias_sb + h * bias_sh
+    DBIAS += (b * H + h) * dbias_sh  # (float32, (B, H, Nq, Nkv), contiguous)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_m = pid_m * BLOCK_M + offs_m0
     offs_d = tl.arange(0, BLOCK_D)
@@ -167,7 +177,7 @@ def _dq_kernel(
             dq, drate = _dq_update(dq, q, do, lse2, delta, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0,
                                    offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows,
                                    qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, IEEE, False, MASK, BITS, rate,
-                                   drate, SCORE)
+                                   drate, BIAS, DBIAS, q_len, bias_sm, bias_sn, dbias_sm, SCORE)
     if MASK[HAS_BITS]:  # the row's partial blocks have consecutive bits, from this one
         BITS = block_bits(BITS, tl.load(BIT_ROWS + b * bits_sb + h * bits_sh + qb * bits_sm), MASK)
     for j in range(0, n_part):
@@ -176,7 +186,8 @@ def _dq_kernel(
             dq, drate = _dq_update(dq, q, do, lse2, delta, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0,
                                    offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows,
                                    qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, IEEE, True, MASK,
-                                   block_bits(BITS, j, MASK), rate, drate, SCORE)
+                                   block_bits(BITS, j, MASK), rate, drate, BIAS, DBIAS, q_len, bias_sm, bias_sn,
+                                   dbias_sm, SCORE)
     if SCORE[4]:  # (one atomic add per program: the rate's gradient is not bitwise deterministic)
         tl.atomic_add(DRATES + h * rate_stride, drate)
     dq = dq * scale
@@ -188,7 +199,8 @@ def _dq_kernel(
 def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, rows_m0, offs_d, offs_dv,
                  stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, q_rows, qk_scale,
                  HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_M: tl.constexpr, IEEE: tl.constexpr,
-                 MASKED: tl.constexpr, MASK: tl.constexpr, BITS, rate, SCORE: tl.constexpr):
+                 MASKED: tl.constexpr, MASK: tl.constexpr, BITS, rate, BIAS, kv_len, bias_sm, bias_sn,
+                 SCORE: tl.constexpr):
     rows_m = token_rows(start_m, offs_m0, rows_m0, q_rows, MASK, True)
     q = load_tile(Q + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, rows_m, offs_d, q_rows, HEAD_DIM,
                   EVEN_M, HEAD_DIM == offs_d.shape[0])
@@ -208,7 +220,11 @@ def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, rows
         qk_t = tl.dot(k, tl.trans(q))
     if SCORE[5]:  # (transposed: keys by queries)
         dist_t = tl.trans(score_terms.distance(start_m + offs_m0, offs_n, SCORE))
-        s_t = score_terms.modify(qk_t * (qk_scale * 0.6931471805599453), dist_t, rate, SCORE)
+        if SCORE[6]:
+            bias_t = tl.trans(score_terms.bias_tile(BIAS, start_m + offs_m0, offs_n, q_rows, kv_len, bias_sm, bias_sn))
+        else:
+            bias_t = 0.0
+        s_t = score_terms.modify(qk_t * (qk_scale * 0.6931471805599453), dist_t, rate, bias_t, SCORE)
         p_t = tl.math.exp2(s_t * 1.4426950408889634 - lse2[None, :])
     else:
         p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
@@ -233,7 +249,7 @@ def _dkdv_update(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, rows
 @triton.jit
 def _dkdv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA,
-    Q_NUM, Q_IDX, FULL_NUM, FULL_IDX, BITS, BIT_COLS, RATES,
+    Q_NUM, Q_IDX, FULL_NUM, FULL_IDX, BITS, BIT_COLS, RATES, BIAS,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -242,7 +258,7 @@ def _dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_lb, stride_lh, stride_lm,
     num_sb, num_sh, num_sn, idx_sb, idx_sh, idx_sn, fnum_sb, fnum_sh, fnum_sn, fidx_sb, fidx_sh, fidx_sn,
-    bits_sb, bits_sh, bits_sn, rate_stride,
+    bits_sb, bits_sh, bits_sn, rate_stride, bias_sb, bias_sh, bias_sm, bias_sn,
     H_KV, GROUP, q_len, kv_len, q_rows, kv_rows, qk_scale, scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -279,6 +295,7 @@ def _dkdv_kernel(
     for g in range(0, GROUP):  # the query heads that share this kv head, in order
         h = hk * GROUP + g
         rate = score_terms.head_rate(RATES, h, rate_stride, SCORE)
+        BIASh = BIAS + b * bias_sb + h * bias_sh
         Qh = Q + b * stride_qb + h * stride_qh
         DOh = DO + b * stride_dob + h * stride_doh
         LSEh = LSE + b * stride_lb + h * stride_lh
@@ -293,7 +310,7 @@ def _dkdv_kernel(
                 dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n,
                                       offs_m0, rows_m0, offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod,
                                       stride_lm, q_rows, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, False, MASK,
-                                      BITS, rate, SCORE)
+                                      BITS, rate, BIASh, kv_len, bias_sm, bias_sn, SCORE)
         bit_cols = BIT_COLS + b * bits_sb + h * bits_sh + kvb * bits_sn
         for i in range(0, n_part):
             q_start = tl.load(part_row + i) * LAYOUT_BLOCK_Q
@@ -305,7 +322,7 @@ def _dkdv_kernel(
                 dk, dv = _dkdv_update(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, q_start + sub * BLOCK_M, offs_n,
                                       offs_m0, rows_m0, offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod,
                                       stride_lm, q_rows, qk_scale, HEAD_DIM, HEAD_DIM_V, EVEN_M, IEEE, True, MASK,
-                                      bits_i, rate, SCORE)
+                                      bits_i, rate, BIASh, kv_len, bias_sm, bias_sn, SCORE)
     dk = dk * scale
     store_tile(DK + b * stride_dkb + hk * stride_dkh + rows_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
                dk.to(DK.dtype.element_ty), rows_n, offs_d, kv_rows, HEAD_DIM, even_n, even_d)
@@ -314,19 +331,20 @@ def _dkdv_kernel(
 
 
 def attention_backward(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, scale: float,
-                       score: tuple = (score_terms.NO_SCORE, None, None)):
+                       score: score_terms.KernelScore | None = None, drates=None, dbias=None):
     """Gradients of the forward's ``(out, lse)``: returns ``dq, dk, dv`` with the shapes and
     dtypes of ``q, k, v``. ``dlse`` may be ``None`` (no gradient reaches ``lse``). ``layout``
-    is the forward's, with its transposed (``q_*``) lists. ``score``: ``(SCORE, rates,
-    drates)`` of the forward's score modification (:mod:`.score`); the rates' gradient is added
-    into ``drates`` (float32, zeros) when ``SCORE`` says they learn."""
+    is the forward's, with its transposed (``q_*``) lists. ``score``: the forward's score
+    modification (:class:`.score.KernelScore`); the rates' gradient is added into ``drates``
+    (float32 zeros) and the bias's written into ``dbias`` (float32 zeros ``(B, H, Nq, Nkv)``)
+    when its ``SCORE`` says they learn."""
     if _in_tiled_order(spec, layout):
         return _backward_in_tiled_order(dout, dlse, q, k, v, out, lse, layout, spec, scale)
-    return _backward_kernels(dout, dlse, q, k, v, out, lse, layout, spec, scale, score)
+    return _backward_kernels(dout, dlse, q, k, v, out, lse, layout, spec, scale, score, drates, dbias)
 
 
 def _backward_kernels(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, scale: float,
-                      score: tuple = (score_terms.NO_SCORE, None, None)):
+                      score: score_terms.KernelScore | None = None, drates=None, dbias=None):
     """:func:`attention_backward`'s three launches (the tensors in the order ``spec`` says)."""
     batch, heads, q_rows, head_dim = q.shape
     heads_kv, kv_rows, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
@@ -350,12 +368,15 @@ def _backward_kernels(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sca
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    spec_score, rates, drates = score
-    rates, rate_stride = score_terms.rate_operand(rates, lse)
+    score = score or score_terms.KernelScore()
+    rates, rate_stride = score_terms.rate_operand(score.rates, lse)
+    bias, *bias_strides = score_terms.bias_operand(score.bias, lse)
     drates = lse if drates is None else drates
+    dbias_strides = (0, 0) if dbias is None else (dbias.stride(1), dbias.stride(2))
+    dbias = lse if dbias is None else dbias
     common = dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=bd, BLOCK_DV=bdv,
                   LAYOUT_BLOCK_Q=layout.block_q, LAYOUT_BLOCK_KV=layout.block_kv, IEEE=ieee, MASK=spec.constexpr,
-                  SCORE=spec_score)
+                  SCORE=score.spec)
     qk_scale = scale * LOG2E
     kv_lists, kv_strides = block_lists(layout)
     q_lists, q_strides = block_lists(layout, transposed=True)
@@ -369,14 +390,14 @@ def _backward_kernels(dout, dlse, q, k, v, out, lse, layout, spec: MaskSpec, sca
         side.wait_stream(torch.cuda.current_stream(q.device))
     with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
         launch(_dq_kernel, cfg.dq, lambda c: (cdiv(q_len, c.block_m), batch * heads),
-               (q, k, v, dout, dq, lse, delta, *kv_lists, bits, bit_rows, rates, drates,
+               (q, k, v, dout, dq, lse, delta, *kv_lists, bits, bit_rows, rates, drates, bias, dbias,
                 *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *lse.stride(), *kv_strides,
-                *bit_row_strides, rate_stride, heads, group, q_len, kv_len, q_rows, kv_rows, qk_scale, scale),
+                *bit_row_strides, rate_stride, *bias_strides, *dbias_strides, heads, group, q_len, kv_len, q_rows, kv_rows, qk_scale, scale),
                dict(common, **flags), inner="n")
     launch(_dkdv_kernel, cfg.dkdv, lambda c: (cdiv(kv_len, c.block_n), batch * heads_kv),
-           (q, k, v, dout, dk, dv, lse, delta, *q_lists, bits, bit_cols, rates,
+           (q, k, v, dout, dk, dv, lse, delta, *q_lists, bits, bit_cols, rates, bias,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *lse.stride(),
-            *q_strides, *bit_col_strides, rate_stride,
+            *q_strides, *bit_col_strides, rate_stride, *bias_strides,
             heads_kv, group, q_len, kv_len, q_rows, kv_rows, qk_scale, scale),
            dict(common, **flags), inner="m")
     if side is not None:

@@ -39,10 +39,10 @@ def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, rows_n0, off
                   stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
                   HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, EVEN_N: tl.constexpr, PAD_KEYS: tl.constexpr,
                   BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr, MASK: tl.constexpr, BITS,
-                  rate, SCORE: tl.constexpr):
+                  rate, BIAS, q_len, bias_sm, bias_sn, SCORE: tl.constexpr):
     """Online-softmax update with the ``BLOCK_N`` keys from position ``start_n``; ``MASKED``:
     they belong to a partial block (whose bits, for a bitmask spec, are at ``BITS``). ``SCORE``,
-    ``rate``: the score modification (:mod:`.score`).
+    ``rate``, ``BIAS`` (at the program's batch and head): the score modification (:mod:`.score`).
     ``PAD_KEYS``: partial blocks may hold canvas padding, which has no memory row (full blocks
     never do). ``rows_n0 = tile_rows(offs_n0)``."""
     offs_n = start_n + offs_n0
@@ -63,7 +63,11 @@ def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, rows_n0, off
         # as its reference so that exp2 gives 0, not NaN.
         if SCORE[5]:  # (modified in natural units, then back to base 2)
             dist = score_terms.distance(offs_m, offs_n, SCORE)
-            qk = score_terms.modify(qk * (qk_scale * 0.6931471805599453), dist, rate, SCORE) * 1.4426950408889634
+            if SCORE[6]:
+                bias = score_terms.bias_tile(BIAS, offs_m, offs_n, q_len, kv_len, bias_sm, bias_sn)
+            else:
+                bias = 0.0
+            qk = score_terms.modify(qk * (qk_scale * 0.6931471805599453), dist, rate, bias, SCORE) * 1.4426950408889634
         else:
             qk = qk * qk_scale
         if MASKED:
@@ -92,14 +96,14 @@ def _block_update(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_n0, rows_n0, off
 @triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE,
-    KV_NUM, KV_IDX, FULL_NUM, FULL_IDX, BITS, BIT_ROWS, RATES,
+    KV_NUM, KV_IDX, FULL_NUM, FULL_IDX, BITS, BIT_ROWS, RATES, BIAS,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_lb, stride_lh, stride_lm,
     num_sb, num_sh, num_sm, idx_sb, idx_sh, idx_sm, fnum_sb, fnum_sh, fnum_sm, fidx_sb, fidx_sh, fidx_sm,
-    bits_sb, bits_sh, bits_sm, rate_stride,
+    bits_sb, bits_sh, bits_sm, rate_stride, bias_sb, bias_sh, bias_sm, bias_sn,
     H, GROUP, q_len, kv_len, q_rows, kv_rows, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     LAYOUT_BLOCK_Q: tl.constexpr, LAYOUT_BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -115,6 +119,7 @@ def _fwd_kernel(
     if MASK[HAS_IDS]:  # the batch element's segment ids
         BITS += b * bits_sb
     rate = score_terms.head_rate(RATES, h, rate_stride, SCORE)
+    BIAS += b * bias_sb + h * bias_sh
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_m = pid_m * BLOCK_M + offs_m0
     offs_d = tl.arange(0, BLOCK_D)
@@ -145,7 +150,8 @@ def _fwd_kernel(
             acc, m_i, l_i = _block_update(
                 acc, m_i, l_i, q, K, V, kv_start, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
-                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK, BITS, rate, SCORE)
+                HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK, BITS, rate, BIAS, q_len, bias_sm,
+                bias_sn, SCORE)
     else:
         for j in range(0, n_full):
             kv_start = tl.load(full_row + j) * LAYOUT_BLOCK_KV
@@ -153,7 +159,8 @@ def _fwd_kernel(
                 acc, m_i, l_i = _block_update(
                     acc, m_i, l_i, q, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
-                    HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK, BITS, rate, SCORE)
+                    HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, False, MASK, BITS, rate, BIAS, q_len, bias_sm,
+                bias_sn, SCORE)
     if MASK[HAS_BITS]:  # the row's partial blocks have consecutive bits, from this one
         BITS = block_bits(BITS, tl.load(BIT_ROWS + b * bits_sb + h * bits_sh + qb * bits_sm), MASK)
     for j in range(0, n_part):  # partial blocks: the pattern's mask
@@ -163,7 +170,7 @@ def _fwd_kernel(
                 acc, m_i, l_i, q, K, V, kv_start + sub * BLOCK_N, offs_m, offs_n0, rows_n0, offs_d, offs_dv,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, kv_rows, qk_scale,
                 HEAD_DIM, HEAD_DIM_V, EVEN_N, PAD_KEYS, BLOCK_N, IEEE, True, MASK, block_bits(BITS, j, MASK), rate,
-                SCORE)
+                BIAS, q_len, bias_sm, bias_sn, SCORE)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -178,7 +185,7 @@ def _fwd_kernel(
 
 def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m: int | None = None,
                       block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
-                      kernel: str = "auto", score: tuple = (score_terms.NO_SCORE, None)):
+                      kernel: str = "auto", score: score_terms.KernelScore | None = None):
     """Launch the forward kernel. ``q`` ``(B, Hq, Nq, D)``, ``k`` ``(B, Hkv, Nkv, D)``, ``v``
     ``(B, Hkv, Nkv, Dv)``; ``layout``'s blocks are multiples of the kernel's tiles: ``block_m``
     query rows per program, ``block_n`` keys per step (defaults: :func:`tuning.forward_config`).
@@ -188,13 +195,13 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
     ``kernel``: ``"auto"`` runs the warp-specialized Hopper kernel (:mod:`.fwd_hopper`) on the
     inputs it takes when no tile is given, else this module's kernel; ``"portable"`` always
     this module's; ``"hopper"`` the Hopper kernel or a ``ValueError`` saying why not.
-    ``score``: ``(SCORE, rates)`` of a score modification (:mod:`.score`; this module's kernel
-    only)."""
+    ``score``: a score modification (:class:`.score.KernelScore`; this module's kernel only)."""
     if kernel not in FORWARD_KERNELS:
         raise ValueError(f"kernel must be one of {FORWARD_KERNELS}, got {kernel!r}")
-    if kernel == "auto" and (not policy.hopper_forward or score[0][5]):
+    score = score or score_terms.KernelScore()
+    if kernel == "auto" and (not policy.hopper_forward or score.spec[5]):
         kernel = "portable"
-    if kernel == "hopper" and score[0][5]:
+    if kernel == "hopper" and score.spec[5]:
         raise ValueError("kernel='hopper' cannot run these inputs: it takes no score modification")
     if kernel != "portable":
         if any(x is not None for x in (block_m, block_n, num_warps, num_stages)):
@@ -221,19 +228,19 @@ def attention_forward(q, k, v, layout, spec: MaskSpec, scale: float, *, block_m:
         raise ValueError(f"kernel tiles {bm}x{bn} must divide the layout's blocks {layout.block_q}x{layout.block_kv}")
     lists, list_strides = block_lists(layout)
     bits, bit_rows, *bit_strides = mask_operands(layout, spec, q.device)
-    spec_score, rates = score
-    rates, rate_stride = score_terms.rate_operand(rates, bits)
+    rates, rate_stride = score_terms.rate_operand(score.rates, bits)
+    bias, *bias_strides = score_terms.bias_operand(score.bias, bits)
     # IEEE: Triton's fp32 dot would use tf32 on GPUs; fp32 inputs keep full precision.
     launch(_fwd_kernel, KernelConfig(bm, bn, num_warps, num_stages),
            lambda c: (cdiv(q_len, c.block_m), batch * heads),
-           (q, k, v, out, lse, *lists, bits, bit_rows, rates,
+           (q, k, v, out, lse, *lists, bits, bit_rows, rates, bias,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *list_strides, *bit_strides,
-            rate_stride, heads, heads // k.shape[1], q_len, kv_len, q_rows, kv_rows, scale * LOG2E),
+            rate_stride, *bias_strides, heads, heads // k.shape[1], q_len, kv_len, q_rows, kv_rows, scale * LOG2E),
            dict(HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=head_block(head_dim),
                 BLOCK_DV=head_block(head_dim_v), LAYOUT_BLOCK_Q=layout.block_q, LAYOUT_BLOCK_KV=layout.block_kv,
                 **bounds_flags(spec, q_len, kv_len, bm, layout.block_kv), IEEE=q.dtype == torch.float32,
                 MASK=spec.constexpr, FULL_RUNS=policy.full_runs and getattr(layout, "full_runs", None) is True,
-                SCORE=spec_score))
+                SCORE=score.spec))
     return out, lse
 
 

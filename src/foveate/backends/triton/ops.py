@@ -182,46 +182,58 @@ class _EagerSparseAttention(torch.autograd.Function):
     about as much host time as a small problem's kernels, twice per step."""
 
     @staticmethod
-    def forward(ctx, q, k, v, layout, spec: MaskSpec, scale: float, score_spec=None, rates=None):
+    def forward(ctx, q, k, v, layout, spec: MaskSpec, scale: float, score=None, rates=None, bias=None):
         from .fwd import attention_forward
-        from .score import NO_SCORE
 
-        score_spec = score_spec or NO_SCORE
-        out, lse = attention_forward(q, k, v, layout, spec, scale, score=(score_spec, rates))
-        ctx.save_for_backward(q, k, v, out, lse, rates)
-        ctx.layout, ctx.spec, ctx.scale, ctx.score_spec = layout, spec, scale, score_spec
+        out, lse = attention_forward(q, k, v, layout, spec, scale, score=score)
+        ctx.save_for_backward(q, k, v, out, lse, rates, bias)
+        ctx.layout, ctx.spec, ctx.scale, ctx.score = layout, spec, scale, score
         ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
         from .bwd import attention_backward
+        from .score import KernelScore
 
-        q, k, v, out, lse, rates = ctx.saved_tensors
+        q, k, v, out, lse, rates, bias = ctx.saved_tensors
         if dout is None:  # only lse was used
             dout = torch.zeros_like(out)
-        learn = rates is not None and ctx.needs_input_grad[7]
-        drates = torch.zeros(rates.shape, dtype=torch.float32, device=q.device) if learn else None
-        spec_score = ctx.score_spec if learn or rates is None else (*ctx.score_spec[:4], 0, *ctx.score_spec[5:])
+        score, drates, dbias = ctx.score, None, None
+        if score is not None:
+            learn_rates = rates is not None and ctx.needs_input_grad[7]
+            learn_bias = bias is not None and ctx.needs_input_grad[8]
+            spec = list(score.spec)
+            spec[4], spec[7] = int(learn_rates), int(learn_bias)
+            score = KernelScore(tuple(spec), rates, bias)
+            if learn_rates:
+                drates = torch.zeros(rates.shape, dtype=torch.float32, device=q.device)
+            if learn_bias:
+                b, h, n, m = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+                dbias = torch.zeros(b, h, n, m, dtype=torch.float32, device=q.device)
         dq, dk, dv = attention_backward(dout, dlse, q, k, v, out, lse, ctx.layout, ctx.spec, ctx.scale,
-                                        score=(spec_score, rates, drates))
-        return dq, dk, dv, None, None, None, None, (drates.to(rates.dtype) if learn else None)
+                                        score=score, drates=drates, dbias=dbias)
+        if dbias is not None:  # summed over the bias's broadcast axes
+            axes = [a for a in (0, 1) if bias.shape[a] == 1 and dbias.shape[a] > 1]
+            dbias = (dbias.sum(dim=axes, keepdim=True) if axes else dbias).to(bias.dtype)
+        return (dq, dk, dv, None, None, None, None, None if drates is None else drates.to(rates.dtype), dbias)
 
 
-def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float, score: tuple | None = None):
+def run_sparse_attention(q, k, v, layout, spec: MaskSpec, scale: float, score=None):
     """``(out, lse)`` for a BlockLayout, differentiable: through the custom operator under
     ``torch.compile``, else through the same launchers without the operator dispatch (and
-    without the autograd Function when no gradient is recorded). ``score``: ``(SCORE, rates)``
-    of a score modification (:mod:`.score`; eager calls only), the rates differentiable."""
+    without the autograd Function when no gradient is recorded). ``score``: a score
+    modification (:class:`.score.KernelScore`; eager calls only), its rates and bias
+    differentiable."""
     if not torch.compiler.is_compiling():
-        score_spec, rates = score if score is not None else (None, None)
-        tensors = (q, k, v) if rates is None else (q, k, v, rates)
-        if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        extra = () if score is None else tuple(t for t in (score.rates, score.bias) if t is not None)
+        if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *extra))):
             from .fwd import attention_forward  # nothing to record: skip the Function's host time
-            from .score import NO_SCORE
 
-            return attention_forward(q, k, v, layout, spec, float(scale), score=(score_spec or NO_SCORE, rates))
-        return _EagerSparseAttention.apply(q, k, v, layout, spec, float(scale), score_spec, rates)
+            return attention_forward(q, k, v, layout, spec, float(scale), score=score)
+        if score is None:
+            return _EagerSparseAttention.apply(q, k, v, layout, spec, float(scale))
+        return _EagerSparseAttention.apply(q, k, v, layout, spec, float(scale), score, score.rates, score.bias)
     if score is not None:
         raise ValueError("score modifications do not run on the Triton kernels under torch.compile yet")
     return torch.ops.foveate.sparse_attention(

@@ -28,7 +28,7 @@ from foveate import score_mods as S
 from foveate.backends import reference as reference_module
 
 import brute
-from kernel_spy import needs_triton
+from kernel_spy import DEVICE, needs_triton
 
 F64 = torch.float64
 
@@ -272,6 +272,26 @@ def case_chain_biases_low_rank_decay_cap(c, gen):  # a low-rank bias after other
             lambda s, b, u, w, r: 2.0 * torch.tanh((s + b + _low_rank(u, w, c) - heads(r) * d) / 2.0))
 
 
+def case_chain_decay_cap(c, gen):
+    d = distance_1d(c.Nq, c.Nkv)
+    return ([_rates(gen, c.Hq)], lambda r: S.DistanceDecay(r) + S.Softcap(2.0),
+            lambda s, r: 2.0 * torch.tanh((s - heads(r) * d) / 2.0))
+
+
+def case_chain_alibi_cap(c, gen):
+    slopes = torch.tensor(paper_slopes(c.Hq), dtype=F64)
+    d = distance_1d(c.Nq, c.Nkv)
+    return [], lambda: S.ALiBi() + S.Softcap(1.0), lambda s: 1.0 * torch.tanh((s - heads(slopes) * d) / 1.0)
+
+
+def case_chain_low_rank_alibi_cap(c, gen):  # the features (low rank), then a distance bias and a cap
+    slopes = torch.tensor(paper_slopes(c.Hq), dtype=F64)
+    d = distance_1d(c.Nq, c.Nkv)
+    ts = [_rand(gen, 1, c.Hq, c.Nq, 2, scale=0.7), _rand(gen, c.B, 1, c.Nkv, 2, scale=0.7)]
+    return (ts, lambda u, w: S.LowRankBias(u, w) + S.ALiBi() + S.Softcap(1.5),
+            lambda s, u, w: 1.5 * torch.tanh((s + _low_rank(u, w, c) - heads(slopes) * d) / 1.5))
+
+
 SEQUENCE_CASES = {name[5:]: fn for name, fn in globals().copy().items() if name.startswith("case_")}
 
 
@@ -335,9 +355,10 @@ def _loss(out, lse, d_out, d_lse):
 
 
 def run_case(case, pattern, mask, ctx, *, backend="reference", tile=None, dtype=F64, head_dim=8, tol=1e-10,
-             lse_tol=2e-6, seed=0, scale=None):
+             lse_tol=2e-6, seed=0, scale=None, tensor_dtype=None, device=None):
     """foveate's ``(out, lse, grads)`` against the naive ones; grads of q, k, v and of every learnable
-    tensor of the case."""
+    tensor of the case. The Triton backend runs on the kernels' device (a GPU, else the interpreter)."""
+    device = (DEVICE if backend == "triton" else torch.device("cpu")) if device is None else device
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(ctx.B, ctx.Hq, ctx.Nq, head_dim, generator=gen, dtype=F64)
     k = torch.randn(ctx.B, ctx.Hkv, ctx.Nkv, head_dim, generator=gen, dtype=F64)
@@ -348,11 +369,14 @@ def run_case(case, pattern, mask, ctx, *, backend="reference", tile=None, dtype=
     names = ["q", "k", "v"] + [f"tensor {i}" for i in range(len(tensors))]
     learn = [True, True, True] + [t.requires_grad for t in tensors]
 
-    got_in = [t.detach().to(dtype).requires_grad_(r) for t, r in zip([q, k, v, *tensors], learn)]
+    got_in = [t.detach().to(device, dtype if i < 3 or tensor_dtype is None else tensor_dtype).requires_grad_(r)
+              for i, (t, r) in enumerate(zip([q, k, v, *tensors], learn))]
     out, lse = foveate.attention(*got_in[:3], pattern, score_mod=build(*got_in[3:]), backend=backend, tile=tile,
                                  return_lse=True, scale=scale)
     assert out.dtype == dtype and lse.dtype == torch.float32
-    got_grads = torch.autograd.grad(_loss(out, lse, d_out, d_lse), [t for t, r in zip(got_in, learn) if r])
+    got_grads = torch.autograd.grad(_loss(out, lse, d_out.to(device), d_lse.to(device)),
+                                    [t for t, r in zip(got_in, learn) if r])
+    out, lse, got_grads = out.cpu(), lse.cpu(), [g.cpu() for g in got_grads]
 
     want_in = [t.detach().clone().requires_grad_(r) for t, r in zip([q, k, v, *tensors], learn)]
     scale = head_dim ** -0.5 if scale is None else scale
@@ -649,28 +673,191 @@ def test_low_rank_with_scale_zero():
 # -- backends: which run what ----------------------------------------------------------------------------------
 
 
-def _qkv(b=1, hq=2, hkv=2, nq=16, nkv=16, d=16, dtype=torch.float32, seed=0):
+def _qkv(b=1, hq=2, hkv=2, nq=16, nkv=16, d=16, dtype=torch.float32, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, hq, nq, d, generator=gen).to(dtype), torch.randn(b, hkv, nkv, d, generator=gen).to(dtype),
-            torch.randn(b, hkv, nkv, d, generator=gen).to(dtype))
+    shapes = ((hq, nq), (hkv, nkv), (hkv, nkv))
+    return tuple(torch.randn(b, h, n, d, generator=gen).to(device, dtype) for h, n in shapes)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("mod", [
-    lambda: S.Softcap(3.0), lambda: S.ALiBi(), lambda: S.DistanceDecay(0.5),
-    lambda: S.RelativePositionBias(torch.zeros(2, 8)), lambda: S.DenseBias(torch.zeros(1, 2, 16, 16)),
-    lambda: _fn, lambda: S.LowRankBias(torch.zeros(1, 1, 16, 2), torch.zeros(1, 1, 16, 2)) + S.Softcap(3.0),
-], ids=["softcap", "alibi", "decay", "rpb", "dense", "function", "low-rank+softcap"])
-def test_layout_backends_refuse_other_modifications(mod, backend, monkeypatch):
+# -- the score modifications inside the Triton kernels: Softcap, ALiBi, 1-D DistanceDecay ---------------------
+
+# (docs/usage.md: one 1-D distance bias and one dense bias, then at most one softcap)
+TRITON_SCORE_CASES = ["softcap", "alibi", "alibi_learnable", "decay", "decay_one_rate", "dense", "dense_shared",
+                      "chain_decay_cap", "chain_alibi_cap", "chain_low_rank_alibi_cap", "chain_alibi_dense_cap",
+                      "chain_biases_low_rank_decay_cap"]
+TRITON_SCORE_CONFIGS = {
+    "causal-gqa": (P.Causal(), dict(B=1, Hq=4, Hkv=2, Nq=40, Nkv=40)),
+    "window-longer-kv": (P.SlidingWindow(5, 3), dict(B=2, Hq=2, Hkv=1, Nq=24, Nkv=40)),
+    "causal-more-queries-6-heads": (P.Causal(), dict(B=1, Hq=6, Hkv=3, Nq=40, Nkv=28)),  # 12 rows see no key
+}
+
+
+@needs_triton
+@pytest.mark.parametrize("config", TRITON_SCORE_CONFIGS)
+@pytest.mark.parametrize("case", TRITON_SCORE_CASES)
+def test_triton_score_modifications(case, config, triton_spy):
+    pattern, dims = TRITON_SCORE_CONFIGS[config]
+    ctx = Ctx(**dims)
+    run_case(SEQUENCE_CASES[case], pattern, sequence_mask(pattern, ctx.Nq, ctx.Nkv), ctx, backend="triton",
+             dtype=torch.float32, head_dim=16, tol=2e-5, lse_tol=2e-5)
+    assert triton_spy["fwd"] >= 1 and triton_spy["bwd"] >= 1
+
+
+@needs_triton
+def test_triton_learnable_rates_with_frozen_inputs():
+    """Only the rates learn (q, k, v without gradients): the kernels' backward still runs for them."""
+    grads = []
+    for backend, device in (("reference", "cpu"), ("triton", DEVICE)):
+        q, k, v = _qkv(1, 4, 2, 40, 40, device=device)
+        rate = torch.tensor([0.05, 0.1, 0.2, 0.4], device=device, requires_grad=True)
+        out, lse = foveate.attention(q, k, v, P.Causal(), score_mod=S.DistanceDecay(rate) + S.Softcap(2.0),
+                                     backend=backend, return_lse=True)
+        (out.sum() + lse.sum()).backward()
+        grads.append(rate.grad.cpu())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize("view", ["transposed", "expanded-heads", "sliced"])
+def test_triton_dense_bias_views(view):
+    """A bias that is a strided view of its parameter: read and differentiated through its strides."""
+    gen = torch.Generator().manual_seed(5)
+    shape = {"transposed": (1, 4, 40, 40), "expanded-heads": (1, 1, 40, 40), "sliced": (2, 4, 40, 80)}[view]
+    base0 = torch.randn(*shape, generator=gen)
+    results = []
+    for backend, device in (("reference", "cpu"), ("triton", DEVICE)):
+        q, k, v = _qkv(2, 4, 2, 40, 40, device=device)
+        base = base0.to(device).requires_grad_()
+        bias = {"transposed": lambda: base.transpose(-1, -2), "expanded-heads": lambda: base.expand(2, 4, 40, 40),
+                "sliced": lambda: base[..., ::2]}[view]()
+        out, lse = foveate.attention(q, k, v, P.Causal(), score_mod=S.DenseBias(bias) + S.Softcap(2.0), backend=backend,
+                                     return_lse=True)
+        (out.sum() + lse.sum()).backward()
+        results.append((out.detach().cpu(), base.grad.cpu()))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("case, backend", [
+    ("dense", "reference"), ("decay", "reference"), ("rpb_t5", "reference"),
+    pytest.param("dense", "triton", marks=needs_triton), pytest.param("decay", "triton", marks=needs_triton),
+])
+def test_float64_tensors_with_float32_inputs(case, backend):
+    """The modification's tensors in float64, the inputs in float32: the scores are computed at the
+    inputs' precision, the gradients come back in float64."""
+    pattern, dims = TRITON_SCORE_CONFIGS["causal-gqa"]
+    ctx = Ctx(**dims)
+    got = run_case(SEQUENCE_CASES[case], pattern, sequence_mask(pattern, ctx.Nq, ctx.Nkv), ctx, backend=backend,
+                   dtype=torch.float32, head_dim=16, tol=2e-5, lse_tol=2e-5, tensor_dtype=F64)
+    assert all(t.dtype == F64 for t in got[3:])
+
+
+_STRIDED_RATES = r"""
+import torch
+if not torch.cuda.is_available():
+    import os
+    os.environ["TRITON_INTERPRET"] = "1"
+import foveate
+from foveate import patterns as P, score_mods as S
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+gen = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(1, 4, 40, 16, generator=gen).to(dev) for _ in range(3))
+grads = []
+for backend in ("reference", "triton"):
+    base = torch.linspace(0.05, 0.4, 8, device=dev).reshape(4, 2).requires_grad_()
+    rate = base[:, 0]  # one rate per head, every other element of its storage (stride 2)
+    out = foveate.attention(q, k, v, P.Causal(), score_mod=S.DistanceDecay(rate), backend=backend)
+    out.sum().backward()
+    grads.append(base.grad.cpu())
+print(grads[0].tolist(), grads[1].tolist())
+torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+"""
+
+
+@needs_triton
+def test_triton_rates_not_contiguous():
+    """Rates that are a strided view (a column of a parameter): their gradient lands in the right
+    elements, and nowhere else (run in a child process: a write out of bounds may crash it)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _STRIDED_RATES], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+
+# -- backends: which run what ----------------------------------------------------------------------------------
+
+
+def _never_run(monkeypatch):
     def never(*a, **k):
         raise AssertionError("a backend ran")
 
-    for name in ("TorchBlocksBackend", "TritonBackend"):
-        cls = type(foveate.backends.get("torch" if name.startswith("Torch") else "triton"))
+    for name in ("torch", "triton"):
+        cls = type(foveate.backends.get(name))
         monkeypatch.setattr(cls, "forward", never)
         monkeypatch.setattr(cls, "forward_tiled", never)
+
+
+REFUSED = {  # by the torch backend; by the Triton kernels too (docs/usage.md: reference and flex only)
+    "rpb": lambda d: S.RelativePositionBias(torch.zeros(2, 8, device=d)),
+    "function": lambda d: _fn,
+    "score-function": lambda d: S.ScoreFunction(_fn),
+    "decay-on-a-canvas": lambda d: S.DistanceDecay(torch.tensor([0.5], device=d), canvas=(4, 4)),
+    "two-distance-biases": lambda d: S.ALiBi() + S.DistanceDecay(torch.tensor([0.5], device=d)),
+    "softcap-then-alibi": lambda d: S.Softcap(3.0) + S.ALiBi(),
+    "two-softcaps": lambda d: S.Softcap(3.0) + S.Softcap(2.0),
+    "rpb+softcap": lambda d: S.RelativePositionBias(torch.zeros(2, 8, device=d)) + S.Softcap(3.0),
+    "two-dense-biases": lambda d: (S.DenseBias(torch.zeros(1, 2, 16, 16, device=d))
+                                   + S.DenseBias(torch.zeros(1, 1, 16, 16, device=d))),
+}
+TAKEN_BY_TRITON = {  # refused by the torch backend
+    "softcap": lambda d: S.Softcap(3.0),
+    "alibi": lambda d: S.ALiBi(),
+    "decay": lambda d: S.DistanceDecay(0.5),
+    "low-rank+softcap": lambda d: S.LowRankBias(torch.zeros(1, 1, 16, 2), torch.zeros(1, 1, 16, 2)) + S.Softcap(3.0),
+    "dense": lambda d: S.DenseBias(torch.zeros(1, 2, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("mod", list(REFUSED) + list(TAKEN_BY_TRITON))
+def test_torch_backend_refuses_modifications(mod, monkeypatch):
+    _never_run(monkeypatch)
+    make = {**REFUSED, **TAKEN_BY_TRITON}[mod]
     with pytest.raises(ValueError, match="score_mod"):
-        foveate.attention(*_qkv(), P.Causal(), score_mod=mod(), backend=backend)
+        foveate.attention(*_qkv(), P.Causal(), score_mod=make("cpu"), backend="torch")
+
+
+@needs_triton
+@pytest.mark.parametrize("mod", REFUSED)
+def test_triton_backend_refuses_modifications(mod, monkeypatch):
+    _never_run(monkeypatch)
+    with pytest.raises(ValueError, match="score_mod"):
+        foveate.attention(*_qkv(device=DEVICE), P.Causal(), score_mod=REFUSED[mod](DEVICE), backend="triton")
+
+
+@needs_triton
+@pytest.mark.parametrize("case", [c for c in SEQUENCE_CASES if c not in TRITON_SCORE_CASES + LOW_RANK_CASES])
+def test_triton_runs_or_refuses(case, triton_spy):
+    """Every other modification on the Triton backend: refused before any kernel runs (a
+    ValueError naming score_mod), or else right (out, lse and every gradient)."""
+    pattern, dims = TRITON_SCORE_CONFIGS["causal-gqa"]
+    ctx = Ctx(**dims)
+    try:
+        run_case(SEQUENCE_CASES[case], pattern, sequence_mask(pattern, ctx.Nq, ctx.Nkv), ctx, backend="triton",
+                 dtype=torch.float32, head_dim=16, tol=2e-5, lse_tol=2e-5)
+    except ValueError as e:
+        assert "score_mod" in str(e) and triton_spy["fwd"] == 0, str(e)
+    else:
+        assert triton_spy["fwd"] >= 1 and triton_spy["bwd"] >= 1
+
+
+@needs_triton
+def test_triton_backend_refuses_modifications_on_a_canvas(monkeypatch):
+    _never_run(monkeypatch)
+    q, k, v = _qkv(nq=64, nkv=64, device=DEVICE)
+    with pytest.raises(ValueError, match="score_mod"):
+        foveate.attention(q, k, v, P.Neighborhood(canvas=(8, 8), kernel=(3, 3)), score_mod=S.Softcap(3.0),
+                          backend="triton")
 
 
 @pytest.mark.parametrize("mod, want", [
@@ -859,6 +1046,24 @@ def test_bad_call(name, monkeypatch):
         foveate.attention(q, k, v, P.Causal(), score_mod=score_mod, backend="reference")
     for t, b in zip((q, k, v, *tensors), before):
         assert torch.equal(t, b) and t.grad is None
+
+
+@pytest.mark.parametrize("make", [lambda: S.DistanceDecay(0.5), lambda: S.ALiBi(slopes=[0.5, 0.25, 0.125, 0.0625])],
+                         ids=["decay-number", "alibi-list"])
+def test_rates_given_as_numbers_on_another_device(make, monkeypatch):
+    """Rates given as numbers carry no device: they pass the checks for inputs on any device (the
+    meta device stands in for a GPU here) and are applied there."""
+
+    class Checked(Exception):
+        pass
+
+    def select(*a, **k):
+        raise Checked
+
+    monkeypatch.setattr(foveate.backends, "select", select)
+    q = torch.empty(1, 4, 8, 16, device=META)
+    with pytest.raises(Checked):
+        foveate.attention(q, q, q, P.Causal(), score_mod=make(), backend="reference")
 
 
 @pytest.mark.parametrize("window, ok", [((3, 3), True), ((3, 2), False), ((2, 3), False)])

@@ -96,7 +96,8 @@ def attention(
     problem = Problem(
         batch=batch, heads_q=heads_q, heads_kv=kf.shape[1], q_len=q_len, kv_len=kf.shape[2],
         head_dim=head_dim, head_dim_v=vf.shape[-1], dtype=q.dtype, device=q.device,
-        requires_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)),
+        requires_grad=torch.is_grad_enabled() and any(
+            t.requires_grad for t in (qf, kf, vf, *(score_mod.parameters() if score_mod is not None else ()))),
         return_lse=return_lse, pattern=pattern, score_mod=score_mod,
     )
     chosen = backends.select(problem, backend)

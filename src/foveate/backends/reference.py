@@ -74,7 +74,7 @@ class _Grouped:
         if self.score_fn is None:
             return s
         q_idx = torch.arange(lo, hi, device=self.b.device).view(1, 1, 1, -1, 1)
-        return self.score_fn(s, self.b, self.h, q_idx, self.kv_idx)
+        return self.score_fn(s, self.b, self.h, q_idx, self.kv_idx).to(s.dtype)
 
     def split(self, x):
         return x.reshape(self.batch, self.heads_kv, self.group, self.q_len, x.shape[-1])

@@ -148,10 +148,10 @@ def per_head(name: str, value, *, allow_none: bool = False) -> torch.Tensor | No
             raise ValueError(f"{name} must be one value per head (H,), got shape {tuple(value.shape)}")
         return value.reshape(-1)
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return torch.tensor([float(value)])
+        return torch.tensor([float(value)], dtype=torch.float64)  # (cast to the scores' dtype when applied)
     if isinstance(value, (list, tuple)) and value and all(
             isinstance(x, numbers.Real) and not isinstance(x, bool) for x in value):
-        return torch.tensor([float(x) for x in value])
+        return torch.tensor([float(x) for x in value], dtype=torch.float64)
     raise TypeError(f"{name} must be a number, a sequence of numbers or a tensor (H,), got {value!r}")
 
 

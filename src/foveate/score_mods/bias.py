@@ -66,7 +66,7 @@ class LowRankBias(ScoreMod):
             bw = b if w.shape[0] > 1 else torch.zeros_like(b)
             hu = h if u.shape[1] > 1 else torch.zeros_like(h)
             hw = h // (heads // w.shape[1]) if w.shape[1] > 1 else torch.zeros_like(h)
-            return score + (u[bu, hu, q_idx] * w[bw, hw, kv_idx]).sum(-1)
+            return score + (u[bu, hu, q_idx] * w[bw, hw, kv_idx]).sum(-1).to(score.dtype)
 
         return score_mod
 
@@ -81,13 +81,19 @@ def append_low_rank(q, k, v, scale: float, bias: LowRankBias):
     values are repeated per query head where ``w`` differs per query head of a grouped-query
     problem."""
     heads_q, heads_kv = q.shape[1], k.shape[1]
-    u, w = bias.u.to(q.dtype) / scale, bias.w.to(k.dtype)
+    u, w = bias.u.to(q.dtype), bias.w.to(k.dtype)
+    if scale != 0:
+        u = u / scale
+    else:  # (no division: the scale folded into q instead, the bias beside it)
+        q, scale = q * 0, 1.0
     pad = -bias.rank % 8
     if pad:
         u, w = torch.nn.functional.pad(u, (0, pad)), torch.nn.functional.pad(w, (0, pad))
     if w.shape[1] == heads_q and heads_q != heads_kv:
         group = heads_q // heads_kv
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    elif w.shape[1] not in (1, k.shape[1]):  # (keys already repeated per query head by an earlier bias)
+        w = w.repeat_interleave(k.shape[1] // w.shape[1], dim=1)
     q2 = torch.cat([q, u.expand(q.shape[0], q.shape[1], -1, -1)], dim=-1)
     k2 = torch.cat([k, w.expand(k.shape[0], k.shape[1], -1, -1)], dim=-1)
     return q2, k2, v, scale
@@ -120,7 +126,7 @@ class DenseBias(ScoreMod):
         def score_mod(score, b, h, q_idx, kv_idx):
             bb = b if bias.shape[0] > 1 else torch.zeros_like(b)
             hh = h if bias.shape[1] > 1 else torch.zeros_like(h)
-            return score + bias[bb, hh, q_idx, kv_idx]
+            return score + bias[bb, hh, q_idx, kv_idx].to(score.dtype)
 
         return score_mod
 

@@ -23,8 +23,12 @@ class DistanceDecay(ScoreMod):
         canvas: the canvas shape of 2-D/3-D (or 1-D) canvas inputs, else ``None``.
     """
 
+    _name = "rate"  # (the argument's name in messages)
+
     def __init__(self, rate, canvas: tuple[int, ...] | None = None):
-        self.rate = per_head("rate", rate)
+        self.rate = per_head(self._name, rate)
+        # Rates given as numbers are this object's: they follow the inputs to their device.
+        self._owned = not isinstance(rate, torch.Tensor)
         if canvas is not None:
             canvas = tuple(canvas) if isinstance(canvas, (tuple, list)) else canvas
             if not isinstance(canvas, tuple) or not canvas or not all(is_int(n) and n >= 1 for n in canvas):
@@ -36,8 +40,9 @@ class DistanceDecay(ScoreMod):
         return (self.rate,)
 
     def check(self, batch, heads, q_len, kv_len, device):
-        check_heads("rate", self.rate, heads)
-        check_device("rate", self.rate, device)
+        check_heads(self._name, self.rate, heads)
+        if not self._owned:
+            check_device(self._name, self.rate, device)
         if self.canvas is not None:
             check_canvas(self.canvas, q_len, kv_len)
 
@@ -61,7 +66,7 @@ class DistanceDecay(ScoreMod):
         rate, distance = self.rate, self._distance(q_len, kv_len)
 
         def score_mod(score, b, h, q_idx, kv_idx):
-            return score - head_values(rate, h) * distance(q_idx, kv_idx)
+            return score - head_values(rate.to(h.device), h).to(score.dtype) * distance(q_idx, kv_idx)
 
         return score_mod
 
@@ -97,6 +102,8 @@ class ALiBi(DistanceDecay):
             or slopes as :class:`DistanceDecay` takes rates (a tensor may be learnable).
     """
 
+    _name = "slopes"
+
     def __init__(self, slopes=None):
         self._default = slopes is None
         super().__init__(1.0 if slopes is None else slopes)
@@ -106,8 +113,7 @@ class ALiBi(DistanceDecay):
 
     def check(self, batch, heads, q_len, kv_len, device):
         if not self._default:
-            check_heads("slopes", self.rate, heads)
-            check_device("slopes", self.rate, device)
+            super().check(batch, heads, q_len, kv_len, device)
 
     def bind(self, q_len, kv_len, heads):
         if not self._default:
@@ -118,7 +124,7 @@ class ALiBi(DistanceDecay):
             # alibi_slopes(heads)[h] in closed form (no tensor to carry to the device):
             # 2^(-8 (h + 1) / below), then every other slope of 2 * below.
             exponent = torch.where(h < below, (h + 1) / below, (2 * (h - below) + 1) / (2 * below))
-            return score - torch.exp2(-8.0 * exponent) * (q_idx + offset - kv_idx).abs()
+            return score - torch.exp2(-8.0 * exponent.to(score.dtype)) * (q_idx + offset - kv_idx).abs()
 
         return score_mod
 

@@ -123,7 +123,7 @@ class RelativePositionBias(ScoreMod):
 
         def score_mod(score, b, h, q_idx, kv_idx):
             rows = h if table.shape[0] > 1 else torch.zeros_like(h)
-            bias = table[rows, index(q_idx, kv_idx)]
+            bias = table[rows, index(q_idx, kv_idx)].to(score.dtype)
             if canvas_end is not None:
                 bias = torch.where(kv_idx < canvas_end, bias, 0)
             return score + bias

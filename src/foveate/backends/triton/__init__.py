@@ -13,6 +13,7 @@ warps per GPU and head dim), ``ops`` (custom operators with autograd, what the b
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import os
 
@@ -99,6 +100,8 @@ class TritonBackend(Backend):
             from .score import score_spec
 
             score = score_spec(problem.score_mod, problem.q_len, problem.kv_len, problem.heads_q)
+            if score.rates is not None and score.rates.device != q.device:  # (rates given as numbers)
+                score = dataclasses.replace(score, rates=score.rates.to(q.device))
         out, lse = run_sparse_attention(q, k, v, layout, spec, scale, score)
         return out, (lse if problem.return_lse else None)
 

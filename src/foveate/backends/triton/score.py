@@ -76,7 +76,8 @@ def rate_operand(rates, placeholder):
     stride 0), or ``placeholder`` for none."""
     if rates is None:
         return placeholder, 0
-    return rates, (0 if rates.numel() == 1 else rates.stride(0))
+    rates = rates.contiguous()  # (the rates' gradient is laid out the same way)
+    return rates, (0 if rates.numel() == 1 else 1)
 
 
 def bias_operand(bias, placeholder):

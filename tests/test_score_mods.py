@@ -481,12 +481,13 @@ def test_canvas_inputs_shaped_as_the_canvas():
 def test_reference_in_chunks(case, where, monkeypatch):
     """The reference backend in several query chunks (forward and backward): the same results, the
     gradients of the modification's tensors summed over the chunks."""
-    monkeypatch.setattr(reference_module, "CHUNK_ELEMENTS", 1)  # one query per chunk
     if where == "sequence":
+        monkeypatch.setattr(reference_module, "CHUNK_ELEMENTS", 1)  # one query per chunk
         pattern, dims = SEQUENCE_CONFIGS["causal-decode-gqa"]
         ctx = Ctx(**dims)
         run_case(SEQUENCE_CASES[case], pattern, sequence_mask(pattern, ctx.Nq, ctx.Nkv), ctx)
-    else:
+    else:  # 5 of the 64 tiled queries per chunk (B * Hq * padded kv_len = 1 * 4 * 67), the last one shorter
+        monkeypatch.setattr(reference_module, "CHUNK_ELEMENTS", 4 * 67 * 5)
         _canvas_run(SEQUENCE_CASES[case] if case != "rpb_t5" else case_canvas_rpb, "tiled-extra-kv-gqa")
 
 
@@ -1093,3 +1094,14 @@ def test_canvas_table_window_compositions():
         foveate.attention(q, k, v, near | far, score_mod=mod, backend="reference")
     with pytest.raises(ValueError, match="table"):
         foveate.attention(q, k, v, far, score_mod=mod, backend="reference")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: S.DistanceDecay(0.1, canvas=(2, 8)),
+    lambda: S.RelativePositionBias(torch.zeros(1, 49), canvas=(2, 8), window=4),
+], ids=["decay", "rpb"])
+def test_a_canvas_modification_must_be_on_the_patterns_canvas(make):
+    """The same number of tokens on another canvas shape is refused (its coordinates differ)."""
+    q = torch.randn(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="canvas"):
+        foveate.attention(q, q, q, P.Neighborhood((4, 4), 3), score_mod=make(), backend="reference")

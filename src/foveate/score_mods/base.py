@@ -173,6 +173,14 @@ def check_canvas(canvas: tuple[int, ...], q_len: int, kv_len: int) -> None:
                          f"(q_len must be {n}, kv_len at least {n})")
 
 
+def check_canvas_pattern(canvas: tuple[int, ...] | None, pattern) -> None:
+    """A canvas modification must be on the pattern's canvas (the same size is not enough: the
+    coordinates would differ)."""
+    theirs = getattr(pattern, "canvas", None)
+    if canvas is not None and theirs is not None and tuple(theirs) != tuple(canvas):
+        raise ValueError(f"canvas={canvas} differs from the pattern's canvas {tuple(theirs)}")
+
+
 def head_values(t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``t[h]`` of a per-head tensor (one value for every head when ``t`` has one)."""
     return t[torch.zeros_like(h)] if t.shape[0] == 1 else t[h]

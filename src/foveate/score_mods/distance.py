@@ -9,7 +9,7 @@ import math
 import torch
 
 from ..patterns.base import is_int
-from .base import ScoreMod, check_canvas, check_device, check_heads, head_values, per_head
+from .base import ScoreMod, check_canvas, check_canvas_pattern, check_device, check_heads, head_values, per_head
 
 
 class DistanceDecay(ScoreMod):
@@ -45,6 +45,9 @@ class DistanceDecay(ScoreMod):
             check_device(self._name, self.rate, device)
         if self.canvas is not None:
             check_canvas(self.canvas, q_len, kv_len)
+
+    def check_pattern(self, pattern) -> None:
+        check_canvas_pattern(self.canvas, pattern)
 
     def _distance(self, q_len, kv_len):
         if self.canvas is None:

@@ -9,7 +9,7 @@ import math
 import torch
 
 from ..patterns.base import is_int
-from .base import ScoreMod, check_canvas, check_device
+from .base import ScoreMod, check_canvas, check_canvas_pattern, check_device
 
 
 class RelativePositionBias(ScoreMod):
@@ -79,6 +79,7 @@ class RelativePositionBias(ScoreMod):
         """Refuse a neighborhood whose keys reach past the table's window (canvas tables)."""
         if self.canvas is None:
             return
+        check_canvas_pattern(self.canvas, pattern)
         reach = _reach(pattern)
         if reach is None:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Callable
 
 import torch
 
@@ -11,6 +12,7 @@ from . import backends
 from .backends import Problem
 from .graph_constants import pattern_from_key, pattern_key
 from .patterns import Dense, Pattern, SelectedBlocks
+from .score_mods import ScoreMod
 from .score_mods.resolve import as_score_mod, check_score_mod, fold_low_rank
 from .simulator import choose_tile
 
@@ -21,7 +23,7 @@ def attention(
     v: torch.Tensor,
     pattern: Pattern | None = None,
     *,
-    score_mod=None,
+    score_mod: "ScoreMod | Callable[..., torch.Tensor] | None" = None,
     scale: float | None = None,
     backend: str = "auto",
     tile: str | tuple[int, ...] | None = "auto",

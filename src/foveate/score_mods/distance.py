@@ -5,6 +5,7 @@ form with the paper's fixed slopes)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -25,7 +26,7 @@ class DistanceDecay(ScoreMod):
 
     _name = "rate"  # (the argument's name in messages)
 
-    def __init__(self, rate, canvas: tuple[int, ...] | None = None):
+    def __init__(self, rate: torch.Tensor | float | Sequence[float], canvas: tuple[int, ...] | None = None):
         self.rate = per_head(self._name, rate)
         # Rates given as numbers are this object's: they follow the inputs to their device.
         self._owned = not isinstance(rate, torch.Tensor)
@@ -107,7 +108,7 @@ class ALiBi(DistanceDecay):
 
     _name = "slopes"
 
-    def __init__(self, slopes=None):
+    def __init__(self, slopes: torch.Tensor | Sequence[float] | None = None):
         self._default = slopes is None
         super().__init__(1.0 if slopes is None else slopes)
 

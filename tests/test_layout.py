@@ -473,3 +473,38 @@ def test_row_blocks_is_the_mean_number_of_visited_blocks():
     assert layout.find_row_blocks() == pytest.approx((1 + 2 + 3) / 3)
     assert layout.to("cpu").row_blocks == layout.row_blocks
     assert cached_layout(P.Causal(), 300, 300, block_q=128, block_kv=128, device="cpu").row_blocks == 2.0
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_stack_layouts_equals_the_layout_of_the_same_pairs(axis):
+    """stack_layouts (lists padded and gathered) gives the kv and transposed lists that
+    from_pairs gives for the same pairs, entry i of the axis being layouts[index[i]]."""
+    from foveate.layout import stack_layouts
+
+    parts = [P.SlidingWindow(40).build(300, 300, block_q=32, block_kv=16), P.Causal().build(300, 300, block_q=32, block_kv=16),
+             P.Sinks(7).build(300, 300, block_q=32, block_kv=16)]
+    index = torch.tensor([2, 0, 0, 1, 2])
+    got = stack_layouts(parts, index, axis=axis)
+    nq = parts[0].num_q_blocks
+    rows, cols, fulls = [], [], []
+    for i, u in enumerate(index.tolist()):
+        row, col, full = parts[u].pairs()
+        rows.append(row + i * nq)
+        cols.append(col)
+        fulls.append(full)
+    shape = (5, 1) if axis == 0 else (1, 5)
+    want = BlockLayout.from_pairs(torch.cat(rows), torch.cat(cols), torch.cat(fulls), batch_heads=shape, block_q=32,
+                                  block_kv=16, q_len=300, kv_len=300)
+    assert got.batch_heads == shape
+    for transposed in (False, True):
+        for counts, indices in (("q_num_blocks", "q_indices"), ("full_q_num_blocks", "full_q_indices")) if transposed \
+                else (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
+            g_n, w_n = getattr(got, counts), getattr(want, counts)
+            assert torch.equal(g_n, w_n), counts
+            width = int(w_n.max()) if w_n.numel() else 0
+            step = torch.arange(width)
+            listed = step < w_n[..., None]
+            assert torch.equal(torch.where(listed, getattr(got, indices)[..., :width], -1),
+                               torch.where(listed, getattr(want, indices)[..., :width], -1)), indices
+    with pytest.raises(ValueError, match="one batch element and head"):
+        stack_layouts([got], torch.tensor([0]), axis=1)

@@ -441,6 +441,31 @@ class BlockLayout:
         return moved
 
 
+def stack_layouts(layouts: list[BlockLayout], index: torch.Tensor, *, axis: int, mask_mod: MaskMod | None = None,
+                  allowed_pairs: int | None = None) -> BlockLayout:
+    """One layout from layouts of one (batch, head) each (the same lengths and blocks): entry
+    ``i`` of its leading axis ``axis`` (0: batch, 1: heads) is ``layouts[index[i]]``. The lists
+    are padded to the widest and gathered, no pair sorted: a per-head or per-batch pattern's
+    distinct parts are built once each."""
+    for lay in layouts:
+        if lay.batch_heads != (1, 1):
+            raise ValueError(f"stack_layouts takes layouts of one batch element and head, got {lay.batch_heads}")
+    index = index.to(layouts[0].device)
+
+    def stacked(lists):
+        if lists[0].dim() == 4:
+            width = max(t.shape[-1] for t in lists)
+            lists = [_pad_width(t, width) for t in lists]
+        return torch.cat(lists, dim=axis).index_select(axis, index).contiguous()
+
+    names = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks", "q_indices",
+             "full_q_num_blocks", "full_q_indices")
+    lists = {name: stacked([getattr(lay, name) for lay in layouts]) for name in names}
+    first = layouts[0]
+    return BlockLayout(block_q=first.block_q, block_kv=first.block_kv, q_len=first.q_len, kv_len=first.kv_len,
+                       **lists, mask_mod=mask_mod, allowed_pairs=allowed_pairs)
+
+
 def runs_to_lists(counts: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
     """Index lists of runs of consecutive blocks: row ``r`` lists ``starts[r] ..
     starts[r] + counts[r] - 1``, padded with zeros to the longest run (at least 1 wide)."""

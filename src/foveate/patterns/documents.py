@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..layout import BlockLayout, layout_from_mask_mod
+from ..layout import BlockLayout, layout_from_mask_mod, stack_layouts
 from .base import Pattern
 from .causal import Causal
 from .interval_layout import build_interval_layout
@@ -190,13 +190,8 @@ def _per_batch_intervals(lo, hi, q_len, kv_len, block_q, block_kv, device, mask_
                                      device=device, mask_mod=mask_mod) for b in range(lo.shape[0])]
     if len(layouts) == 1:
         return layouts[0]
-    nq = layouts[0].num_q_blocks
-    rows, cols, fulls = zip(*(lay.pairs() for lay in layouts))
-    return BlockLayout.from_pairs(
-        torch.cat([r + b * nq for b, r in enumerate(rows)]), torch.cat(cols), torch.cat(fulls),
-        batch_heads=(len(layouts), 1), block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
-        mask_mod=mask_mod, allowed_pairs=int((hi - lo + 1).sum()),
-    )
+    return stack_layouts(layouts, torch.arange(len(layouts)), axis=0, mask_mod=mask_mod,
+                         allowed_pairs=int((hi - lo + 1).sum()))
 
 
 __all__ = ["Documents"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layout import BlockLayout
+from ..layout import stack_layouts
 from .base import Pattern
 
 
@@ -133,22 +133,12 @@ class PerHead(Pattern):
         if tile is not None:
             raise ValueError(f"tile={tile!r}: {self!r} cannot be tiled")
         distinct, of_head = self._distinct()
-        nq = -(-q_len // block_q)
-        rows, cols, fulls, allowed = [], [], [], 0
-        for u, p in enumerate(distinct):
+        layouts = []
+        for p in distinct:
             layout = p.build(q_len, kv_len, block_q=block_q, block_kv=block_kv, device=device)
             if layout.batch_heads != (1, 1):  # (refused by the constructor; a guard for odd user patterns)
                 raise ValueError(f"{p!r} built a layout with batch/head axes {layout.batch_heads}; PerHead takes "
                                  "patterns that are the same for every head")
-            row, col, full = layout.pairs()
-            heads = torch.nonzero(of_head == u).flatten().to(device)
-            n = heads.numel()
-            rows.append((heads[:, None] * nq + row[None, :]).reshape(-1))
-            cols.append(col.repeat(n))
-            fulls.append(full.repeat(n))
-            allowed += n * layout.allowed_pairs()
-        return BlockLayout.from_pairs(
-            torch.cat(rows), torch.cat(cols), torch.cat(fulls), batch_heads=(1, self.heads), block_q=block_q,
-            block_kv=block_kv, q_len=q_len, kv_len=kv_len, mask_mod=self.mask_mod(q_len, kv_len),
-            allowed_pairs=allowed,
-        )
+            layouts.append(layout)
+        allowed = sum(int((of_head == u).sum()) * lay.allowed_pairs() for u, lay in enumerate(layouts))
+        return stack_layouts(layouts, of_head, axis=1, mask_mod=self.mask_mod(q_len, kv_len), allowed_pairs=allowed)

@@ -247,8 +247,8 @@ def test_documents_kernel_mask_kinds():
 def _grads(run, q, k, v, d_out):
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     out = run(*leaves)
-    (out.to(F64) * d_out).sum().backward()
-    return [out.detach().to(F64)] + [t.grad.to(F64) for t in leaves]
+    (out.to(F64) * d_out.to(out.device)).sum().backward()
+    return [out.detach().cpu().to(F64)] + [t.grad.cpu().to(F64) for t in leaves]
 
 
 def _check_attention(pattern, mask, batch, heads, n, backends, dtype=torch.float32):
@@ -260,8 +260,10 @@ def _check_attention(pattern, mask, batch, heads, n, backends, dtype=torch.float
     d_out = torch.randn(batch, hq, n, 16, generator=gen, dtype=F64)
     want = _grads(lambda q, k, v: naive_attention(q, k, v, mask)[0], q, k, v, d_out)
     for backend in backends:
+        # The kernels on the GPU where there is one (else Triton's interpreter on the CPU).
+        device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
         got = _grads(lambda q, k, v: foveate.attention(q, k, v, pattern, backend=backend),
-                     *(t.to(dtype) for t in (q, k, v)), d_out)
+                     *(t.to(device, dtype) for t in (q, k, v)), d_out)
         for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
             err = (g - w).abs().max().item()
             assert err <= 1e-4 * max(1.0, w.abs().max().item()), f"{backend} {name}: error {err:.3g}"

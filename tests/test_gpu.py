@@ -344,6 +344,7 @@ def test_hopper_forward_matches_reference(pattern, batch, hq, hkv, q_len, kv_len
     from foveate.backends.triton import fwd_hopper
     from foveate.backends.triton.fwd import attention_forward
     from foveate.backends.triton.masks import mask_spec
+    from foveate.backends.triton.masks.lower import mask_ids
 
     pattern = pattern or P.Dense()
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -357,6 +358,8 @@ def test_hopper_forward_matches_reference(pattern, batch, hq, hkv, q_len, kv_len
     low = [t.to(dtype) for t in (q, k, v)]  # (keeps the strides: BNHD memory stays BNHD)
     layout = cached_layout(pattern, q_len, kv_len, block_q=block, block_kv=block, device=q.device)
     spec = mask_spec(pattern, q_len, kv_len)
+    if spec.uses_ids:  # (set by the backend on its calls)
+        layout.token_ids = mask_ids(pattern, q_len, kv_len, q.device)
     assert fwd_hopper.hopper_reason(*low, layout, spec) is None
     scale = dim ** -0.5
     out, lse = attention_forward(*low, layout, spec, scale, kernel="hopper")
@@ -443,7 +446,13 @@ def test_score_mods_on_the_kernels_match_reference(mod_name, pattern, q_len, kv_
 
     def run(backend, dtype, with_rates):
         leaves = [t.to(dtype).detach().requires_grad_() for t in (q, k, v)]
-        out, lse = foveate.attention(*leaves, pattern, score_mod=mod, backend=backend, return_lse=True)
+        score_mod = mod
+        if backend == "flex" and mod_name == "dense-bias":
+            # Flex's backward with the bias's own gradient asks for more shared memory than an
+            # H100 has (256 KiB); its error on out, lse, dq, dk, dv is the same without it.
+            from foveate import score_mods as S
+            score_mod = S.DenseBias(mod.bias.detach())
+        out, lse = foveate.attention(*leaves, pattern, score_mod=score_mod, backend=backend, return_lse=True)
         wrt = leaves + (rates if with_rates else [])
         grads = torch.autograd.grad(out, wrt, d_out.to(dtype))
         return [out, lse, *grads]

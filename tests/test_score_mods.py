@@ -728,7 +728,7 @@ def test_triton_dense_bias_views(view):
     results = []
     for backend, device in (("reference", "cpu"), ("triton", DEVICE)):
         q, k, v = _qkv(2, 4, 2, 40, 40, device=device)
-        base = base0.to(device).requires_grad_()
+        base = base0.to(device).detach().requires_grad_()  # (a leaf on either device)
         bias = {"transposed": lambda: base.transpose(-1, -2), "expanded-heads": lambda: base.expand(2, 4, 40, 40),
                 "sliced": lambda: base[..., ::2]}[view]()
         out, lse = foveate.attention(q, k, v, P.Causal(), score_mod=S.DenseBias(bias) + S.Softcap(2.0), backend=backend,

@@ -1,0 +1,1 @@
+"""Integrations with model libraries: transformers, diffusers, timm (each imports its library lazily)."""

@@ -286,6 +286,14 @@ def test_gemma2_softcap_runs_as_a_score_modification():
     torch.testing.assert_close(_logits(model, NAME, ids), _logits(model, "eager", ids), atol=1e-6, rtol=1e-6)
 
 
+def test_gemma3_sliding_then_full_layers_and_generation():
+    model = _tiny("gemma3_text", sliding_window=4, layer_types=["sliding_attention", "full_attention"])
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(10))
+    torch.testing.assert_close(_logits(model, NAME, ids), _logits(model, "eager", ids), atol=1e-6, rtol=1e-6)
+    gen = lambda: model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)  # noqa: E731
+    assert torch.equal(_run(model, NAME, gen), _run(model, "eager", gen))
+
+
 def test_set_pattern_replaces_the_mask_on_chosen_layers():
     full = _tiny("qwen2")
     sliding = _tiny("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=1,
@@ -298,6 +306,21 @@ def test_set_pattern_replaces_the_mask_on_chosen_layers():
     finally:
         FT.set_pattern(full, None)
     torch.testing.assert_close(_logits(full, NAME, ids), _logits(full, "eager", ids), atol=1e-6, rtol=1e-6)
+
+
+def test_content_selected_blocks_on_a_chosen_layer():
+    """A long-prefill pattern (content-selected blocks) on layer 1 only: with every block kept it
+    is the model's causal attention; with two of four kept it changes the output (it ran)."""
+    model = _tiny("llama")
+    ids = torch.randint(0, 97, (1, 64), generator=torch.Generator().manual_seed(11))
+    ref = _logits(model, "eager", ids)
+    FT.set_pattern(model, P.BlockTopK(k=4, block=16, causal=True), layers=[1])
+    torch.testing.assert_close(_logits(model, NAME, ids), ref, atol=1e-6, rtol=1e-6)
+    FT.set_pattern(model, P.BlockTopK(k=2, block=16, causal=True), layers=[1])
+    sparse = _logits(model, NAME, ids)
+    assert torch.isfinite(sparse).all() and not torch.allclose(sparse, ref, atol=1e-4)
+    gen = _run(model, NAME, lambda: model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, pad_token_id=0))
+    assert gen.shape == (1, 67)  # decoding steps run the model's own mask after the sparse prefill
 
 
 def test_set_pattern_refuses_a_padded_batch_and_bad_layers():

@@ -40,6 +40,7 @@ there too); every real token's output is exact.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from dataclasses import dataclass, field
@@ -85,6 +86,17 @@ class HFMask:
     # A prepared 4-D mask to transformers: generation with a static cache builds the masks once
     # and hands them back to the model, whose mask builders then pass a 4-D mask through.
     ndim = 4
+
+    @functools.cached_property
+    def structure(self) -> tuple:
+        """``(base pattern, packed sequence ids or None)`` read from ``mask_function``; the base
+        is ``"unknown"`` when the function is not one foveate recognises."""
+        return _structure(_describe(self.mask_function))
+
+    @property
+    def plain(self) -> bool:
+        """No padding and no packed sequences."""
+        return self.padding is None and self.structure[1] is None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -256,7 +268,7 @@ def pattern_for(mask: HFMask, key_length: int | None = None) -> tuple[Pattern | 
 def _pattern_for(mask: HFMask, key_length: int) -> tuple[Pattern | None, int]:
     # The keys that a query may see end at the last query's position (bottom-right).
     end = min(mask.q_offset + mask.q_length - mask.kv_offset, key_length)
-    base, packed = _structure(_describe(mask.mask_function))
+    base, packed = mask.structure
     causal_like = isinstance(base, Pattern)  # causal, windowed: nothing past the last query
     keys = end if causal_like and end >= mask.q_length else key_length
     aligned = mask.kv_offset + keys == mask.q_offset + mask.q_length
@@ -304,7 +316,7 @@ def _attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.
     if isinstance(attention_mask, HFMask):
         pattern, keys = pattern_for(attention_mask, kv_len)
         same_tokens = attention_mask.q_offset == attention_mask.kv_offset and q_len == keys
-        plain = attention_mask.padding is None and _structure(_describe(attention_mask.mask_function))[1] is None
+        plain = attention_mask.plain
     elif attention_mask is None:
         # No mask built (a module called alone, a model without mask builders): the module's
         # own flags say what it is, as for transformers' flash-attention path.

@@ -39,12 +39,14 @@ def joint_attention(
     Args:
         q: ``(B, Hq, N, D)`` with ``N = n_canvas + extra``: the extra tokens first
             (``extra_first=True``) or last; the canvas tokens in the pattern's order.
-        k, v: ``(B, Hkv, N, D | Dv)``, the same token order (``Hq % Hkv == 0``).
+        k: ``(B, Hkv, N, D)``, the same token order (``Hq % Hkv == 0``).
+        v: ``(B, Hkv, N, Dv)``.
         pattern: the canvas tokens' pattern (``q_len == kv_len == n_canvas``); ``None`` is
             dense attention over all tokens.
         extra: how many extra tokens (0 is ``attention(q, k, v, pattern)``).
         extra_first: the extra tokens come before the canvas tokens.
-        scale, backend: as in :func:`foveate.attention`.
+        scale: as in :func:`foveate.attention`.
+        backend: as in :func:`foveate.attention`.
 
     Returns:
         ``(B, Hq, N, Dv)`` in ``q.dtype``: a canvas query attends its pattern's keys and every

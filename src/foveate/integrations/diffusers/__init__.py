@@ -36,13 +36,18 @@ canvases. diffusers is imported only when :func:`apply` is called.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable, Mapping, Union
 
 import torch
 
 from ...patterns.base import Pattern
 from .processors import (CanvasState, CogVideoXProcessor, FoveateProcessor, HunyuanVideoProcessor, LTXProcessor,
                          WanProcessor)
+
+#: What a layer runs: a pattern, a factory ``canvas -> pattern``, or ``None`` (diffusers' processor).
+PatternSpec = Union[Pattern, Callable[[tuple], Pattern], None]
+#: Which layers: ``None`` (all), a predicate, a collection of indices, or ``{index: PatternSpec}``.
+LayerSpec = Union[None, Callable[[int], bool], "list[int]", Mapping[int, PatternSpec]]
 
 __all__ = ["apply", "Handle", "CanvasState", "FoveateProcessor", "WanProcessor", "HunyuanVideoProcessor", "CogVideoXProcessor",
            "LTXProcessor"]
@@ -218,7 +223,8 @@ def _choose(layers, pattern, n: int) -> dict[int, Any]:
     return {index(i): pattern for i in items}
 
 
-def apply(transformer, pattern, *, layers=None, backend: str = "auto") -> Handle:
+def apply(transformer: torch.nn.Module, pattern: PatternSpec, *, layers: LayerSpec = None,
+          backend: str = "auto") -> Handle:
     """Run the video self-attention of a diffusers transformer through foveate.
 
     Args:
@@ -241,9 +247,10 @@ def apply(transformer, pattern, *, layers=None, backend: str = "auto") -> Handle
         a :class:`Handle`; ``handle.remove()`` restores the original processors.
 
     Raises:
-        TypeError, ValueError: naming the argument (nothing installed). At forward time, a
-        processor raises ``ValueError`` on what it cannot honour (an attention mask other than
-        HunyuanVideo's text padding, a sequence that is not the canvas, context parallelism).
+        TypeError: a bad argument, named (nothing installed).
+        ValueError: a bad argument, named (nothing installed); at forward time, what a processor
+            cannot honour (an attention mask other than HunyuanVideo's text padding, a sequence
+            that is not the canvas, context parallelism).
     """
     from ... import backends
 

@@ -92,6 +92,9 @@ SHOW_CASES = {
          "--stride", "1", "2", "2", "--tile", "1x4x4", "--query", "3", "2", "5"],
         ["allowed", "query", "partial", "full"],
     ),
+    "windows-shifted": (["windows", "--canvas", "16", "16", "--window", "4", "--shift", "2"], ["allowed", "partial"]),
+    "axial": (["axial", "--canvas", "8", "12", "--axes", "1"], ["allowed", "partial"]),
+    "halo": (["halo", "--canvas", "16", "16", "--block", "4", "--halo", "1"], ["allowed", "partial"]),
 }
 
 
@@ -251,6 +254,12 @@ SIMULATE_CASES = {
         P.Neighborhood((4, 8, 10), (3, 3, 5), dilation=(1, 2, 1), causal=(True, False, False), extra_kv=6),
         dict(tile=(2, 4, 4), block_q=32, block_kv=32),
     ),
+    "windows-cyclic": (["windows", "--canvas", "16", "32", "--window", "4", "8", "--shift", "2", "0", "--cyclic", "1", "0"],
+                       P.Windows((16, 32), (4, 8), (2, 0), (True, False)), {}),
+    "grid": (["grid", "--canvas", "16", "16", "--grid", "4"], P.Grid((16, 16), 4), {}),
+    "tile-neighborhood": (["tile-neighborhood", "--canvas", "8", "16", "16", "--tile-shape", "2", "4", "4",
+                           "--window", "3", "3", "3", "--tile", "auto"],
+                          P.TileNeighborhood((8, 16, 16), (2, 4, 4), (3, 3, 3)), dict(tile="auto")),
 }
 
 

@@ -13,6 +13,11 @@
     documents    --lengths 100 200 ... [--inner causal|dense|sliding] [--left L] [--len N]
     neighborhood --canvas 64 64 --kernel 13 13 [--dilation 1 1] [--stride 1 1]
                  [--causal 0 0] [--extra-kv E]
+    windows      --canvas 56 56 --window 7 [--shift 0] [--cyclic 0]
+    axial        --canvas 64 64 --axes 1
+    grid         --canvas 64 64 --grid 8
+    halo         --canvas 64 64 --block 8 --halo 3
+    tile-neighborhood --canvas 30 48 80 --tile-shape 6 8 8 --window 3 3 3
 
 and the content-selected patterns, whose blocks are chosen from queries and keys (``--inputs
 FILE.pt``, or synthetic inputs with planted blocks: :mod:`.selection_inputs`):
@@ -37,7 +42,17 @@ from .. import patterns as P
 from .selection_inputs import SYNTHETIC_HELP, add_input_options
 
 KINDS = ("dense", "causal", "sliding", "sinks", "prefix-lm", "global", "chunk-causal", "power", "strided-heads",
-         "documents", "neighborhood")
+         "documents", "neighborhood", "windows", "axial", "grid", "halo", "tile-neighborhood")
+#: Kinds on a canvas: ``--canvas`` and their per-axis options.
+CANVAS_KINDS = {
+    "windows": (("window", None, "window per axis"), ("shift", [0], "Swin's shift per axis (region mask)"),
+                ("cyclic", [0], "1 = the windows wrap around that axis (HiDiffusion)")),
+    "axial": (("axes", None, "the axes a query attends along"),),
+    "grid": (("grid", None, "MaxViT's grid per axis: keys y = y_q mod (L / grid)"),),
+    "halo": (("block", None, "query block per axis"), ("halo", None, "halo per axis")),
+    "tile-neighborhood": (("tile-shape", None, "STA's tile shape (--tile is the token order)"),
+                          ("window", None, "window per axis, in tiles (odd)")),
+}
 
 _HELP = {
     "prefix-lm": "prefix LM: a bidirectional prefix, causal after it (PrefixLM)",
@@ -46,6 +61,11 @@ _HELP = {
     "power": "PowerAttention: sinks, a local window and power-of-two distances, in blocks",
     "strided-heads": "S2-Attention: a local window and a strided shard of blocks per kv head (StridedHeads)",
     "documents": "packed documents: a pattern inside each document (Documents)",
+    "windows": "Swin windows: non-overlapping, shifted (region mask) or cyclic (Windows)",
+    "axial": "axial attention: keys sharing every coordinate but the attended axes (Axial)",
+    "grid": "MaxViT grid attention: keys at the same position modulo L / grid (Grid)",
+    "halo": "HaloNet: blocked queries, keys in the block plus a halo, clipped (Halo)",
+    "tile-neighborhood": "Sliding Tile Attention: a neighborhood on the grid of tiles (TileNeighborhood)",
 }
 #: Content-selected kinds: their blocks depend on the inputs.
 SELECTED_KINDS = ("topk", "topp", "moba", "xattention")
@@ -76,6 +96,11 @@ def add_pattern_subparsers(
             p.add_argument("--causal", type=int, nargs="+", default=[0], choices=[0, 1],
                            help="1 = causal along that axis")
             p.add_argument("--extra-kv", type=int, default=0, help="keys after the canvas seen by all")
+        elif kind in CANVAS_KINDS:
+            p.add_argument("--canvas", type=int, nargs="+", required=True, help="canvas shape, 1 to 3 axes")
+            for name, default, text in CANVAS_KINDS[kind]:
+                p.add_argument(f"--{name}", type=int, nargs="+", default=default, required=default is None,
+                               help=text)
         else:
             if kind == "sliding":
                 p.add_argument("--left", type=int, required=True)
@@ -224,6 +249,10 @@ def pattern_from_args(args: argparse.Namespace) -> tuple[P.Pattern, int, int]:
         )
         q_len, kv_len = pattern.default_lengths()
         return pattern, q_len, kv_len
+    if args.pattern in CANVAS_KINDS:
+        pattern = _canvas_pattern(args)
+        q_len, kv_len = pattern.default_lengths()
+        return pattern, q_len, kv_len
     pattern = _sequence_pattern(args)
     if pattern is None:
         if args.pattern == "sinks":
@@ -238,6 +267,19 @@ def pattern_from_args(args: argparse.Namespace) -> tuple[P.Pattern, int, int]:
     kv_len = args.kv_len if args.kv_len is not None else q_len
     pattern.check_lengths(q_len, kv_len)
     return pattern, q_len, kv_len
+
+
+def _canvas_pattern(args: argparse.Namespace) -> P.Pattern:
+    canvas = tuple(args.canvas)
+    if args.pattern == "windows":
+        return P.Windows(canvas, _axes(args.window), _axes(args.shift), _axes([bool(c) for c in args.cyclic]))
+    if args.pattern == "axial":
+        return P.Axial(canvas, tuple(args.axes))
+    if args.pattern == "grid":
+        return P.Grid(canvas, _axes(args.grid))
+    if args.pattern == "halo":
+        return P.Halo(canvas, _axes(args.block), _axes(args.halo))
+    return P.TileNeighborhood(canvas, tuple(args.tile_shape), _axes(args.window))
 
 
 def parse_tile(text: str):

@@ -10,6 +10,7 @@ from .causal import Causal
 from .chunked import ChunkCausal
 from .compose import Intersection, Union
 from .dense import Dense
+from .halo import Halo
 from .documents import Documents
 from .kernel_mask import KernelMask
 from .mask import Mask
@@ -23,10 +24,13 @@ from .selected import SelectedBlocks
 from .sinks import Sinks
 from .sliding import SlidingWindow
 from .strided_heads import StridedHeads
+from .tile_neighborhood import TileNeighborhood
+from .windows import Axial, Grid, Windows
 
 __all__ = [
     "Pattern", "MaskMod", "KernelMask", "Blocks", "Dense", "Causal", "SlidingWindow", "Sinks", "Neighborhood",
     "Documents", "Segments", "PrefixLM", "Global", "ChunkCausal", "PowerAttention", "StridedHeads", "PerHead",
+    "Windows", "Axial", "Grid", "Halo", "TileNeighborhood",
     "Mask", "Union", "Intersection",
     "BlockTopK", "BlockTopP", "MoBA", "XAttention", "SelectedBlocks",
 ]

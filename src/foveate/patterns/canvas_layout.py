@@ -96,8 +96,17 @@ def build_canvas_layout(
     pattern: Neighborhood, *, block_q: int, block_kv: int, device: torch.device, tile=None
 ) -> BlockLayout:
     """The exact BlockLayout of ``pattern`` in raster order (``tile=None``) or tiled order."""
-    order = token_order(pattern.canvas, tile)
     axes = [_Axis.of(*spec, device) for spec in pattern.axes]
+    return layout_of_axes(pattern, axes, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
+
+
+def layout_of_axes(pattern, axes, *, block_q: int, block_kv: int, device: torch.device, tile=None) -> BlockLayout:
+    """The exact BlockLayout of a separable canvas pattern from its per-axis windows ``axes``
+    (one :class:`_Axis` per canvas axis: each query coordinate's window ``[start, end)``,
+    monotone), in raster order or in the tiled order of ``tile`` (then blocks are whole tiles).
+    ``pattern`` gives the canvas and ``extra_kv``. Neighborhoods and the interval patterns
+    (:mod:`.interval_canvas`) share it."""
+    order = token_order(pattern.canvas, tile)
     tiles = _product_tiles(pattern, order, block_q, block_kv)
     if tiles is not None:
         return _product_layout(pattern, axes, order, *tiles, block_q, block_kv, device)

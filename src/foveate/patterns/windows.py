@@ -1,0 +1,205 @@
+"""Canvas patterns of per-axis equivalence classes: ``Windows`` (Swin's windows, shifted or
+cyclic), ``Axial`` (axial attention) and ``Grid`` (MaxViT's grid attention).
+
+Each gives every canvas axis a class id of the coordinate and allows a (query, key) pair when
+their ids agree on every axis; their layouts come from one exact builder
+(:mod:`foveate.patterns.segment_canvas`). None has a kernel mask description: the fused
+kernels mask their partial blocks from the bitmask of :meth:`mask_mod`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .base import Pattern, is_int, per_axis
+from .segment_canvas import ClassAxis, build_classes_layout, classes_allowed, classes_mask_mod
+
+
+def _canvas(value) -> tuple[int, ...]:
+    canvas = (value,) if is_int(value) else value
+    if (
+        not isinstance(canvas, (tuple, list))
+        or not 1 <= len(canvas) <= 3
+        or not all(is_int(n) and n >= 1 for n in canvas)
+    ):
+        raise ValueError(f"canvas must be 1 to 3 positive ints, got {value!r}")
+    return tuple(int(n) for n in canvas)
+
+
+class _ClassPattern(Pattern):
+    """What the three patterns share: ``class_axes`` (one :class:`ClassAxis` per canvas axis)
+    define everything else."""
+
+    canvas: tuple[int, ...]
+
+    @property
+    def class_axes(self) -> tuple[ClassAxis, ...]:
+        raise NotImplementedError
+
+    def mask_mod(self, q_len: int, kv_len: int):
+        self.check_lengths(q_len, kv_len)
+        return classes_mask_mod(self.canvas, self.class_axes)
+
+    def coords_allowed(self, q_coords, k_coords):
+        """Elementwise: may the query at canvas coordinates ``q_coords`` see the key at
+        ``k_coords`` (one integer tensor per axis)?"""
+        return classes_allowed(self.class_axes, q_coords, k_coords)
+
+    def kernel_mask(self, q_len: int, kv_len: int):
+        self.check_lengths(q_len, kv_len)
+        return None
+
+    @property
+    def can_tile(self) -> bool:
+        # The tiled order's layout builder and the tile choice (simulator.block_counts) know
+        # Neighborhood only; raster order here.
+        return False
+
+    def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
+        return build_classes_layout(
+            self.canvas, self.class_axes, block_q=block_q, block_kv=block_kv, device=device,
+            mask_mod=self.mask_mod(q_len, kv_len),
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class Windows(_ClassPattern):
+    """Non-overlapping windows on a canvas: each query sees the keys of its own window.
+
+    Swin Transformer (Liu et al., 2021) partitions the canvas into windows of ``window``
+    tokens per axis; its *shifted* windows roll the canvas by ``-shift`` before the partition
+    and mask, inside each window, the tokens that the roll brought from the other end (the
+    "region mask"). Both together are non-overlapping windows starting at ``shift - window``:
+    per axis of length ``L`` (window ``M``, shift ``s``), a pair is allowed iff
+    ``floor((y_q + M - s) / M) == floor((y_k + M - s) / M)``, i.e. the segments
+    ``[0, s), [s, s + M), ..., [.., L)`` (the first and last may be short).
+
+    ``cyclic=True`` keeps the roll and drops the region mask (HiDiffusion's shifted windows,
+    Swin without its mask): the windows wrap around the canvas, allowed iff
+    ``floor(((y_q - s) mod L) / M) == floor(((y_k - s) mod L) / M)``; it needs ``L % M == 0``.
+
+    A pair is allowed iff it is allowed on every axis.
+
+    Args:
+        canvas: canvas shape, 1 to 3 axes; tokens are flat in raster (row-major) order.
+        window: window size ``M`` per axis (an int applies to every axis); ``1 <= M <= L``.
+        shift: per axis, ``0 <= s < M``.
+        cyclic: per axis, whether the windows wrap around (then ``L % M == 0``).
+
+    Lengths: ``q_len == kv_len == prod(canvas)``.
+    """
+
+    canvas: tuple[int, ...] = field()
+    window: tuple[int, ...] = field()
+    shift: tuple[int, ...] = 0  # type: ignore[assignment]
+    cyclic: tuple[bool, ...] = False  # type: ignore[assignment]
+
+    def __post_init__(self):
+        canvas = _canvas(self.canvas)
+        ndim = len(canvas)
+        window = per_axis("window", self.window, ndim)
+        shift = per_axis("shift", self.shift, ndim)
+        cyclic = per_axis("cyclic", self.cyclic, ndim, kind=bool)
+        for a, (n, m, s, c) in enumerate(zip(canvas, window, shift, cyclic)):
+            if not 1 <= m <= n:
+                raise ValueError(f"window={window}: need 1 <= window <= canvas on every axis "
+                                 f"(axis {a}: {m} vs {n})")
+            if not 0 <= s < m:
+                raise ValueError(f"shift={shift}: need 0 <= shift < window on every axis (axis {a}: {s} vs {m})")
+            if c and n % m:
+                raise ValueError(f"cyclic={cyclic}: cyclic windows need canvas % window == 0 "
+                                 f"(axis {a}: {n} % {m} = {n % m})")
+        for name, value in (("canvas", canvas), ("window", window), ("shift", shift), ("cyclic", cyclic)):
+            object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        parts = [f"canvas={self.canvas}", f"window={self.window}"]
+        if any(self.shift):
+            parts.append(f"shift={self.shift}")
+        if any(self.cyclic):
+            parts.append(f"cyclic={self.cyclic}")
+        return f"Windows({', '.join(parts)})"
+
+    @property
+    def class_axes(self) -> tuple[ClassAxis, ...]:
+        return tuple(
+            ClassAxis(n, n - s, m, n // m) if c else ClassAxis(n, m - s, m)
+            for n, m, s, c in zip(self.canvas, self.window, self.shift, self.cyclic)
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class Axial(_ClassPattern):
+    """Axial attention (Ho et al., 2019; Wang et al., 2020): each query sees the keys that
+    share all its coordinates except along ``axes``, e.g. ``axes=(1,)`` on ``(H, W)`` is its
+    row, ``axes=(0,)`` its column, ``axes=(0, 2)`` on ``(T, H, W)`` the plane of its row.
+
+    Args:
+        canvas: canvas shape, 1 to 3 axes; tokens are flat in raster (row-major) order.
+        axes: the attended axes, an int or a tuple of distinct ints in ``[-ndim, ndim)``.
+
+    Lengths: ``q_len == kv_len == prod(canvas)``.
+    """
+
+    canvas: tuple[int, ...] = field()
+    axes: tuple[int, ...] = field()
+
+    def __post_init__(self):
+        canvas = _canvas(self.canvas)
+        ndim = len(canvas)
+        axes = (self.axes,) if is_int(self.axes) else self.axes
+        if not isinstance(axes, (tuple, list)) or not all(is_int(a) for a in axes):
+            raise TypeError(f"axes must be an int or a tuple of ints, got {self.axes!r}")
+        if not axes or not all(-ndim <= a < ndim for a in axes):
+            raise ValueError(f"axes={self.axes!r}: need one or more axes in [-{ndim}, {ndim}) for canvas={canvas}")
+        norm = tuple(sorted(int(a) % ndim for a in axes))
+        if len(set(norm)) != len(norm):
+            raise ValueError(f"axes={self.axes!r}: an axis is named twice")
+        object.__setattr__(self, "canvas", canvas)
+        object.__setattr__(self, "axes", norm)
+
+    def __repr__(self) -> str:
+        return f"Axial(canvas={self.canvas}, axes={self.axes})"
+
+    @property
+    def class_axes(self) -> tuple[ClassAxis, ...]:
+        # An attended axis: one class (y // L == 0); any other: the coordinate itself.
+        return tuple(ClassAxis(n, 0, n if a in self.axes else 1) for a, n in enumerate(self.canvas))
+
+
+@dataclass(frozen=True, repr=False)
+class Grid(_ClassPattern):
+    """MaxViT's grid attention (Tu et al., 2022): the canvas is split into a ``grid`` of
+    ``G`` cells per axis, each of ``L / G`` tokens, and a query sees the keys at the same
+    place in every cell: per axis, ``y_q = y_k (mod L / G)`` (a sparse, global mixing; the
+    same as ``Neighborhood(canvas, kernel=G, dilation=L // G)``).
+
+    Args:
+        canvas: canvas shape, 1 to 3 axes; tokens are flat in raster (row-major) order.
+        grid: ``G`` per axis (an int applies to every axis); ``1 <= G`` and ``L % G == 0``.
+
+    Lengths: ``q_len == kv_len == prod(canvas)``.
+    """
+
+    canvas: tuple[int, ...] = field()
+    grid: tuple[int, ...] = field()
+
+    def __post_init__(self):
+        canvas = _canvas(self.canvas)
+        grid = per_axis("grid", self.grid, len(canvas))
+        for a, (n, g) in enumerate(zip(canvas, grid)):
+            if g < 1 or n % g:
+                raise ValueError(f"grid={grid}: need grid >= 1 dividing the canvas on every axis "
+                                 f"(axis {a}: {g} vs {n})")
+        object.__setattr__(self, "canvas", canvas)
+        object.__setattr__(self, "grid", grid)
+
+    def __repr__(self) -> str:
+        return f"Grid(canvas={self.canvas}, grid={self.grid})"
+
+    @property
+    def class_axes(self) -> tuple[ClassAxis, ...]:
+        return tuple(ClassAxis(n, 0, 1, n // g) for n, g in zip(self.canvas, self.grid))
+
+
+__all__ = ["Windows", "Axial", "Grid"]

@@ -15,12 +15,13 @@ import torch
 
 from ..layout import BlockLayout, block_areas, count_allowed
 from .base import Pattern
+from .parts import OfParts
 from .band import build_band_layout
 from .kernel_mask import AllOf, AnyOf, Band, KernelMask
 
 
 @dataclass(frozen=True, repr=False)
-class _Composite(Pattern):
+class _Composite(OfParts, Pattern):
     parts: tuple[Pattern, ...]
 
     _symbol = "?"
@@ -43,18 +44,8 @@ class _Composite(Pattern):
             raise ValueError(f"cannot compose patterns on different canvases: {patterns!r}")
         return cls(tuple(parts))
 
-    @property
-    def canvas(self):  # type: ignore[override]
-        return next((p.canvas for p in self.parts if p.canvas is not None), None)
-
-    @property
-    def extra_kv(self):  # type: ignore[override]
-        return next((p.extra_kv for p in self.parts if p.canvas is not None), 0)
-
-    @property
-    def fixed_blocks(self):  # type: ignore[override]
-        """The block sizes of its block-mask parts (``Blocks``), which it must be built with."""
-        return next((p.fixed_blocks for p in self.parts if p.fixed_blocks is not None), None)
+    def _parts(self) -> tuple[Pattern, ...]:
+        return self.parts
 
     def check_batch_heads(self, batch: int, heads: int) -> None:
         for p in self.parts:

@@ -11,11 +11,11 @@ from .base import Pattern
 from .causal import Causal
 from .interval_layout import build_interval_layout
 from .kernel_mask import AllOf, Band, KernelMask, SegmentMask, TokenIds
-from .token_ids import DeviceTensors, HashedOnce, int_rows
+from .token_ids import DeviceTensors, TokenRows, int_rows
 
 
 @dataclass(frozen=True, eq=False)
-class Documents(HashedOnce, Pattern):
+class Documents(TokenRows, Pattern):
     """Packed documents: a query sees only keys of its own document, and among them the pairs
     that ``inner`` allows in the document's own coordinates (positions from the document's
     start, the document's length for both ``q_len`` and ``kv_len``).
@@ -40,6 +40,8 @@ class Documents(HashedOnce, Pattern):
     lengths: tuple
     inner: Pattern = field(default_factory=Causal)
 
+    _rows_noun = "documents"
+
     def __post_init__(self):
         rows, per_batch = int_rows("lengths", self.lengths, minimum=1)
         totals = {sum(r) for r in rows}
@@ -57,8 +59,7 @@ class Documents(HashedOnce, Pattern):
         except ValueError as e:
             raise ValueError(f"inner must be the same for every batch element and head: {e}") from None
         object.__setattr__(self, "lengths", rows if per_batch else rows[0])
-        object.__setattr__(self, "_rows", rows)
-        object.__setattr__(self, "_per_batch", per_batch)
+        self._set_rows(rows, per_batch)
         self._hash_fields()
 
     @classmethod
@@ -89,41 +90,22 @@ class Documents(HashedOnce, Pattern):
         """The sequence length: the sum of the lengths."""
         return sum(self._rows[0])
 
-    @property
-    def batch(self) -> int | None:
-        """The batch size the packing was given for (``None``: one packing for every element)."""
-        return len(self._rows) if self._per_batch else None
-
     def default_lengths(self):
         return self.total, self.total
 
-    def check_batch_heads(self, batch: int, heads: int) -> None:
-        if self._per_batch and batch != len(self._rows):
-            raise ValueError(f"{self!r} has documents for batch={len(self._rows)}, the inputs have {batch}")
-
     # -- per-token tensors -----------------------------------------------------------------------
-    def _tensors(self) -> DeviceTensors:
-        known = self.__dict__.get("_device_tensors")
-        if known is None:
-            docs, starts, ends = [], [], []
-            for row in self._rows:
-                length = torch.tensor(row, dtype=torch.int64)
-                start = torch.cumsum(length, 0) - length
-                docs.append(torch.repeat_interleave(torch.arange(len(row)), length))
-                starts.append(torch.repeat_interleave(start, length))
-                ends.append(torch.repeat_interleave(start + length, length))
-            docs, starts, ends = torch.stack(docs), torch.stack(starts), torch.stack(ends)
-            known = DeviceTensors(docs=docs, starts=starts, ends=ends)
-            object.__setattr__(self, "_device_tensors", known)
-        return known
+    def _make_tensors(self) -> DeviceTensors:
+        docs, starts, ends = [], [], []
+        for row in self._rows:
+            length = torch.tensor(row, dtype=torch.int64)
+            start = torch.cumsum(length, 0) - length
+            docs.append(torch.repeat_interleave(torch.arange(len(row)), length))
+            starts.append(torch.repeat_interleave(start, length))
+            ends.append(torch.repeat_interleave(start + length, length))
+        return DeviceTensors(docs=torch.stack(docs), starts=torch.stack(starts), ends=torch.stack(ends))
 
-    def _token_ids(self) -> TokenIds:
-        known = self.__dict__.get("_kernel_ids")
-        if known is None:
-            docs = self._tensors().on(torch.device("cpu"))["docs"]
-            known = TokenIds(docs, docs)
-            object.__setattr__(self, "_kernel_ids", known)
-        return known
+    def _make_token_ids(self, cpu: dict) -> TokenIds:
+        return TokenIds(cpu["docs"], cpu["docs"])
 
     # -- the definition ------------------------------------------------------------------------
     def _inner_mod(self):

@@ -8,6 +8,7 @@ import torch
 
 from ..layout import stack_layouts
 from .base import Pattern
+from .parts import OfParts
 
 
 def _varies(pattern: Pattern) -> bool:
@@ -23,7 +24,7 @@ def _varies(pattern: Pattern) -> bool:
 
 
 @dataclass(frozen=True)
-class PerHead(Pattern):
+class PerHead(OfParts, Pattern):
     """One pattern per *query* head: query head ``h`` attends with ``patterns[h]`` (every batch
     element alike). Mixed-head designs put local heads beside global or strided ones (e.g.
     ``P.PerHead([P.SlidingWindow(255)] * 6 + [P.Causal()] * 2)``).
@@ -90,17 +91,8 @@ class PerHead(Pattern):
                              "query heads")
 
     # -- shape ----------------------------------------------------------------------------------
-    @property
-    def canvas(self):  # type: ignore[override]
-        return next((p.canvas for p in self.patterns if p.canvas is not None), None)
-
-    @property
-    def extra_kv(self):  # type: ignore[override]
-        return next((p.extra_kv for p in self.patterns if p.canvas is not None), 0)
-
-    @property
-    def fixed_blocks(self):  # type: ignore[override]
-        return next((p.fixed_blocks for p in self.patterns if p.fixed_blocks is not None), None)
+    def _parts(self) -> tuple[Pattern, ...]:
+        return self.patterns
 
     def check_lengths(self, q_len: int, kv_len: int) -> None:
         super().check_lengths(q_len, kv_len)

@@ -9,14 +9,14 @@ import torch
 from ..layout import BlockLayout
 from .base import Pattern
 from .kernel_mask import SegmentMask, TokenIds
-from .token_ids import DeviceTensors, HashedOnce, int_rows
+from .token_ids import DeviceTensors, TokenRows, int_rows
 
 #: The rules, by name, and their codes in the table the kernels read.
 RULES = {"none": TokenIds.NONE, "full": TokenIds.FULL, "causal": TokenIds.CAUSAL}
 
 
 @dataclass(frozen=True, eq=False)
-class Segments(HashedOnce, Pattern):
+class Segments(TokenRows, Pattern):
     """Segment rules: token ``t`` belongs to segment ``ids[t]``, and a query of segment ``a``
     may see a key of segment ``b`` as ``rules[a][b]`` says: ``"none"`` (never), ``"full"``
     (always) or ``"causal"`` (when the key is not after the query: ``kv_idx <= q_idx``).
@@ -42,6 +42,8 @@ class Segments(HashedOnce, Pattern):
     ids: tuple
     rules: tuple
 
+    _rows_noun = "ids"
+
     def __post_init__(self):
         rows, per_batch = int_rows("ids", self.ids, minimum=0)
         if len({len(r) for r in rows}) > 1:
@@ -59,8 +61,7 @@ class Segments(HashedOnce, Pattern):
             raise ValueError(f"ids: segment id {top} has no row in the {n} x {n} rules table")
         object.__setattr__(self, "ids", rows if per_batch else rows[0])
         object.__setattr__(self, "rules", tuple(tuple(r) for r in self.rules))
-        object.__setattr__(self, "_rows", rows)
-        object.__setattr__(self, "_per_batch", per_batch)
+        self._set_rows(rows, per_batch)
         self._hash_fields()
 
     def __repr__(self) -> str:
@@ -68,35 +69,17 @@ class Segments(HashedOnce, Pattern):
                 f"{f', batch={len(self._rows)}' if self._per_batch else ''})")
 
     # -- shape ----------------------------------------------------------------------------------
-    @property
-    def batch(self) -> int | None:
-        """The batch size the ids were given for (``None``: the same ids for every element)."""
-        return len(self._rows) if self._per_batch else None
-
     def default_lengths(self):
         n = len(self._rows[0])
         return n, n
 
-    def check_batch_heads(self, batch: int, heads: int) -> None:
-        if self._per_batch and batch != len(self._rows):
-            raise ValueError(f"{self!r} has ids for batch={len(self._rows)}, the inputs have {batch}")
-
     # -- tensors ---------------------------------------------------------------------------------
-    def _tensors(self) -> DeviceTensors:
-        known = self.__dict__.get("_device_tensors")
-        if known is None:
-            table = torch.tensor([[RULES[x] for x in r] for r in self.rules], dtype=torch.int64)
-            known = DeviceTensors(ids=torch.tensor(self._rows, dtype=torch.int64), table=table)
-            object.__setattr__(self, "_device_tensors", known)
-        return known
+    def _make_tensors(self) -> DeviceTensors:
+        table = torch.tensor([[RULES[x] for x in r] for r in self.rules], dtype=torch.int64)
+        return DeviceTensors(ids=torch.tensor(self._rows, dtype=torch.int64), table=table)
 
-    def _token_ids(self) -> TokenIds:
-        known = self.__dict__.get("_kernel_ids")
-        if known is None:
-            t = self._tensors().on(torch.device("cpu"))
-            known = TokenIds(t["ids"], t["ids"], t["table"])
-            object.__setattr__(self, "_kernel_ids", known)
-        return known
+    def _make_token_ids(self, cpu: dict) -> TokenIds:
+        return TokenIds(cpu["ids"], cpu["ids"], cpu["table"])
 
     # -- the definition ------------------------------------------------------------------------
     def mask_mod(self, q_len: int, kv_len: int):

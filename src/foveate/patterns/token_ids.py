@@ -79,4 +79,49 @@ class DeviceTensors:
         return known
 
 
-__all__ = ["int_rows", "HashedOnce", "DeviceTensors"]
+class TokenRows(HashedOnce):
+    """A pattern defined by rows of per-token integers (``Documents``' lengths, ``Segments``'
+    ids): one row for every batch element, or one per element (``per_batch``). It keeps the rows,
+    checks the batch size, and makes its tensors once (:meth:`_make_tensors`, copied to each
+    device on use) and its kernel operand once (:meth:`_make_token_ids`, on the CPU).
+
+    Subclasses call :meth:`_set_rows` in ``__post_init__`` and name their rows in ``_rows_noun``."""
+
+    _rows_noun = "rows"
+
+    def _set_rows(self, rows: tuple, per_batch: bool) -> None:
+        object.__setattr__(self, "_rows", rows)
+        object.__setattr__(self, "_per_batch", per_batch)
+
+    @property
+    def batch(self) -> int | None:
+        """The batch size the rows were given for (``None``: the same for every element)."""
+        return len(self._rows) if self._per_batch else None
+
+    def check_batch_heads(self, batch: int, heads: int) -> None:
+        if self._per_batch and batch != len(self._rows):
+            raise ValueError(f"{self!r} has {self._rows_noun} for batch={len(self._rows)}, the inputs have {batch}")
+
+    def _make_tensors(self) -> "DeviceTensors":
+        raise NotImplementedError
+
+    def _make_token_ids(self, cpu: dict):
+        raise NotImplementedError
+
+    def _tensors(self) -> "DeviceTensors":
+        known = self.__dict__.get("_device_tensors")
+        if known is None:
+            known = self._make_tensors()
+            object.__setattr__(self, "_device_tensors", known)
+        return known
+
+    def _token_ids(self):
+        """The kernels' :class:`~foveate.patterns.kernel_mask.TokenIds` of these rows."""
+        known = self.__dict__.get("_kernel_ids")
+        if known is None:
+            known = self._make_token_ids(self._tensors().on(torch.device("cpu")))
+            object.__setattr__(self, "_kernel_ids", known)
+        return known
+
+
+__all__ = ["int_rows", "HashedOnce", "DeviceTensors", "TokenRows"]

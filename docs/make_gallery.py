@@ -40,6 +40,17 @@ ENTRIES = [
      "neighborhood --canvas 64 64 --kernel 24 24 --stride 8 8"),
     ("neighborhood-3d", "3-D neighborhood (video)", "`P.Neighborhood((8, 32, 32), (3, 9, 9))`: one panel per frame "
      "that holds keys of the query.", "neighborhood --canvas 8 32 32 --kernel 3 9 9"),
+    ("windows-shifted", "Shifted windows (Swin)", "`P.Windows((32, 32), 8, shift=4)`: non-overlapping windows "
+     "moved by half a window, with Swin's region mask at the borders (`cyclic=True` wraps them instead).",
+     "windows --canvas 32 32 --window 8 --shift 4"),
+    ("axial", "Axial", "`P.Axial((32, 32), axes=(1,))`: each query sees its row.", "axial --canvas 32 32 --axes 1"),
+    ("grid", "Grid (MaxViT)", "`P.Grid((32, 32), 4)`: keys at the same position modulo 32 / 4 on every axis (a "
+     "dilated neighborhood).", "grid --canvas 32 32 --grid 4"),
+    ("halo", "Halo (HaloNet)", "`P.Halo((32, 32), block=8, halo=2)`: 8x8 query blocks see their block and a halo "
+     "of 2, clipped at the borders.", "halo --canvas 32 32 --block 8 --halo 2"),
+    ("tile-neighborhood", "Sliding Tile Attention", "`P.TileNeighborhood((8, 32, 32), tile=(2, 8, 8), window=(3, 3, "
+     "3))`: a neighborhood on the grid of tiles; in the tiled order every visited block is full.",
+     "tile-neighborhood --canvas 8 32 32 --tile-shape 2 8 8 --window 3 3 3"),
     ("moba", "MoBA (content-selected blocks)", "`P.MoBA(block=256, topk=3)` on synthetic inputs with planted key "
      "blocks: the blocks each query block selects, per head.",
      "moba --block 256 --topk 3 --len 4096"),

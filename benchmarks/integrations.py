@@ -13,6 +13,12 @@
 
 Times are medians of ``triton.testing.do_bench`` (warm). Usage: ``python benchmarks/integrations.py
 [--groups smollm2 wan] [--lengths 8192 32768] [--json FILE] [--markdown FILE]``.
+
+The GPU machine has no package index: carry transformers and diffusers as wheels for its Python
+(3.12), e.g. ``pip download --only-binary=:all: --python-version 3.12 --platform
+manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .wheels transformers==5.25.0
+diffusers==0.42.1`` (drop numpy's wheel: the machine has numpy), then install there with ``pip
+install --no-index --find-links .wheels transformers diffusers``.
 """
 
 from __future__ import annotations

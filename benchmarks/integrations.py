@@ -14,6 +14,9 @@
 Times are medians of ``triton.testing.do_bench`` (warm). Usage: ``python benchmarks/integrations.py
 [--groups smollm2 wan] [--lengths 8192 32768] [--json FILE] [--markdown FILE]``.
 
+``--tiny`` is a smoke run of the script's logic on a CPU (two layers, short sequences, a small
+Wan canvas, float32; its times measure nothing).
+
 The GPU machine has no package index: carry transformers and diffusers as wheels for its Python
 (3.12), e.g. ``pip download --only-binary=:all: --python-version 3.12 --platform
 manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .wheels transformers==5.25.0
@@ -36,38 +39,60 @@ WAN_KERNEL = (9, 15, 25)
 WAN_STRIDE = (3, 5, 5)
 
 
-def _bench(fn) -> float:
-    from triton.testing import do_bench
+class Setup:
+    """Where and how big: the GPU run, or ``--tiny`` (CPU, small shapes, float32)."""
+
+    def __init__(self, tiny: bool):
+        self.tiny = tiny
+        self.device = torch.device("cpu" if tiny else "cuda")
+        self.dtype = torch.float32 if tiny else torch.bfloat16
+        self.layers = 2 if tiny else 30
+        self.wan = dict(num_attention_heads=2, attention_head_dim=16, ffn_dim=64, text_dim=32, freq_dim=32,
+                        in_channels=4, out_channels=4) if tiny else dict(num_attention_heads=12,
+                                                                         attention_head_dim=128, ffn_dim=8960)
+        self.canvas = (3, 4, 6) if tiny else WAN_CANVAS
+        self.kernel = (3, 3, 3) if tiny else WAN_KERNEL
+        self.stride = (1, 3, 3) if tiny else WAN_STRIDE
+        self.text = (7, 32) if tiny else (512, 4096)
+
+
+def _bench(fn, setup: Setup) -> float:
     with torch.no_grad():
+        if setup.tiny:
+            import time
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+        from triton.testing import do_bench
         return do_bench(fn, warmup=3, rep=20, return_mode="median")
 
 
-def _header() -> str:
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return f"foveate {foveate.__version__}, torch {torch.__version__}, {name}, bfloat16"
+def _header(setup: Setup) -> str:
+    name = "cpu (--tiny: times measure nothing)" if setup.tiny else torch.cuda.get_device_name()
+    return f"foveate {foveate.__version__}, torch {torch.__version__}, {name}, {str(setup.dtype)[6:]}"
 
 
-def smollm2_rows(lengths) -> list[dict]:
+def smollm2_rows(lengths, setup: Setup) -> list[dict]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from foveate.integrations import transformers as ft
 
     ft.register()
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=setup.layers,
                          num_attention_heads=9, num_key_value_heads=3, head_dim=64,
                          rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
                          max_position_embeddings=max(lengths), tie_word_embeddings=True)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    model = LlamaForCausalLM(config).to(setup.device, setup.dtype).eval()
     rows = []
     for n in lengths:
-        ids = torch.randint(0, config.vocab_size, (1, n), device="cuda")
+        ids = torch.randint(0, config.vocab_size, (1, n), device=setup.device)
         times, logits = {}, {}
         for impl in ("sdpa", "foveate"):
             model.set_attn_implementation(impl)
             with torch.no_grad():
                 logits[impl] = model(input_ids=ids, logits_to_keep=64, use_cache=False).logits.float()
-            times[impl] = _bench(lambda: model(input_ids=ids, logits_to_keep=1, use_cache=False))
+            times[impl] = _bench(lambda: model(input_ids=ids, logits_to_keep=1, use_cache=False), setup)
         # The same model on both: the last 64 positions' logits agree to bf16 rounding.
         diff = (logits["sdpa"] - logits["foveate"]).abs().max().item()
         row = dict(group="smollm2", case=f"SmolLM2-135M prefill, causal, {n} tokens", tokens=n,
@@ -78,42 +103,43 @@ def smollm2_rows(lengths) -> list[dict]:
     return rows
 
 
-def wan_rows() -> list[dict]:
+def wan_rows(setup: Setup) -> list[dict]:
     from diffusers import WanTransformer3DModel
 
     from foveate.integrations import diffusers as fd
 
     torch.manual_seed(0)
-    model = WanTransformer3DModel(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=1)
-    model = model.to("cuda", torch.bfloat16).eval()
-    t, h, w = WAN_CANVAS
-    x = torch.randn(1, 16, t, 2 * h, 2 * w, device="cuda", dtype=torch.bfloat16)
-    text = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
-    step = torch.tensor([500], device="cuda")
+    model = WanTransformer3DModel(num_layers=1, **setup.wan).to(setup.device, setup.dtype).eval()
+    t, h, w = setup.canvas
+    heads, dim = setup.wan["num_attention_heads"], setup.wan["attention_head_dim"]
+    kw = dict(device=setup.device, dtype=setup.dtype)
+    x = torch.randn(1, model.config.in_channels, t, 2 * h, 2 * w, **kw)
+    text = torch.randn(1, *setup.text, **kw)
+    step = torch.tensor([500], device=setup.device)
 
     def block():
         return model(hidden_states=x, timestep=step, encoder_hidden_states=text, return_dict=False)[0]
 
     n = t * h * w
-    q, k, v = (torch.randn(1, 12, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    sdpa_attn = _bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
-    sdpa_block = _bench(block)
+    q, k, v = (torch.randn(1, heads, n, dim, **kw) for _ in range(3))
+    sdpa_attn = _bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), setup)
+    sdpa_block = _bench(block, setup)
     with torch.no_grad():  # a check first: dense through foveate's processor equals diffusers' own
         ref = block().float()
         with fd.apply(model, P.Dense()):
             dense_diff = (block().float() - ref).abs().max().item()
     print(f"Wan block, P.Dense() through foveate vs diffusers: max abs diff {dense_diff:.3g} "
           f"(outputs up to {ref.abs().max().item():.3g})", flush=True)
-    rows = [dict(group="wan", case="dense (diffusers' SDPA)", tokens=n, block_ms=sdpa_block, attention_ms=sdpa_attn,
-                 attention_share=sdpa_attn / sdpa_block, density=1.0)]
-    for label, pattern in (("3-D neighborhood", P.Neighborhood(WAN_CANVAS, WAN_KERNEL)),
-                           ("strided neighborhood", P.Neighborhood(WAN_CANVAS, WAN_KERNEL, stride=WAN_STRIDE))):
+    rows = [dict(group="wan", case="dense (diffusers' SDPA)", tokens=n, canvas=list(setup.canvas), block_ms=sdpa_block, attention_ms=sdpa_attn,
+                 attention_share=sdpa_attn / sdpa_block, density=1.0, dense_check=dense_diff)]
+    for label, pattern in (("3-D neighborhood", P.Neighborhood(setup.canvas, setup.kernel)),
+                           ("strided neighborhood", P.Neighborhood(setup.canvas, setup.kernel, stride=setup.stride))):
         handle = fd.apply(model, pattern)
         try:
-            block_ms = _bench(block)
+            block_ms = _bench(block, setup)
         finally:
             handle.remove()
-        attn_ms = _bench(lambda: foveate.attention(q, k, v, pattern))
+        attn_ms = _bench(lambda: foveate.attention(q, k, v, pattern), setup)
         record = foveate.simulate(pattern, q_len=n, kv_len=n)
         rows.append(dict(group="wan", case=f"{label} {pattern!r}", tokens=n, block_ms=block_ms, attention_ms=attn_ms,
                          attention_share=attn_ms / block_ms, density=record.density,
@@ -134,7 +160,8 @@ def markdown(rows, header) -> str:
         lines.append("")
     wan = [r for r in rows if r["group"] == "wan"]
     if wan:
-        lines += ["| Wan block, 21x30x52 tokens | density | block ms | attention ms | attention share | "
+        canvas = "x".join(map(str, wan[0]["canvas"]))
+        lines += [f"| Wan block, {canvas} tokens | density | block ms | attention ms | attention share | "
                   "block speedup | attention speedup |", "|---|---:|---:|---:|---:|---:|---:|"]
         for r in wan:
             lines.append(f"| {r['case']} | {r['density']:.3f} | {r['block_ms']:.2f} | {r['attention_ms']:.2f} | "
@@ -149,16 +176,19 @@ def main(argv=None):
     parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768])
     parser.add_argument("--json")
     parser.add_argument("--markdown")
+    parser.add_argument("--tiny", action="store_true", help="smoke run on a CPU: small shapes, float32")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/integrations.py needs a CUDA GPU")
-    header = _header()
+    if not torch.cuda.is_available() and not args.tiny:
+        raise SystemExit("benchmarks/integrations.py needs a CUDA GPU (--tiny runs a CPU smoke test)")
+    setup = Setup(args.tiny)
+    lengths = [128, 320] if args.tiny else args.lengths
+    header = _header(setup)
     print(header, flush=True)
     rows = []
     if "smollm2" in args.groups:
-        rows += smollm2_rows(args.lengths)
+        rows += smollm2_rows(lengths, setup)
     if "wan" in args.groups:
-        rows += wan_rows()
+        rows += wan_rows(setup)
     text = markdown(rows, header)
     print(text)
     if args.json:

@@ -69,3 +69,21 @@ def test_sequence_patterns_smoke_run_writes_every_group(benchmarks_path, tmp_pat
     assert compared and all("fwd_vs_compare" in r and "compare_ideal" in r for r in compared)
     assert all(r.get("fwd_target") in ("met", "missed") for r in compared if r["group"] == "streaming")
     assert (tmp_path / "sequence_patterns.md").read_text().count("\n| ") == len(records) + 1
+
+
+def test_integrations_smoke_run(benchmarks_path, tmp_path):
+    """``benchmarks/integrations.py --tiny`` (CPU, float32, small shapes) runs both groups through
+    the real transformers and diffusers models and writes its records: foveate's logits and the
+    dense Wan block agree with the models' own attention before anything is timed."""
+    import json
+
+    module = importlib.import_module("integrations")
+    out = tmp_path / "integrations.json"
+    module.main(["--tiny", "--json", str(out), "--markdown", str(tmp_path / "integrations.md")])
+    rows = json.loads(out.read_text())["rows"]
+    llm = [r for r in rows if r["group"] == "smollm2"]
+    wan = [r for r in rows if r["group"] == "wan"]
+    assert len(llm) == 2 and all(r["max_logit_diff"] < 1e-4 * max(1.0, r["logit_scale"]) for r in llm)
+    assert len(wan) == 3 and wan[0]["dense_check"] < 1e-4
+    assert all(r["block_ms"] > 0 and r["attention_ms"] > 0 for r in wan)
+    assert 0 < wan[1]["density"] < 1 and "stride" in wan[2]["case"]

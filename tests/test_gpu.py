@@ -82,6 +82,11 @@ TRAINING = [pytest.param("flex", *case.values, id=f"flex-{case.id}") for case in
     pytest.param("triton", _PACKED, 2048, 2048, 4, 1, 64, None, id="triton-documents-mqa"),
     pytest.param("triton", _PACKED_PER_BATCH, 2048, 2048, 4, 2, 128, None, id="triton-documents-per-batch-window"),
     pytest.param("triton", _BLOCK_RANK, 2048, 2048, 4, 2, 128, None, id="triton-segments-block-rank"),
+    # Global text beside a canvas: kernel mask + rectangles (text last), bitmask (text first)
+    pytest.param("triton", P.WithText(P.Neighborhood((8, 24, 20), (3, 7, 5)), 77), None, None, 4, 2, 128, None,
+                 id="triton-with-text-last"),
+    pytest.param("triton", P.WithText(P.Neighborhood((8, 24, 20), (3, 7, 5)), 226, first=True), None, None, 4, 2,
+                 128, None, id="triton-with-text-first"),
     pytest.param("triton", None, 4096, 4096, 4, 4, 128, None, id="triton-dense-d128"),
     pytest.param("triton", P.Causal(), 2000, 2000, 8, 2, 256, None, id="triton-causal-gqa-d256"),
     pytest.param("triton", P.Neighborhood((64, 64), (13, 13)), None, None, 4, 4, 80, "auto", id="triton-2d-d80"),

@@ -26,11 +26,12 @@ from .sliding import SlidingWindow
 from .strided_heads import StridedHeads
 from .tile_neighborhood import TileNeighborhood
 from .windows import Axial, Grid, Windows
+from .with_text import WithText
 
 __all__ = [
     "Pattern", "MaskMod", "KernelMask", "Blocks", "Dense", "Causal", "SlidingWindow", "Sinks", "Neighborhood",
     "Documents", "Segments", "PrefixLM", "Global", "ChunkCausal", "PowerAttention", "StridedHeads", "PerHead",
-    "Windows", "Axial", "Grid", "Halo", "TileNeighborhood",
+    "Windows", "Axial", "Grid", "Halo", "TileNeighborhood", "WithText",
     "Mask", "Union", "Intersection",
     "BlockTopK", "BlockTopP", "MoBA", "XAttention", "SelectedBlocks",
 ]

@@ -95,6 +95,8 @@ SHOW_CASES = {
     "windows-shifted": (["windows", "--canvas", "16", "16", "--window", "4", "--shift", "2"], ["allowed", "partial"]),
     "axial": (["axial", "--canvas", "8", "12", "--axes", "1"], ["allowed", "partial"]),
     "halo": (["halo", "--canvas", "16", "16", "--block", "4", "--halo", "1"], ["allowed", "partial"]),
+    "with-text": (["neighborhood", "--canvas", "24", "24", "--kernel", "7", "7", "--text", "100"],
+                  ["allowed", "partial", "full"]),
 }
 
 
@@ -257,6 +259,8 @@ SIMULATE_CASES = {
     "windows-cyclic": (["windows", "--canvas", "16", "32", "--window", "4", "8", "--shift", "2", "0", "--cyclic", "1", "0"],
                        P.Windows((16, 32), (4, 8), (2, 0), (True, False)), {}),
     "grid": (["grid", "--canvas", "16", "16", "--grid", "4"], P.Grid((16, 16), 4), {}),
+    "windows-text-first": (["windows", "--canvas", "16", "16", "--window", "4", "--text", "40", "--text-first"],
+                           P.WithText(P.Windows((16, 16), 4), 40, first=True), {}),
     "tile-neighborhood": (["tile-neighborhood", "--canvas", "8", "16", "16", "--tile-shape", "2", "4", "4",
                            "--window", "3", "3", "3", "--tile", "auto"],
                           P.TileNeighborhood((8, 16, 16), (2, 4, 4), (3, 3, 3)), dict(tile="auto")),
@@ -323,6 +327,8 @@ VALUE_ERRORS = {
     "tile and block disagree": (["neighborhood", "--canvas", "16", "16", "--kernel", "3", "--tile", "4x4",
                                  "--block-q", "32"], "must equal the tile size 16"),
     "zero length": (["dense", "--len", "0"], "q_len must be >= 1"),
+    "text-first without text": (["halo", "--canvas", "8", "8", "--block", "4", "--halo", "1", "--text-first"],
+                                "--text-first needs --text N"),
     "no such folder": (["causal", "--len", "10", "--out", "/nonexistent-foveate/x.png"], "does not exist"),
 }
 

@@ -19,6 +19,9 @@
     halo         --canvas 64 64 --block 8 --halo 3
     tile-neighborhood --canvas 30 48 80 --tile-shape 6 8 8 --window 3 3 3
 
+Every canvas kind also takes ``--text N [--text-first]``: N global text tokens after (before) the
+canvas (``P.WithText``).
+
 and the content-selected patterns, whose blocks are chosen from queries and keys (``--inputs
 FILE.pt``, or synthetic inputs with planted blocks: :mod:`.selection_inputs`):
 
@@ -96,11 +99,13 @@ def add_pattern_subparsers(
             p.add_argument("--causal", type=int, nargs="+", default=[0], choices=[0, 1],
                            help="1 = causal along that axis")
             p.add_argument("--extra-kv", type=int, default=0, help="keys after the canvas seen by all")
+            _text_options(p)
         elif kind in CANVAS_KINDS:
             p.add_argument("--canvas", type=int, nargs="+", required=True, help="canvas shape, 1 to 3 axes")
             for name, default, text in CANVAS_KINDS[kind]:
                 p.add_argument(f"--{name}", type=int, nargs="+", default=default, required=default is None,
                                help=text)
+            _text_options(p)
         else:
             if kind == "sliding":
                 p.add_argument("--left", type=int, required=True)
@@ -125,6 +130,20 @@ def add_pattern_subparsers(
         _selection_pattern_options(p, kind)
         add_input_options(p)
         add_selection_options(p)
+
+
+def _text_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", type=int, default=0,
+                   help="global text tokens beside the canvas: P.WithText(pattern, text) (default: none)")
+    p.add_argument("--text-first", action="store_true", help="the text tokens come before the canvas")
+
+
+def _with_text(pattern: P.Pattern, args: argparse.Namespace) -> P.Pattern:
+    if args.text:
+        return P.WithText(pattern, args.text, first=args.text_first)
+    if args.text_first:
+        raise ValueError("--text-first needs --text N")
+    return pattern
 
 
 def _sequence_options(p: argparse.ArgumentParser, kind: str) -> None:
@@ -247,10 +266,11 @@ def pattern_from_args(args: argparse.Namespace) -> tuple[P.Pattern, int, int]:
             tuple(args.canvas), _axes(args.kernel), _axes(args.dilation), _axes(args.stride),
             _axes([bool(c) for c in args.causal]), extra_kv=args.extra_kv,
         )
+        pattern = _with_text(pattern, args)
         q_len, kv_len = pattern.default_lengths()
         return pattern, q_len, kv_len
     if args.pattern in CANVAS_KINDS:
-        pattern = _canvas_pattern(args)
+        pattern = _with_text(_canvas_pattern(args), args)
         q_len, kv_len = pattern.default_lengths()
         return pattern, q_len, kv_len
     pattern = _sequence_pattern(args)

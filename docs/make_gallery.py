@@ -51,6 +51,8 @@ ENTRIES = [
     ("tile-neighborhood", "Sliding Tile Attention", "`P.TileNeighborhood((8, 32, 32), tile=(2, 8, 8), window=(3, 3, "
      "3))`: a neighborhood on the grid of tiles; in the tiled order every visited block is full.",
      "tile-neighborhood --canvas 8 32 32 --tile-shape 2 8 8 --window 3 3 3"),
+    ("circular", "Circular windows (CLEAR)", "`P.Circular((32, 32), 6.5)`: keys within a Euclidean radius, "
+     "truncated at the borders.", "circular --canvas 32 32 --radius 6.5"),
     ("with-text", "Text beside a canvas", "`P.WithText(P.Neighborhood((24, 24), (7, 7)), 100)`: a neighborhood "
      "plus 100 global text tokens after it (HunyuanVideo's joint attention; `first=True` puts them before, as "
      "CogVideoX does).", "neighborhood --canvas 24 24 --kernel 7 7 --text 100"),

@@ -95,6 +95,7 @@ SHOW_CASES = {
     "windows-shifted": (["windows", "--canvas", "16", "16", "--window", "4", "--shift", "2"], ["allowed", "partial"]),
     "axial": (["axial", "--canvas", "8", "12", "--axes", "1"], ["allowed", "partial"]),
     "halo": (["halo", "--canvas", "16", "16", "--block", "4", "--halo", "1"], ["allowed", "partial"]),
+    "circular": (["circular", "--canvas", "24", "24", "--radius", "5.5"], ["allowed", "partial"]),
     "with-text": (["neighborhood", "--canvas", "24", "24", "--kernel", "7", "7", "--text", "100"],
                   ["allowed", "partial", "full"]),
 }
@@ -259,6 +260,7 @@ SIMULATE_CASES = {
     "windows-cyclic": (["windows", "--canvas", "16", "32", "--window", "4", "8", "--shift", "2", "0", "--cyclic", "1", "0"],
                        P.Windows((16, 32), (4, 8), (2, 0), (True, False)), {}),
     "grid": (["grid", "--canvas", "16", "16", "--grid", "4"], P.Grid((16, 16), 4), {}),
+    "circular": (["circular", "--canvas", "40", "40", "--radius", "6"], P.Circular((40, 40), 6), {}),
     "windows-text-first": (["windows", "--canvas", "16", "16", "--window", "4", "--text", "40", "--text-first"],
                            P.WithText(P.Windows((16, 16), 4), 40, first=True), {}),
     "tile-neighborhood": (["tile-neighborhood", "--canvas", "8", "16", "16", "--tile-shape", "2", "4", "4",

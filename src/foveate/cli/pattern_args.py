@@ -18,6 +18,7 @@
     grid         --canvas 64 64 --grid 8
     halo         --canvas 64 64 --block 8 --halo 3
     tile-neighborhood --canvas 30 48 80 --tile-shape 6 8 8 --window 3 3 3
+    circular     --canvas 64 64 --radius 8.5
 
 Every canvas kind also takes ``--text N [--text-first]``: N global text tokens after (before) the
 canvas (``P.WithText``).
@@ -45,7 +46,7 @@ from .. import patterns as P
 from .selection_inputs import SYNTHETIC_HELP, add_input_options
 
 KINDS = ("dense", "causal", "sliding", "sinks", "prefix-lm", "global", "chunk-causal", "power", "strided-heads",
-         "documents", "neighborhood", "windows", "axial", "grid", "halo", "tile-neighborhood")
+         "documents", "neighborhood", "windows", "axial", "grid", "halo", "tile-neighborhood", "circular")
 #: Kinds on a canvas: ``--canvas`` and their per-axis options.
 CANVAS_KINDS = {
     "windows": (("window", None, "window per axis"), ("shift", [0], "Swin's shift per axis (region mask)"),
@@ -55,6 +56,7 @@ CANVAS_KINDS = {
     "halo": (("block", None, "query block per axis"), ("halo", None, "halo per axis")),
     "tile-neighborhood": (("tile-shape", None, "STA's tile shape (--tile is the token order)"),
                           ("window", None, "window per axis, in tiles (odd)")),
+    "circular": (),  # --radius (a real number), below
 }
 
 _HELP = {
@@ -69,6 +71,7 @@ _HELP = {
     "grid": "MaxViT grid attention: keys at the same position modulo L / grid (Grid)",
     "halo": "HaloNet: blocked queries, keys in the block plus a halo, clipped (Halo)",
     "tile-neighborhood": "Sliding Tile Attention: a neighborhood on the grid of tiles (TileNeighborhood)",
+    "circular": "CLEAR: keys within a Euclidean radius, truncated at the borders (Circular)",
 }
 #: Content-selected kinds: their blocks depend on the inputs.
 SELECTED_KINDS = ("topk", "topp", "moba", "xattention")
@@ -105,6 +108,8 @@ def add_pattern_subparsers(
             for name, default, text in CANVAS_KINDS[kind]:
                 p.add_argument(f"--{name}", type=int, nargs="+", default=default, required=default is None,
                                help=text)
+            if kind == "circular":
+                p.add_argument("--radius", type=float, required=True, help="keys with distance < radius")
             _text_options(p)
         else:
             if kind == "sliding":
@@ -299,6 +304,8 @@ def _canvas_pattern(args: argparse.Namespace) -> P.Pattern:
         return P.Grid(canvas, _axes(args.grid))
     if args.pattern == "halo":
         return P.Halo(canvas, _axes(args.block), _axes(args.halo))
+    if args.pattern == "circular":
+        return P.Circular(canvas, args.radius)
     return P.TileNeighborhood(canvas, tuple(args.tile_shape), _axes(args.window))
 
 

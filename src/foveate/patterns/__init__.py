@@ -8,6 +8,7 @@ from .base import MaskMod, Pattern
 from .blocks import Blocks
 from .causal import Causal
 from .chunked import ChunkCausal
+from .circular import Circular
 from .compose import Intersection, Union
 from .dense import Dense
 from .halo import Halo
@@ -31,7 +32,7 @@ from .with_text import WithText
 __all__ = [
     "Pattern", "MaskMod", "KernelMask", "Blocks", "Dense", "Causal", "SlidingWindow", "Sinks", "Neighborhood",
     "Documents", "Segments", "PrefixLM", "Global", "ChunkCausal", "PowerAttention", "StridedHeads", "PerHead",
-    "Windows", "Axial", "Grid", "Halo", "TileNeighborhood", "WithText",
+    "Windows", "Axial", "Grid", "Halo", "TileNeighborhood", "Circular", "WithText",
     "Mask", "Union", "Intersection",
     "BlockTopK", "BlockTopP", "MoBA", "XAttention", "SelectedBlocks",
 ]

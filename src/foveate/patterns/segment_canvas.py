@@ -178,30 +178,57 @@ def build_classes_layout(
     """The exact BlockLayout, in raster order, of the pattern whose pairs are allowed when their
     classes agree on every axis."""
     ndim = len(canvas)
+
+    def key_regions(owner, x0, x1):
+        # Regions of keys reached by each query box, axis by axis (a superset).
+        lo = torch.empty(owner.numel(), 0, dtype=torch.int64, device=device)
+        hi, step = lo, lo
+        for a, ax in enumerate(axes):
+            s_lo, s_hi, s_step, s_valid = ax.key_slots(x0[:, a], x1[:, a], last=a == ndim - 1)
+            r, k = torch.nonzero(s_valid, as_tuple=True)
+            owner, x0, x1 = owner[r], x0[r], x1[r]
+            lo = torch.cat([lo[r], s_lo[r, k, None]], 1)
+            hi = torch.cat([hi[r], s_hi[r, k, None]], 1)
+            step = torch.cat([step[r], s_step[r, k, None]], 1)
+        return owner, lo, hi, step
+
+    def classify(q_lo, q_hi, k_lo, k_hi):
+        some = torch.ones(q_lo.shape[0], dtype=torch.bool, device=device)
+        every = torch.ones_like(some)
+        for a, ax in enumerate(axes):
+            bounds = q_lo[:, a], q_hi[:, a], k_lo[:, a], k_hi[:, a]
+            some &= ax.any_allowed(*bounds)
+            every &= ax.all_allowed(*bounds)
+        return some, every
+
+    return build_box_pair_layout(canvas, key_regions, classify, block_q=block_q, block_kv=block_kv, device=device,
+                                 mask_mod=mask_mod, allowed_pairs=classes_allowed_pairs(axes))
+
+
+def build_box_pair_layout(canvas: tuple[int, ...], key_regions, classify, *, block_q: int, block_kv: int,
+                          device: torch.device, mask_mod, allowed_pairs: int) -> BlockLayout:
+    """The exact BlockLayout, in raster order, of a canvas pattern that can answer for a box of
+    queries and a box of keys whether some, and whether every, pair is allowed.
+
+    A raster block is a union of at most ``2 D - 1`` boxes (:class:`RasterOrder`). ``key_regions(
+    owner, x0, x1)`` gives, for query boxes ``[x0, x1]`` (inclusive, ``(R, D)``), regions holding
+    every key they may see: ``(owner, lo, hi, step)`` as :meth:`RasterOrder.blocks_in_regions`
+    takes them (``owner``: the query block of each region); the kv blocks of those regions are
+    the candidates (a superset of the visited blocks). ``classify(q_lo, q_hi, k_lo, k_hi)`` answers
+    ``(some, every)`` per box pair (inclusive ``(S, D)`` bounds). A block pair is visited when
+    some box pair has an allowed pair, full when every box pair is all allowed."""
     n = math.prod(canvas)
     order = RasterOrder(canvas)
     q_lo, q_hi, q_valid = order.block_boxes(block_q, device)
     k_lo, k_hi, k_valid = order.block_boxes(block_kv, device)
     nkv = k_lo.shape[0]
 
-    # 1. Candidates: regions of keys reached by each query box, axis by axis (a superset).
     box_q, box_i = torch.nonzero(q_valid, as_tuple=True)
-    owner = box_q
-    x0, x1 = q_lo[box_q, box_i], q_hi[box_q, box_i]  # (R, D)
-    lo = torch.empty(owner.numel(), 0, dtype=torch.int64, device=device)
-    hi, step = lo, lo
-    for a, ax in enumerate(axes):
-        s_lo, s_hi, s_step, s_valid = ax.key_slots(x0[:, a], x1[:, a], last=a == ndim - 1)
-        r, s = torch.nonzero(s_valid, as_tuple=True)
-        owner, x0, x1 = owner[r], x0[r], x1[r]
-        lo = torch.cat([lo[r], s_lo[r, s, None]], 1)
-        hi = torch.cat([hi[r], s_hi[r, s, None]], 1)
-        step = torch.cat([step[r], s_step[r, s, None]], 1)
+    owner, lo, hi, step = key_regions(box_q, q_lo[box_q, box_i], q_hi[box_q, box_i])
     region, kb = order.blocks_in_regions(lo, hi, step, block_kv)
     key = torch.unique(owner[region] * nkv + kb)
     qb, kb = key // nkv, key % nkv
 
-    # 2. Exact classification of each candidate, box pair by box pair.
     some = torch.zeros(qb.numel(), dtype=torch.bool, device=device)
     every = torch.ones_like(some)
     for i in range(q_lo.shape[1]):
@@ -210,16 +237,11 @@ def build_classes_layout(
             if sel.numel() == 0:
                 continue
             qs, ks = qb[sel], kb[sel]
-            pair_some = torch.ones_like(sel, dtype=torch.bool)
-            pair_every = torch.ones_like(pair_some)
-            for a, ax in enumerate(axes):
-                bounds = q_lo[qs, i, a], q_hi[qs, i, a], k_lo[ks, j, a], k_hi[ks, j, a]
-                pair_some &= ax.any_allowed(*bounds)
-                pair_every &= ax.all_allowed(*bounds)
+            pair_some, pair_every = classify(q_lo[qs, i], q_hi[qs, i], k_lo[ks, j], k_hi[ks, j])
             some[sel] |= pair_some
             every[sel] &= pair_every
     qb, kb, full = qb[some], kb[some], every[some]
     return BlockLayout.from_pairs(
         qb, kb, full, block_q=block_q, block_kv=block_kv, q_len=n, kv_len=n,
-        mask_mod=mask_mod, allowed_pairs=classes_allowed_pairs(axes),
+        mask_mod=mask_mod, allowed_pairs=allowed_pairs,
     )

@@ -34,7 +34,7 @@ PUBLIC = {
     "foveate.score_mods": {"ScoreMod", "ScoreFn", "Softcap", "ALiBi", "DistanceDecay", "RelativePositionBias",
                            "LowRankBias", "DenseBias", "ScoreFunction", "alibi_slopes"},
     "foveate.backends": {"Backend", "Problem", "register", "names", "available", "get", "reasons", "select",
-                         "cached_layout"},
+                         "cached_layout", "check_name"},
     "foveate.nn": {"joint_attention", "SelfAttention", "NeighborhoodAttention1D", "NeighborhoodAttention2D",
                    "NeighborhoodAttention3D"},
     "foveate.integrations.transformers": {"register", "set_pattern", "HFMask", "pattern_for"},

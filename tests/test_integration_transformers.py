@@ -139,6 +139,8 @@ def test_hole_in_padding_takes_the_dense_fallback_and_is_exact():
     theirs, ours = _hf_masks(1, 10, 10, 0, 0, mu.causal_mask_function, attn)
     pattern, keys = FT.pattern_for(ours)
     assert isinstance(pattern, P.Mask) and keys == 10
+    # (made where the model runs: transformers names the device)
+    assert FT._mask_interface(1, 10, 10, attention_mask=attn, device="meta").dense().device.type == "meta"
     assert torch.equal(_pattern_mask(pattern, keys, 10, 10, 1), theirs)
 
 
@@ -347,6 +349,12 @@ def test_user_4d_masks_are_honoured():
     mask[..., 5:, 2] = False
     got = _logits(model, NAME, ids, attention_mask=mask)
     torch.testing.assert_close(got, _logits(model, "sdpa", ids, attention_mask=mask), atol=1e-6, rtol=1e-6)
+    per_head = mask.expand(2, 4, 10, 10).clone()  # a different mask per batch element and head
+    per_head[1, 2, 7:, :3] = False
+    per_head[0, 1, 3, 1] = False
+    ids2 = torch.cat([ids, ids.flip(1)])
+    got = _logits(model, NAME, ids2, attention_mask=per_head)
+    torch.testing.assert_close(got, _logits(model, "sdpa", ids2, attention_mask=per_head), atol=1e-6, rtol=1e-6)
     bias = torch.randn(1, 1, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     bias = bias.masked_fill(~mask, torch.finfo(torch.float64).min)
     got = _logits(model, NAME, ids, attention_mask=bias)

@@ -42,6 +42,16 @@ def get(name: str) -> Backend:
     raise ValueError(f"backend={name!r} is unknown; expected 'auto' or one of {names()}")
 
 
+def check_name(backend) -> str:
+    """``backend`` as :func:`foveate.attention` takes it, checked where it is stored (a module,
+    an integration): ``"auto"`` or a registered name; ``TypeError`` / ``ValueError`` naming it."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__} {backend!r}")
+    if backend != "auto":
+        get(backend)
+    return backend
+
+
 def reasons(problem: Problem, *, auto: bool = True) -> dict[str, str | None]:
     """For each backend, why it would not take ``problem`` (``None``: it would)."""
     out = {}
@@ -99,5 +109,6 @@ register(_torch_blocks.TorchBlocksBackend())
 register(_reference.ReferenceBackend())
 
 __all__ = [
+    "check_name",
     "Backend", "Problem", "register", "names", "available", "get", "reasons", "select", "cached_layout",
 ]

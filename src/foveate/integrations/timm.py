@@ -59,13 +59,6 @@ def _check_pattern_spec(pattern) -> None:
                         f"(or None), or None; got {pattern!r}")
 
 
-def _check_backend(backend) -> None:
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, got {type(backend).__name__} {backend!r}")
-    if backend != "auto":
-        _backends.get(backend)  # (ValueError naming the known ones)
-
-
 class _PatchGrid:
     """The patch grid of the latest input and the model's prefix-token count, shared by a model's
     foveate attention modules. It is the forward hook on ``patch_embed`` that records the grid
@@ -189,7 +182,7 @@ class Attention(TimmAttention):
             A subclass of :class:`Attention` (and so of ``timm.layers.Attention``).
         """
         _check_pattern_spec(pattern)
-        _check_backend(backend)
+        _backends.check_name(backend)
         return _WithPattern(cls.__name__, (cls,), {
             "_pattern_defaults": {"pattern": pattern, "backend": backend},
             "_is_pattern_factory": True,
@@ -367,7 +360,7 @@ def apply(model: nn.Module, pattern: PatternSpec, *, backend: str = "auto",
         ``model`` itself.
     """
     _check_pattern_spec(pattern)
-    _check_backend(backend)
+    _backends.check_name(backend)
     found = [m for m in model.modules() if type(m) is TimmAttention or isinstance(m, Attention)]
     if not found:
         raise ValueError(f"{type(model).__name__} has no timm.layers.Attention modules")

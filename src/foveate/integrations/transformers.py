@@ -48,6 +48,7 @@ from typing import Any, Callable
 
 import torch
 
+from .. import backends
 from .. import patterns as P
 from ..api import attention
 from ..patterns.base import Pattern
@@ -71,6 +72,7 @@ class HFMask:
         mask_function: transformers' ``fn(batch_idx, head_idx, q_idx, kv_idx) -> bool`` on
             positions (broadcasting index tensors).
         padding: ``(B, kv_length)`` bool, ``True`` for a real key; ``None`` when every key is real.
+        device: where the model runs (the dense fallback's mask is made there).
     """
 
     batch_size: int
@@ -80,6 +82,7 @@ class HFMask:
     kv_offset: int
     mask_function: Callable
     padding: torch.Tensor | None
+    device: torch.device | None = None
     # pattern_for's answers, per key length: one mask serves every layer of its kind.
     _patterns: dict = field(default_factory=dict, repr=False)
 
@@ -103,16 +106,17 @@ class HFMask:
         """``(B, 1, q_length, kv_length)``, the shape of the mask it stands for."""
         return (self.batch_size, 1, self.q_length, self.kv_length)
 
-    def dense(self, device: torch.device | None = None) -> torch.Tensor:
-        """The mask as a ``(B, 1, q_length, kv_length)`` bool tensor (every pair evaluated)."""
-        device = device if device is not None else (self.padding.device if self.padding is not None else None)
+    def dense(self) -> torch.Tensor:
+        """The mask as a ``(B, 1, q_length, kv_length)`` bool tensor on :attr:`device` (every pair
+        evaluated)."""
+        device = self.device if self.device is not None else (self.padding.device if self.padding is not None else None)
         b = torch.arange(self.batch_size, device=device)[:, None, None, None]
         h = torch.zeros((), dtype=torch.long, device=device)
         qi = torch.arange(self.q_length, device=device)[None, None, :, None] + self.q_offset
         ki = torch.arange(self.kv_length, device=device)[None, None, None, :] + self.kv_offset
         allowed = self.mask_function(b, h, qi, ki).expand(self.batch_size, 1, self.q_length, self.kv_length)
         if self.padding is not None:
-            allowed = allowed & self.padding[:, None, None, :]
+            allowed = allowed & self.padding.to(allowed.device)[:, None, None, :]
         return allowed
 
 
@@ -142,8 +146,9 @@ def _mask_interface(
         mask = mask[:, kv_offset:kv_offset + kv_length]
         if not bool(mask.all()):
             padding = mask
+    device = kwargs.get("device")
     return HFMask(int(batch_size), int(q_length), int(kv_length), int(q_offset), int(kv_offset), mask_function,
-                  padding)
+                  padding, torch.device(device) if device is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,13 +243,15 @@ def _document_ids(valid: torch.Tensor, packed: torch.Tensor | None) -> torch.Ten
 
 
 def _dense_pattern(allowed: torch.Tensor) -> Pattern:
-    """The fallback: a ``(B, 1, Nq, Nkv)`` bool mask as a pattern (evaluated per pair)."""
-    table = allowed[:, 0]
+    """The fallback: a ``(B|1, H|1, Nq, Nkv)`` bool mask as a pattern (evaluated per pair; per
+    batch element and per query head where it differs)."""
+    batch = allowed.shape[0] if allowed.shape[0] > 1 else None
+    heads = allowed.shape[1] if allowed.shape[1] > 1 else None
 
     def fn(b, h, q_idx, kv_idx):
-        return table[b, q_idx, kv_idx]
+        return allowed[b if batch else 0, h if heads else 0, q_idx, kv_idx]
 
-    return P.Mask(fn, batch=table.shape[0])
+    return P.Mask(fn, batch=batch, heads=heads)
 
 
 def pattern_for(mask: HFMask, key_length: int | None = None) -> tuple[Pattern | None, int]:
@@ -334,7 +341,7 @@ def _attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.
         mask4 = attention_mask if attention_mask.dim() == 4 else attention_mask[:, None]
         mask4 = mask4[..., :kv_len]
         if mask4.dtype == torch.bool:
-            pattern = _dense_pattern(mask4.expand(query.shape[0], 1, q_len, kv_len))
+            pattern = _dense_pattern(mask4.to(query.device))
         else:
             from ..score_mods import DenseBias
             pattern = None
@@ -380,8 +387,7 @@ def register(name: str = "foveate", *, backend: str = "auto") -> str:
         if reserved in lowered:
             raise ValueError(f"name={name!r} contains {reserved!r}, which transformers matches by substring; "
                              f"choose another name")
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    backends.check_name(backend)
     from transformers import AttentionInterface, AttentionMaskInterface
 
     def forward(*args, **kwargs):

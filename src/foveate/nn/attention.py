@@ -27,14 +27,6 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
-def _check_backend(backend) -> str:
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, got {type(backend).__name__} {backend!r}")
-    if backend != "auto" and backend not in backends.names():
-        raise ValueError(f"backend={backend!r} is unknown; expected 'auto' or one of {backends.names()}")
-    return backend
-
-
 class _ProjectedAttention(nn.Module):
     """The parameters and projections shared by the modules of :mod:`foveate.nn`: ``qkv``,
     ``proj`` and ``proj_drop``, registered in NATTEN's order (its state dict's key order)."""
@@ -60,7 +52,7 @@ class _ProjectedAttention(nn.Module):
             raise TypeError(f"proj_drop must be a real number, got {type(proj_drop).__name__} {proj_drop!r}")
         if not 0.0 <= proj_drop <= 1.0:
             raise ValueError(f"proj_drop must be in [0, 1], got {proj_drop!r}")
-        self.backend = _check_backend(backend)
+        self.backend = backends.check_name(backend)
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = head_dim

@@ -75,7 +75,8 @@ def joint_attention(
     qc, kc, vc = q[:, :, canvas], k[:, :, canvas], v[:, :, canvas]
     kg, vg = k[:, :, glob], v[:, :, glob]
 
-    if any(f.name == "extra_kv" for f in dataclasses.fields(pattern)) and pattern.extra_kv == 0:
+    if (dataclasses.is_dataclass(pattern) and any(f.name == "extra_kv" for f in dataclasses.fields(pattern))
+            and pattern.extra_kv == 0):
         # The pattern takes the extra keys itself: one call, the keys canvas-then-extra.
         with_extra = dataclasses.replace(pattern, extra_kv=extra)
         out_c = attention(qc, torch.cat([kc, kg], 2), torch.cat([vc, vg], 2), with_extra, scale=scale,

@@ -262,10 +262,8 @@ def apply(transformer: torch.nn.Module, pattern: PatternSpec, *, layers: LayerSp
         raise TypeError(f"transformer must be one of {[f.cls.__name__ for f in families]}, got "
                         f"{type(transformer).__name__}")
     _check_spec("pattern", pattern)
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, got {type(backend).__name__} {backend!r}")
-    if backend != "auto":
-        if not backends.get(backend).available():  # (get raises ValueError naming backend)
+    if backends.check_name(backend) != "auto":
+        if not backends.get(backend).available():
             raise ValueError(f"backend={backend!r} cannot run on this machine: "
                              f"{backends.get(backend).unavailable_reason()}")
     modules = family.modules(transformer)

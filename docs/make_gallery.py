@@ -53,6 +53,12 @@ ENTRIES = [
      "tile-neighborhood --canvas 8 32 32 --tile-shape 2 8 8 --window 3 3 3"),
     ("circular", "Circular windows (CLEAR)", "`P.Circular((32, 32), 6.5)`: keys within a Euclidean radius, "
      "truncated at the borders.", "circular --canvas 32 32 --radius 6.5"),
+    ("radial", "Radial attention (video)", "`P.Radial(8, 1024)`: 8 frames of 1024 tokens; frame 0 a sink, the "
+     "near frames whole (Wan: the next half), farther frames in bands that halve with each power-of-two "
+     "distance (Radial Attention's released mask).", "radial --frames 8 --tokens-per-frame 1024"),
+    ("cross-scale", "Cross-scale windows (MVAR)", "`P.CrossScale((16, 16), (32, 32), kernel=7)`: queries on a "
+     "16x16 canvas, each seeing a 7x7 window of a 32x32 key canvas around its scaled position.",
+     "cross-scale --q-canvas 16 16 --kv-canvas 32 32 --kernel 7 7"),
     ("with-text", "Text beside a canvas", "`P.WithText(P.Neighborhood((24, 24), (7, 7)), 100)`: a neighborhood "
      "plus 100 global text tokens after it (HunyuanVideo's joint attention; `first=True` puts them before, as "
      "CogVideoX does).", "neighborhood --canvas 24 24 --kernel 7 7 --text 100"),

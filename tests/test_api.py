@@ -30,7 +30,7 @@ PUBLIC = {
                          "Neighborhood", "Mask", "Union", "Intersection", "BlockTopK", "BlockTopP", "MoBA",
                          "XAttention", "SelectedBlocks", "Documents", "Segments", "PrefixLM", "Global",
                          "ChunkCausal", "PowerAttention", "StridedHeads", "PerHead", "Windows", "Axial", "Grid",
-                         "Halo", "TileNeighborhood", "Circular", "WithText"},
+                         "Halo", "TileNeighborhood", "Circular", "Radial", "CrossScale", "WithText"},
     "foveate.score_mods": {"ScoreMod", "ScoreFn", "Softcap", "ALiBi", "DistanceDecay", "RelativePositionBias",
                            "LowRankBias", "DenseBias", "ScoreFunction", "alibi_slopes"},
     "foveate.backends": {"Backend", "Problem", "register", "names", "available", "get", "reasons", "select",

@@ -71,6 +71,34 @@ def test_sequence_patterns_smoke_run_writes_every_group(benchmarks_path, tmp_pat
     assert (tmp_path / "sequence_patterns.md").read_text().count("\n| ") == len(records) + 1
 
 
+def test_canvas_patterns_smoke_run_writes_every_group(benchmarks_path, tmp_path):
+    """``benchmarks/canvas_patterns.py --tiny`` (tiny canvases; without CUDA the torch and
+    reference backends) runs every group and writes its JSON: each row checked and timed, the
+    layout build timed."""
+    import json
+
+    module = importlib.import_module("canvas_patterns")
+    out = tmp_path / "canvas_patterns.json"
+    argv = ["--tiny", "--json", str(out), "--markdown", str(tmp_path / "canvas_patterns.md")]
+    module.main(argv + (["--no-flex"] if torch.cuda.is_available() else []))  # (no Flex compiles on a GPU)
+    records = json.loads(out.read_text())
+    assert {r["group"] for r in records} == {"baselines", *module.GROUPS}
+    for r in records:
+        assert r["status"] in ("ok", "skipped"), (r["name"], r["kernel"], r["status"], r.get("reason"))
+        if r["status"] == "skipped":
+            assert r["reason"], r["name"]
+            continue
+        assert r["max_err"] < module.ERROR_LIMIT and r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0, r
+        assert r["fwd_of_ideal"] > 0 and r["fwdbwd_sol"] > 0 and r["fwd_vs_dense"] > 0, r
+        assert r["group"] == "baselines" or r["layout_ms"] > 0, r
+    ran = {(r["group"], r["kernel"]) for r in records if r["status"] == "ok"}
+    assert {("baselines", "cudnn"), ("swin", "triton"), ("sta", "triton"), ("radial", "triton"),
+            ("circular", "triton"), ("halo", "triton")} <= ran
+    assert all(r.get("fwd_target") in ("met", "missed") for r in records
+               if r["status"] == "ok" and r["kernel"] == "triton" and r["group"] in ("swin", "sta"))
+    assert (tmp_path / "canvas_patterns.md").read_text().count("\n| ") == len(records) + 1
+
+
 def test_integrations_smoke_run(benchmarks_path, tmp_path):
     """``benchmarks/integrations.py --tiny`` (CPU, float32, small shapes) runs both groups through
     the real transformers and diffusers models and writes its records: foveate's logits and the

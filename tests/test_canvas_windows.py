@@ -300,13 +300,38 @@ def test_value_semantics_and_repr():
         "Windows(canvas=(8, 8), window=(4, 4), shift=(2, 0), cyclic=(True, True))")
     assert repr(Axial((3, 4, 5), (2, 0))) == "Axial(canvas=(3, 4, 5), axes=(0, 2))"
     assert repr(Grid((8, 8), 2)) == "Grid(canvas=(8, 8), grid=(2, 2))"
-    for p in (Windows((8, 8), 4), Axial((8, 8), 1), Grid((8, 8), 2)):
-        assert p.kernel_mask(64, 64) is None and not p.can_tile
-        assert p.default_lengths() == (64, 64)
+    for p in (Windows((8, 8), 4, 1), Windows((8, 8), 4, cyclic=True), Windows((9, 8), 4), Axial((8, 8), 1),
+              Grid((8, 8), 2)):
+        assert p.kernel_mask(p.default_lengths()[0], p.default_lengths()[1]) is None and not p.can_tile
+        assert p.default_lengths() in ((64, 64), (72, 72))
         with pytest.raises(ValueError, match="q_len"):
             p.check_lengths(64, 65)
         with pytest.raises(ValueError, match="tile"):
-            p.build(64, 64, tile=(4, 4))
+            p.build(*p.default_lengths(), tile=(4, 4))
+
+
+def test_aligned_windows_are_a_tile_neighborhood():
+    """Unshifted windows that divide the canvas take the TileNeighborhood's kernel mask and tiled
+    orders: in a window-aligned tile every visited block is full."""
+    w = Windows((8, 16, 16), (4, 8, 8))
+    tn = P.TileNeighborhood((8, 16, 16), (4, 8, 8), 1)
+    n = w.default_lengths()[0]
+    assert w.can_tile and w.kernel_mask(n, n) == tn.kernel_mask(n, n)
+    assert torch.equal(_flat_mask(w), _flat_mask(tn))
+    record = foveate.simulate(w, tile="auto")
+    assert record.tile is not None and record.blocks_partial == 0 and record.speedup_bound == 8.0
+    layout = w.build(n, n, block_q=128, block_kv=128, tile=record.tile)
+    assert layout.num_visited() == int(layout.full_kv_num_blocks.sum())
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_aligned_windows_tiled_attention(backend):
+    pattern = Windows((4, 16, 16), (2, 8, 8))  # (tiles of 128 tokens: the backends' blocks)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = make_qkv(gen, batch=1, heads_q=2, q_shape=pattern.canvas, head_dim=16, dtype=torch.float32)
+    want = foveate.attention(q, k, v, pattern, backend="reference")
+    got = foveate.attention(q, k, v, pattern, backend=backend, tile=(2, 8, 8))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("make,exc,name", [

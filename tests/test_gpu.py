@@ -87,6 +87,10 @@ TRAINING = [pytest.param("flex", *case.values, id=f"flex-{case.id}") for case in
                  id="triton-with-text-last"),
     pytest.param("triton", P.WithText(P.Neighborhood((8, 24, 20), (3, 7, 5)), 226, first=True), None, None, 4, 2,
                  128, None, id="triton-with-text-first"),
+    # Radial attention: the FRAMES kernel mask, and the paper's block rule (whole 128 blocks)
+    pytest.param("triton", P.Radial(9, 450, model="wan"), None, None, 4, 2, 128, None, id="triton-radial-wan"),
+    pytest.param("triton", P.WithText(P.Radial(8, 500, model="hunyuan", block_rule=True), 100), None, None, 4, 2, 128,
+                 None, id="triton-radial-block-rule-text"),
     pytest.param("triton", None, 4096, 4096, 4, 4, 128, None, id="triton-dense-d128"),
     pytest.param("triton", P.Causal(), 2000, 2000, 8, 2, 256, None, id="triton-causal-gqa-d256"),
     pytest.param("triton", P.Neighborhood((64, 64), (13, 13)), None, None, 4, 4, 80, "auto", id="triton-2d-d80"),

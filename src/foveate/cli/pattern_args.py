@@ -19,8 +19,10 @@
     halo         --canvas 64 64 --block 8 --halo 3
     tile-neighborhood --canvas 30 48 80 --tile-shape 6 8 8 --window 3 3 3
     circular     --canvas 64 64 --radius 8.5
+    radial       --frames 21 --tokens-per-frame 3600 [--model wan|hunyuan] [--decay 1.0] [--block-rule]
+    cross-scale  --q-canvas 16 16 --kv-canvas 32 32 --kernel 7 7
 
-Every canvas kind also takes ``--text N [--text-first]``: N global text tokens after (before) the
+Every canvas kind (radial too, cross-scale not: its queries and keys differ) also takes ``--text N [--text-first]``: N global text tokens after (before) the
 canvas (``P.WithText``).
 
 and the content-selected patterns, whose blocks are chosen from queries and keys (``--inputs
@@ -46,7 +48,8 @@ from .. import patterns as P
 from .selection_inputs import SYNTHETIC_HELP, add_input_options
 
 KINDS = ("dense", "causal", "sliding", "sinks", "prefix-lm", "global", "chunk-causal", "power", "strided-heads",
-         "documents", "neighborhood", "windows", "axial", "grid", "halo", "tile-neighborhood", "circular")
+         "documents", "neighborhood", "windows", "axial", "grid", "halo", "tile-neighborhood", "circular",
+         "radial", "cross-scale")
 #: Kinds on a canvas: ``--canvas`` and their per-axis options.
 CANVAS_KINDS = {
     "windows": (("window", None, "window per axis"), ("shift", [0], "Swin's shift per axis (region mask)"),
@@ -72,6 +75,8 @@ _HELP = {
     "halo": "HaloNet: blocked queries, keys in the block plus a halo, clipped (Halo)",
     "tile-neighborhood": "Sliding Tile Attention: a neighborhood on the grid of tiles (TileNeighborhood)",
     "circular": "CLEAR: keys within a Euclidean radius, truncated at the borders (Circular)",
+    "radial": "Radial Attention: frame 0 a sink, windows halving with the frame distance (Radial)",
+    "cross-scale": "MVAR: queries on one canvas, a window on a key canvas of another resolution (CrossScale)",
 }
 #: Content-selected kinds: their blocks depend on the inputs.
 SELECTED_KINDS = ("topk", "topp", "moba", "xattention")
@@ -111,6 +116,18 @@ def add_pattern_subparsers(
             if kind == "circular":
                 p.add_argument("--radius", type=float, required=True, help="keys with distance < radius")
             _text_options(p)
+        elif kind == "radial":
+            p.add_argument("--frames", type=int, required=True, help="latent frames (Wan 2.1 720p: 21)")
+            p.add_argument("--tokens-per-frame", type=int, required=True, help="tokens per frame (720p: 3600)")
+            p.add_argument("--model", choices=["wan", "hunyuan"], default="wan",
+                           help="how far the full frames reach (default: wan)")
+            p.add_argument("--decay", type=float, default=1.0, help="the windows' decay factor (default: 1)")
+            p.add_argument("--block-rule", action="store_true", help="the paper's block rule (128 blocks, whole)")
+            _text_options(p)
+        elif kind == "cross-scale":
+            p.add_argument("--q-canvas", type=int, nargs="+", required=True, help="query canvas, 1 to 3 axes")
+            p.add_argument("--kv-canvas", type=int, nargs="+", required=True, help="key canvas, as many axes")
+            p.add_argument("--kernel", type=int, nargs="+", required=True, help="window per axis, on the key canvas")
         else:
             if kind == "sliding":
                 p.add_argument("--left", type=int, required=True)
@@ -274,7 +291,11 @@ def pattern_from_args(args: argparse.Namespace) -> tuple[P.Pattern, int, int]:
         pattern = _with_text(pattern, args)
         q_len, kv_len = pattern.default_lengths()
         return pattern, q_len, kv_len
-    if args.pattern in CANVAS_KINDS:
+    if args.pattern == "cross-scale":
+        pattern = P.CrossScale(tuple(args.q_canvas), tuple(args.kv_canvas), _axes(args.kernel))
+        q_len, kv_len = pattern.default_lengths()
+        return pattern, q_len, kv_len
+    if args.pattern in CANVAS_KINDS or args.pattern == "radial":
         pattern = _with_text(_canvas_pattern(args), args)
         q_len, kv_len = pattern.default_lengths()
         return pattern, q_len, kv_len
@@ -295,6 +316,9 @@ def pattern_from_args(args: argparse.Namespace) -> tuple[P.Pattern, int, int]:
 
 
 def _canvas_pattern(args: argparse.Namespace) -> P.Pattern:
+    if args.pattern == "radial":
+        return P.Radial(args.frames, args.tokens_per_frame, model=args.model, decay=args.decay,
+                        block_rule=args.block_rule)
     canvas = tuple(args.canvas)
     if args.pattern == "windows":
         return P.Windows(canvas, _axes(args.window), _axes(args.shift), _axes([bool(c) for c in args.cyclic]))

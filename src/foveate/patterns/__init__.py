@@ -10,6 +10,7 @@ from .causal import Causal
 from .chunked import ChunkCausal
 from .circular import Circular
 from .compose import Intersection, Union
+from .cross_scale import CrossScale
 from .dense import Dense
 from .halo import Halo
 from .documents import Documents
@@ -19,6 +20,7 @@ from .neighborhood import Neighborhood
 from .per_head import PerHead
 from .power import PowerAttention
 from .prefix import Global, PrefixLM
+from .radial import Radial
 from .content_selected import BlockTopK, BlockTopP, MoBA, XAttention
 from .segments import Segments
 from .selected import SelectedBlocks
@@ -32,7 +34,7 @@ from .with_text import WithText
 __all__ = [
     "Pattern", "MaskMod", "KernelMask", "Blocks", "Dense", "Causal", "SlidingWindow", "Sinks", "Neighborhood",
     "Documents", "Segments", "PrefixLM", "Global", "ChunkCausal", "PowerAttention", "StridedHeads", "PerHead",
-    "Windows", "Axial", "Grid", "Halo", "TileNeighborhood", "Circular", "WithText",
+    "Windows", "Axial", "Grid", "Halo", "TileNeighborhood", "Circular", "CrossScale", "Radial", "WithText",
     "Mask", "Union", "Intersection",
     "BlockTopK", "BlockTopP", "MoBA", "XAttention", "SelectedBlocks",
 ]

@@ -74,6 +74,30 @@ class PowerBlocks(KernelMask):
     sink: int
 
 
+@dataclass(frozen=True)
+class FrameBands(KernelMask):
+    """Bands between frames whose width falls with the frame distance (Radial attention).
+    Positions are ``frame`` tokens per frame: query ``i`` in frame ``i // frame`` at offset
+    ``r = i % frame``, key ``j`` likewise (frame ``kf``, offset ``c``), frame distance ``d``,
+    group ``g = d.bit_length()``. Key ``j`` allowed when ``kf < sink``, or ``|c - r| <=
+    widths[g]`` and ``d % splits[g] == 0``. At most :data:`MAX_GROUPS` groups (frame
+    distances below ``2 ** (MAX_GROUPS - 1)``); self-attention positions (no offset)."""
+
+    frame: int
+    sink: int
+    widths: tuple[int, ...]
+    splits: tuple[int, ...]
+
+    MAX_GROUPS = 8
+
+    def __post_init__(self):
+        if len(self.widths) != len(self.splits) or not 1 <= len(self.widths) <= self.MAX_GROUPS:
+            raise ValueError(f"FrameBands needs 1 to {self.MAX_GROUPS} groups of (width, split), got "
+                             f"{len(self.widths)} widths and {len(self.splits)} splits")
+        if min(self.splits) < 1:
+            raise ValueError(f"FrameBands splits must be >= 1, got {self.splits}")
+
+
 class TokenIds:
     """Per-token segment ids that a :class:`SegmentMask` mask reads from memory (the one kind of
     kernel mask with a tensor operand), with an optional rule table between segments.

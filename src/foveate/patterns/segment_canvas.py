@@ -206,7 +206,8 @@ def build_classes_layout(
 
 
 def build_box_pair_layout(canvas: tuple[int, ...], key_regions, classify, *, block_q: int, block_kv: int,
-                          device: torch.device, mask_mod, allowed_pairs: int) -> BlockLayout:
+                          device: torch.device, mask_mod, allowed_pairs: int,
+                          kv_canvas: tuple[int, ...] | None = None) -> BlockLayout:
     """The exact BlockLayout, in raster order, of a canvas pattern that can answer for a box of
     queries and a box of keys whether some, and whether every, pair is allowed.
 
@@ -216,10 +217,11 @@ def build_box_pair_layout(canvas: tuple[int, ...], key_regions, classify, *, blo
     takes them (``owner``: the query block of each region); the kv blocks of those regions are
     the candidates (a superset of the visited blocks). ``classify(q_lo, q_hi, k_lo, k_hi)`` answers
     ``(some, every)`` per box pair (inclusive ``(S, D)`` bounds). A block pair is visited when
-    some box pair has an allowed pair, full when every box pair is all allowed."""
-    n = math.prod(canvas)
-    order = RasterOrder(canvas)
-    q_lo, q_hi, q_valid = order.block_boxes(block_q, device)
+    some box pair has an allowed pair, full when every box pair is all allowed. ``kv_canvas``:
+    the keys' canvas when it is not the queries' (same number of axes; cross-attention)."""
+    kv_canvas = canvas if kv_canvas is None else kv_canvas
+    q_order, order = RasterOrder(canvas), RasterOrder(kv_canvas)
+    q_lo, q_hi, q_valid = q_order.block_boxes(block_q, device)
     k_lo, k_hi, k_valid = order.block_boxes(block_kv, device)
     nkv = k_lo.shape[0]
 
@@ -242,6 +244,6 @@ def build_box_pair_layout(canvas: tuple[int, ...], key_regions, classify, *, blo
             every[sel] &= pair_every
     qb, kb, full = qb[some], kb[some], every[some]
     return BlockLayout.from_pairs(
-        qb, kb, full, block_q=block_q, block_kv=block_kv, q_len=n, kv_len=n,
+        qb, kb, full, block_q=block_q, block_kv=block_kv, q_len=math.prod(canvas), kv_len=math.prod(kv_canvas),
         mask_mod=mask_mod, allowed_pairs=allowed_pairs,
     )

@@ -3,8 +3,9 @@ cyclic), ``Axial`` (axial attention) and ``Grid`` (MaxViT's grid attention).
 
 Each gives every canvas axis a class id of the coordinate and allows a (query, key) pair when
 their ids agree on every axis; their layouts come from one exact builder
-(:mod:`foveate.patterns.segment_canvas`). None has a kernel mask description: the fused
-kernels mask their partial blocks from the bitmask of :meth:`mask_mod`.
+(:mod:`foveate.patterns.segment_canvas`). Their fused kernels mask partial blocks from the
+bitmask of :meth:`mask_mod`, but for aligned ``Windows`` (a ``TileNeighborhood``'s kernel mask
+and tiled orders).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .base import Pattern, is_int, per_axis
 from .segment_canvas import ClassAxis, build_classes_layout, classes_allowed, classes_mask_mod
+from .tile_neighborhood import TileNeighborhood
 
 
 def _canvas(value) -> tuple[int, ...]:
@@ -87,6 +89,11 @@ class Windows(_ClassPattern):
         cyclic: per axis, whether the windows wrap around (then ``L % M == 0``).
 
     Lengths: ``q_len == kv_len == prod(canvas)``.
+
+    Unshifted, non-cyclic windows that divide the canvas are ``TileNeighborhood(canvas,
+    tile=window, window=1)``: they take its kernel mask and its tiled orders (``tile="auto"``
+    makes every visited block full when a block holds whole windows or fits in one). Shifted
+    or cyclic windows run in raster order, their partial blocks masked from a bitmask.
     """
 
     canvas: tuple[int, ...] = field()
@@ -119,6 +126,34 @@ class Windows(_ClassPattern):
         if any(self.cyclic):
             parts.append(f"cyclic={self.cyclic}")
         return f"Windows({', '.join(parts)})"
+
+    @property
+    def aligned(self) -> TileNeighborhood | None:
+        """The same keys as a :class:`TileNeighborhood` (one tile per window), when the windows
+        are unshifted, not cyclic and divide the canvas; else ``None``."""
+        if any(self.shift) or any(self.cyclic) or any(n % m for n, m in zip(self.canvas, self.window)):
+            return None
+        return TileNeighborhood(self.canvas, self.window, 1)
+
+    @property
+    def can_tile(self) -> bool:  # type: ignore[override]
+        return self.aligned is not None
+
+    @property
+    def axes(self):
+        """The equivalent neighborhood's axes (aligned windows only: :attr:`aligned`), what the
+        tile choice reads."""
+        return self.aligned.axes
+
+    def kernel_mask(self, q_len: int, kv_len: int):
+        self.check_lengths(q_len, kv_len)
+        aligned = self.aligned
+        return None if aligned is None else aligned.kernel_mask(q_len, kv_len)
+
+    def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
+        if tile is not None:  # (can_tile: aligned)
+            return self.aligned._build(q_len, kv_len, block_q, block_kv, device, tile)
+        return super()._build(q_len, kv_len, block_q, block_kv, device, tile)
 
     @property
     def class_axes(self) -> tuple[ClassAxis, ...]:

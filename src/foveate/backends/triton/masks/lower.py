@@ -2,7 +2,7 @@
 to the kernels' flat :class:`~.spec.MaskSpec`.
 
 The description is a tree of leaves (``Band``, ``Rect``, ``Chunks``, ``PowerBlocks``,
-``SegmentMask``, ``Window``) under ``AnyOf`` / ``AllOf`` nodes, optionally in a tiled token
+``SegmentMask``, ``Window``, ``FrameBands``) under ``AnyOf`` / ``AllOf`` nodes, optionally in a tiled token
 order (``Tiles`` at the root). It becomes the token order, the distinct leaves, and a register
 program that combines them (each node evaluates its most demanding child first, so a tree of
 ``n`` leaves needs at most ``log2(n) + 1`` registers). A
@@ -23,8 +23,8 @@ import torch
 
 from ....graph_constants import pattern_from_key, pattern_key
 from ....patterns import Pattern
-from ....patterns.kernel_mask import (AllOf, AnyOf, Band, Chunks, KernelMask, PowerBlocks, Rect, SegmentMask,
-                                      Tiles, TokenIds, Window)
+from ....patterns.kernel_mask import (AllOf, AnyOf, Band, Chunks, FrameBands, KernelMask, PowerBlocks, Rect,
+                                      SegmentMask, Tiles, TokenIds, Window)
 from ....settings import policy
 from . import spec as S
 from .spec import MaskSpec
@@ -155,6 +155,11 @@ def _leaf(node: KernelMask, q_len: int, kv_len: int) -> tuple[int, ...]:
                              f"the mask is lowered for {q_len} and {kv_len}")
         kv_start = q_len + TokenIds.PAD
         return (S.SEGMENT, node.offset, kv_start, kv_start + kv_len + TokenIds.PAD, ids.n_segments)
+    if isinstance(node, FrameBands):
+        pad = (0,) * (S.FRAME_GROUPS - len(node.widths))
+        # (a width past the sequences is clamped: the kernels compute in int32)
+        widths = tuple(min(w, q_len + kv_len) for w in node.widths)
+        return (S.FRAMES, node.frame, node.sink, len(node.widths), *widths, *pad, *node.splits, *pad)
     if isinstance(node, Window):
         axes = []
         for a in range(S.MAX_AXES):

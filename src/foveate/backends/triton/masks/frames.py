@@ -24,7 +24,7 @@ def _rule(qf, r, kf, c, MASK: tl.constexpr, LEAF: tl.constexpr):
     """Broadcasting query frames/offsets ``qf, r`` against key frames/offsets ``kf, c``."""
     d = tl.abs(qf - kf)
     off = tl.abs(c - r)
-    width = tl.zeros_like(d)
+    width = d * 0  # (zeros_like would need a layout under Gluon: the Hopper forward calls this too)
     on = d >= 0
     for g in tl.static_range(MASK[LEAF + 3]):
         W: tl.constexpr = MASK[LEAF + 4 + g]

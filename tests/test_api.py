@@ -24,8 +24,8 @@ F64 = torch.float64
 #: Every public name of the public modules: adding, removing or renaming one must change this
 #: table (and the docs' API reference, docs/api.md).
 PUBLIC = {
-    "foveate": {"attention", "patterns", "score_mods", "backends", "simulate", "SimulationRecord", "BlockLayout", "policy",
-                "__version__"},
+    "foveate": {"attention", "patterns", "score_mods", "backends", "decode", "simulate", "SimulationRecord", "BlockLayout",
+                "policy", "__version__"},
     "foveate.patterns": {"Pattern", "MaskMod", "KernelMask", "Blocks", "Dense", "Causal", "SlidingWindow", "Sinks",
                          "Neighborhood", "Mask", "Union", "Intersection", "BlockTopK", "BlockTopP", "MoBA",
                          "XAttention", "SelectedBlocks", "Documents", "Segments", "PrefixLM", "Global",
@@ -35,6 +35,8 @@ PUBLIC = {
                            "LowRankBias", "DenseBias", "ScoreFunction", "alibi_slopes"},
     "foveate.backends": {"Backend", "Problem", "register", "names", "available", "get", "reasons", "select",
                          "cached_layout", "check_name"},
+    "foveate.decode": {"attention", "KVCache", "PagedKVCache", "PageSelection", "select_pages", "BACKENDS",
+                       "MAX_ROWS"},
     "foveate.nn": {"joint_attention", "SelfAttention", "NeighborhoodAttention1D", "NeighborhoodAttention2D",
                    "NeighborhoodAttention3D"},
     "foveate.integrations.transformers": {"register", "set_pattern", "HFMask", "pattern_for"},

@@ -115,3 +115,20 @@ def test_integrations_smoke_run(benchmarks_path, tmp_path):
     assert len(wan) == 3 and wan[0]["dense_check"] < 1e-4
     assert all(r["block_ms"] > 0 and r["attention_ms"] > 0 for r in wan)
     assert 0 < wan[1]["density"] < 1 and "stride" in wan[2]["case"]
+
+
+def test_decode_smoke_run_writes_every_group(benchmarks_path, tmp_path):
+    """``benchmarks/decode.py --tiny`` (tiny shapes; without CUDA the kernels in Triton's
+    interpreter) runs the dense, paged and sparse rows, each checked and timed."""
+    import json
+
+    module = importlib.import_module("decode")
+    out = tmp_path / "decode.json"
+    module.main(["--tiny", "--json", str(out), "--markdown", str(tmp_path / "decode.md")])
+    records = json.loads(out.read_text())
+    assert {r["group"] for r in records} == {"dense", "paged", "sparse"}
+    ok = [r for r in records if r["status"] == "ok"]
+    assert all(r["status"] in ("ok", "skipped") for r in records), [r for r in records if r["status"] == "error"]
+    assert {r["kernel"] for r in ok} >= {"foveate", "foveate-paged", "window+sinks", "quest (selection included)"}
+    assert all(r["ms"] > 0 and (r["max_err"] is None or r["max_err"] < module.ERROR_LIMIT) for r in ok)
+    assert (tmp_path / "decode.md").read_text().count("\n| ") == len(records) + 1

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from .cache import KVCache, PagedKVCache
 from .quest import PageSelection, select_pages
+
+if TYPE_CHECKING:
+    from ..patterns import Pattern
 
 #: What ``attention(backend=...)`` may be.
 BACKENDS = ("auto", "triton", "torch")
@@ -65,7 +69,7 @@ def attention(
     cache: KVCache | PagedKVCache,
     *,
     scale: float | None = None,
-    pattern=None,
+    pattern: "Pattern | None" = None,
     pages: PageSelection | None = None,
     splits: int | None = None,
     return_lse: bool = False,

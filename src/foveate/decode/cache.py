@@ -146,7 +146,8 @@ class KVCache(_Cache):
     ``[0, lengths[b])`` of its rows (the rest unused, never read).
 
     Args:
-        k, v: the storage (same shape, dtype and device; held, not copied).
+        k: the keys' storage (held, not copied).
+        v: the values' storage (the keys' shape, dtype and device).
         lengths: ``(B,)`` integers in ``[0, max_len]`` (copied to an int32 tensor the cache
             owns); ``None``: all 0.
     """
@@ -192,7 +193,8 @@ class PagedKVCache(_Cache):
     a power of two (>= 16, for ``tl.dot``) that lie in one page or span whole pages.
 
     Args:
-        k_pages, v_pages: the pools (same shape, dtype and device; held, not copied).
+        k_pages: the keys' pool (held, not copied).
+        v_pages: the values' pool (the keys' shape, dtype and device).
         block_table: ``(B, max_pages)`` integers in ``[-1, num_pages)`` (copied to int32).
         lengths: ``(B,)`` integers in ``[0, max_pages * page_size]``; ``None``: all 0.
         summaries: keep per-page elementwise minima and maxima of the keys, ``k_min`` and

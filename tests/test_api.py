@@ -35,6 +35,8 @@ PUBLIC = {
                            "LowRankBias", "DenseBias", "ScoreFunction", "alibi_slopes"},
     "foveate.backends": {"Backend", "Problem", "register", "names", "available", "get", "reasons", "select",
                          "cached_layout", "check_name"},
+    "foveate.linear": {"decayed", "decayed_step", "default_decay", "based", "based_step", "BasedState", "gated_delta",
+                       "gated_delta_step"},
     "foveate.decode": {"attention", "KVCache", "PagedKVCache", "PageSelection", "select_pages", "BACKENDS",
                        "MAX_ROWS"},
     "foveate.nn": {"joint_attention", "SelfAttention", "NeighborhoodAttention1D", "NeighborhoodAttention2D",

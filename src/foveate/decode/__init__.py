@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
+import typing
 
 import torch
 
 from .cache import KVCache, PagedKVCache
 from .quest import PageSelection, select_pages
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from ..patterns import Pattern
 
 #: What ``attention(backend=...)`` may be.

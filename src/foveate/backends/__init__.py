@@ -93,6 +93,7 @@ def select(problem: Problem, name: str = "auto") -> Backend:
 
 
 # Registration, in priority order.
+from . import decode as _decode  # noqa: E402
 from . import flex as _flex  # noqa: E402
 from . import reference as _reference  # noqa: E402
 from . import torch_blocks as _torch_blocks  # noqa: E402
@@ -107,6 +108,8 @@ register(_triton.TritonBackend())
 register(_flex.FlexBackend())
 register(_torch_blocks.TorchBlocksBackend())
 register(_reference.ReferenceBackend())
+# Decoding (1-16 queries against long keys, inference): where named, until measured on a GPU.
+register(_decode.DecodeBackend())
 
 __all__ = [
     "check_name",

@@ -159,6 +159,16 @@ class KVCache(_Cache):
         self.lengths, self._host_lengths = _lengths(lengths, self.batch, self.capacity, k.device)
 
     @classmethod
+    def full(cls, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
+        """A cache whose every sequence holds all ``max_len`` tokens of ``k``, ``v`` (what
+        :func:`foveate.attention` hands the decode backend), made without reading a length back
+        from the device."""
+        cache = cls(k, v)
+        cache.lengths.fill_(cache.capacity)
+        cache._host_lengths = [cache.capacity] * cache.batch
+        return cache
+
+    @classmethod
     def empty(cls, batch: int, kv_heads: int, max_len: int, head_dim: int, *, dtype: torch.dtype = torch.float16,
               device: torch.device | str = "cpu") -> "KVCache":
         """An empty cache of ``max_len`` tokens per sequence (storage uninitialised)."""

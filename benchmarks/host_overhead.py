@@ -15,14 +15,26 @@ forward's by each. ``--compiled`` adds the same call through ``torch.compile(ful
 in the default mode and in ``reduce-overhead`` (CUDA graphs), ``do_bench`` and host time per
 call: the host work a compiled model pays.
 
-Usage: ``python benchmarks/host_overhead.py [--calls 300] [--top 15] [--gpu-time [--compiled]]``.
+``--stub`` needs no GPU: on a CPU, with every Triton launch replaced by a no-op (the kernels'
+outputs are left unwritten), it times what foveate itself does per call on the host (validation,
+pattern and backend resolution, layout and spec lookups, argument assembly, autograd) and
+profiles it: the part of the host time this project owns, measurable anywhere.
+
+Usage: ``python benchmarks/host_overhead.py [--calls 300] [--top 15] [--gpu-time [--compiled]]
+[--stub]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
+import sys
+import time
+
+if "--stub" in sys.argv:  # (the Triton backend needs this on a CPU, set before foveate loads)
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import torch
 
@@ -42,8 +54,56 @@ def print_profile(fn, calls: int, top: int) -> None:
     for _ in range(calls):
         fn()
     profile.disable()
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     pstats.Stats(profile).sort_stats("tottime").print_stats(top)
+
+
+def stub_launches() -> int:
+    """Replace foveate's kernel launcher, wherever a module holds it, by a no-op; the number of
+    module attributes replaced."""
+    import foveate.triton_launch as tl_launch
+
+    real, replaced = tl_launch.launch, 0
+    for module in list(sys.modules.values()):
+        if module is None or not getattr(module, "__name__", "").startswith("foveate"):
+            continue
+        for name in ("launch", "fast_launch"):
+            if getattr(module, name, None) is real:
+                setattr(module, name, lambda *args, **kwargs: None)
+                replaced += 1
+    return replaced
+
+
+def stub_host_time(calls: int, top: int) -> None:
+    """Host time per call on a CPU with the launches stubbed (``--stub``)."""
+    import foveate.backends.triton.bwd  # noqa: F401  (load every launching module before stubbing)
+    import foveate.backends.triton.fwd_hopper  # noqa: F401
+
+    replaced = stub_launches()
+    pattern, n = P.Neighborhood((1024,), 255), 1024
+    q, k, v, grad = (torch.randn(1, 1, n, 128, dtype=torch.float16) for _ in range(4))
+    qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+
+    def forward():
+        foveate.attention(q, k, v, pattern, backend="triton")
+
+    def forward_backward():
+        out = foveate.attention(qg, kg, vg, pattern, backend="triton")
+        torch.autograd.grad(out, (qg, kg, vg), grad)
+
+    print(f"{run_header('cpu')}, fp16, B=1, H=1, N={n}, D=128, {pattern!r}, triton backend, "
+          f"{replaced} launchers stubbed (no kernel runs)")
+    for name, fn in (("attention() forward", forward), ("attention() forward+backward", forward_backward)):
+        for _ in range(10):
+            fn()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        print(f"{name:34s} {(time.perf_counter() - start) / calls * 1e6:8.1f} us per call", flush=True)
+    for name, fn in (("forward", forward), ("forward+backward", forward_backward)):
+        print(f"\n{name}: top {top} by own time ({calls} calls)")
+        print_profile(fn, calls, top)
 
 
 def gpu_time(profile_top: int = 0, compiled: bool = False) -> None:
@@ -97,7 +157,11 @@ def main() -> None:
     parser.add_argument("--gpu-time", action="store_true", help="eager against CUDA-graph time, 1-D GNA cases")
     parser.add_argument("--profile", action="store_true", help="with --gpu-time: profile each case's host time")
     parser.add_argument("--compiled", action="store_true", help="with --gpu-time: also through torch.compile")
+    parser.add_argument("--stub", action="store_true", help="on a CPU, launches stubbed: foveate's own host time")
     args = parser.parse_args()
+    if args.stub:
+        stub_host_time(args.calls, args.top)
+        return
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/host_overhead.py needs a CUDA GPU")
     if args.gpu_time:

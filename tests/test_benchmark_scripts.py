@@ -132,3 +132,19 @@ def test_decode_smoke_run_writes_every_group(benchmarks_path, tmp_path):
     assert {r["kernel"] for r in ok} >= {"foveate", "foveate-paged", "window+sinks", "quest (selection included)"}
     assert all(r["ms"] > 0 and (r["max_err"] is None or r["max_err"] < module.ERROR_LIMIT) for r in ok)
     assert (tmp_path / "decode.md").read_text().count("\n| ") == len(records) + 1
+
+
+def test_host_overhead_stub_mode_runs_on_a_cpu():
+    """``benchmarks/host_overhead.py --stub``: foveate's own host time per call with the launches
+    stubbed, on any machine (its own process: the mode sets TRITON_INTERPRET before importing)."""
+    import os
+    import subprocess
+
+    root = pathlib.Path(__file__).parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root / "src"))
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "host_overhead.py"), "--stub", "--calls", "20",
+                          "--top", "3"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "launchers stubbed" in run.stdout and run.stdout.count("us per call") == 2
+    stubbed = int(run.stdout.split("triton backend, ")[1].split(" launchers")[0])
+    assert stubbed >= 3  # the forward's and the backward's launchers (else kernels would have run)

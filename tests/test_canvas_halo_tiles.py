@@ -15,6 +15,7 @@ import foveate
 from foveate.patterns import Neighborhood
 from foveate.patterns.canvas_layout import block_counts
 from foveate.patterns.halo import Halo
+from foveate.patterns.kernel_mask import GroupWindow
 from foveate.patterns.tile_neighborhood import TileNeighborhood
 from foveate.simulator import choose_tile
 from foveate.tiling import Tiled
@@ -194,14 +195,18 @@ def test_tile_choice():
     pattern = TileNeighborhood((8, 16, 16), (4, 8, 8), 1)
     chosen = choose_tile(pattern)
     assert chosen is not None and all(t % c == 0 for t, c in zip(pattern.tile, chosen))
-    assert choose_tile(Halo((16, 16), 4, 1)) is None  # Halo: raster order only
+    assert choose_tile(Halo((16, 16), 4, 1)) is None  # no tile beats raster order's 4 blocks
+    assert choose_tile(Halo((32, 32), (8, 16), 0)) == (8, 16)  # blocked attention: one tile per block
 
 
-def test_halo_is_not_tiled():
+def test_halo_is_tiled():
+    """Halo runs in tiled orders (tests/test_group_window.py); blocks must be whole tiles."""
     pattern = Halo((8, 8), 4, 1)
-    assert not pattern.can_tile
+    assert pattern.can_tile
+    check_layout(pattern.build(64, 64, block_q=16, block_kv=16, tile=(4, 4)),
+                 brute.tiled_mask(halo_brute((8, 8), 4, 1), (8, 8), (4, 4)), 16, 16, "halo, tiled")
     with pytest.raises(ValueError, match="tile"):
-        pattern.build(64, 64, block_q=16, block_kv=16, tile=(4, 4))
+        pattern.build(64, 64, block_q=32, block_kv=32, tile=(4, 4))
 
 
 # -- attention ---------------------------------------------------------------------------------------
@@ -280,7 +285,7 @@ def test_values_and_lengths():
     assert a == b and hash(a) == hash(b) and a != Halo((8, 8), 4, 2)
     assert TileNeighborhood(12, 3, 3) == TileNeighborhood((12,), (3,), (3,))
     assert TileNeighborhood((8, 8), 2, 3).grid == (4, 4)
-    assert a.kernel_mask(64, 64) is None  # Halo: the bitmask of its mask_mod
+    assert a.kernel_mask(64, 64) == GroupWindow((8, 8), ((6, 4, 0, 1), (6, 4, 0, 1)))  # block + 2 halo, from -halo
     sta = TileNeighborhood((8, 12), (2, 4), (3, 1), extra_kv=2)
     assert sta.kernel_mask(96, 98) == Neighborhood((8, 12), (6, 4), stride=(2, 4), extra_kv=2).kernel_mask(96, 98)
     with pytest.raises(ValueError, match="q_len"):

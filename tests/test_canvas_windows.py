@@ -13,6 +13,7 @@ import torch
 
 import foveate
 from foveate import patterns as P
+from foveate.patterns.kernel_mask import GroupWindow
 from foveate.patterns.windows import Axial, Grid, Windows
 
 from conftest import grads_of, make_qkv
@@ -300,14 +301,21 @@ def test_value_semantics_and_repr():
         "Windows(canvas=(8, 8), window=(4, 4), shift=(2, 0), cyclic=(True, True))")
     assert repr(Axial((3, 4, 5), (2, 0))) == "Axial(canvas=(3, 4, 5), axes=(0, 2))"
     assert repr(Grid((8, 8), 2)) == "Grid(canvas=(8, 8), grid=(2, 2))"
-    for p in (Windows((8, 8), 4, 1), Windows((8, 8), 4, cyclic=True), Windows((9, 8), 4), Axial((8, 8), 1),
-              Grid((8, 8), 2)):
-        assert p.kernel_mask(p.default_lengths()[0], p.default_lengths()[1]) is None and not p.can_tile
-        assert p.default_lengths() in ((64, 64), (72, 72))
+    for p in (Windows((8, 8), 4, cyclic=True), Axial((8, 8), 1), Grid((8, 8), 2)):
+        assert p.kernel_mask(64, 64) is None and not p.can_tile
+        assert p.default_lengths() == (64, 64)
         with pytest.raises(ValueError, match="q_len"):
             p.check_lengths(64, 65)
         with pytest.raises(ValueError, match="tile"):
             p.build(*p.default_lengths(), tile=(4, 4))
+    # Non-cyclic windows, shifted or not dividing the canvas: windows cut at the borders, tiled
+    # orders (tests/test_group_window.py).
+    for p in (Windows((8, 8), 4, 1), Windows((9, 8), 4)):
+        n = p.default_lengths()[0]
+        assert isinstance(p.kernel_mask(n, n), GroupWindow) and p.can_tile and p.axes is None
+        assert p.build(n, n, block_q=16, block_kv=16, tile=(4, 4)).num_visited() > 0
+        with pytest.raises(ValueError, match="tile"):
+            p.build(n, n, tile=(4, 4))  # (128-token blocks are not 16-token tiles)
 
 
 def test_aligned_windows_are_a_tile_neighborhood():

@@ -121,7 +121,7 @@ def choose_tile(pattern: Pattern, *, block_q: int = 128, block_kv: int = 128) ->
     """The tile for ``tile="auto"``: among tile shapes of ``block_q`` tokens, the one whose
     layout visits the fewest blocks, then has the fewest partial blocks; ``None`` (raster
     order) when no tile beats raster order, or the pattern is not a 2-D/3-D canvas pattern that
-    can be tiled (a neighborhood, or a composition of them).
+    can be tiled (``can_tile``: neighborhoods, Halo, non-cyclic Windows, compositions of them).
 
     A composition is ranked by the blocks its parts' layouts decide, without evaluating its
     mask on the pairs they leave undecided (counted visited and partial).
@@ -143,13 +143,13 @@ def choose_tile(pattern: Pattern, *, block_q: int = 128, block_kv: int = 128) ->
 
 def _tile_counts(pattern: Pattern, tile, block: int) -> tuple[int, int]:
     """``(visited, full)`` blocks of ``pattern`` in the order of ``tile`` (``None``: raster),
-    exact for a neighborhood, for a composition before its undecided pairs are evaluated
+    exact for a pattern, for a composition before its undecided pairs are evaluated
     (:meth:`~foveate.patterns.compose.Union.listed_block_counts`)."""
     if isinstance(pattern, (Union, Intersection)):
         return pattern.listed_block_counts(block=block, tile=tile)
     counts = block_counts(pattern, block_q=block, block_kv=block, tile=tile)
-    if counts is None:  # raster order whose blocks are not tiles: build it
-        layout = pattern.build(*pattern.default_lengths(), block_q=block, block_kv=block)
+    if counts is None:  # blocks that are not tiles (raster order), windows not known per axis: build it
+        layout = pattern.build(*pattern.default_lengths(), block_q=block, block_kv=block, tile=tile)
         counts = layout.num_visited(), int(layout.full_kv_num_blocks.sum())
     return counts
 

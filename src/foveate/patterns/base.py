@@ -86,7 +86,8 @@ class Pattern:
     @property
     def can_tile(self) -> bool:
         """Whether :meth:`build` takes a ``tile`` (canvas patterns whose layouts know the tiled
-        order: Neighborhood and compositions of them)."""
+        order: Neighborhood, TileNeighborhood, Halo, non-cyclic Windows and compositions of
+        them)."""
         return False
 
     # -- compiled form -----------------------------------------------------------------

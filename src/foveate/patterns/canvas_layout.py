@@ -330,7 +330,18 @@ def _box_layout(pattern, axes, order, block_q, block_kv, device) -> BlockLayout:
 
 def block_counts(pattern: Neighborhood, *, block_q: int, block_kv: int, tile=None) -> tuple[int, int] | None:
     """``(visited, full)`` block counts of the layout, without building it, when its blocks
-    are tiles (the product case: counts are products of per-axis counts); else ``None``."""
+    are tiles (the product case: counts are products of per-axis counts) and the pattern's
+    per-axis windows are known (a neighborhood's ``axes``, or an interval pattern's
+    ``axis_interval``: :mod:`.interval_canvas`); else ``None``."""
+    cpu = torch.device("cpu")
+    if getattr(pattern, "axes", None) is not None:
+        axes = [_Axis.of(*spec, cpu) for spec in pattern.axes]
+    elif pattern.can_tile and hasattr(pattern, "axis_interval"):
+        from .interval_canvas import interval_axes
+
+        axes = interval_axes(pattern, cpu)
+    else:
+        return None
     order = token_order(pattern.canvas, tile)
     tiles = _product_tiles(pattern, order, block_q, block_kv)
     if tiles is None:
@@ -338,8 +349,8 @@ def block_counts(pattern: Neighborhood, *, block_q: int, block_kv: int, tile=Non
     q_tile, kv_tile = tiles
     n_tokens = order.num_tokens
     visited = full = 1
-    for spec, tq, tk in zip(pattern.axes, q_tile, kv_tile):
-        _, _, every = _axis_pairs(_Axis.of(*spec, torch.device("cpu")), tq, tk)
+    for ax, tq, tk in zip(axes, q_tile, kv_tile):
+        _, _, every = _axis_pairs(ax, tq, tk)
         visited *= every.numel()
         full *= int(every.sum())
     if pattern.extra_kv:

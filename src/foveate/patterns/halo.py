@@ -8,6 +8,7 @@ import torch
 
 from .base import per_axis, set_ints
 from .interval_canvas import IntervalCanvas, check_canvas
+from .kernel_mask import GroupWindow
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,10 @@ class Halo(IntervalCanvas):
         extra_kv: keys after the canvas tokens (text, register or class tokens) that every
             query sees.
 
-    Layouts are built analytically (:mod:`.interval_canvas`) in raster order; the tiled
-    order is not supported (``tile=None``, ``can_tile`` is False). No kernel mask: the Triton
-    backend masks partial blocks from the bitmask of :meth:`mask_mod`.
+    Layouts are built analytically (:mod:`.interval_canvas`), in raster or tiled order
+    (``tile=``, ``"auto"``: the tile whose layout visits the fewest blocks). Its kernel mask is
+    a :class:`~foveate.patterns.kernel_mask.GroupWindow` (per axis: groups of ``block``, the
+    window ``block + 2 * halo`` from ``halo`` before the group, cut at the borders).
     """
 
     # field(): no default, although the base class has a class-level `canvas = None`.
@@ -63,6 +65,13 @@ class Halo(IntervalCanvas):
         b, h, n = self.block[axis], self.halo[axis], self.canvas[axis]
         first = (x // b) * b
         return torch.clamp(first - h, min=0), torch.clamp(first + (b + h), max=n)
+
+    can_tile = True
+
+    def kernel_mask(self, q_len: int, kv_len: int) -> GroupWindow:
+        self.check_lengths(q_len, kv_len)
+        return GroupWindow(self.canvas, tuple((b + 2 * h, b, 0, h) for b, h in zip(self.block, self.halo)),
+                           self.extra_kv)
 
 
 __all__ = ["Halo"]

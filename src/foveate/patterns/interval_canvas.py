@@ -115,11 +115,18 @@ def build_interval_layout(
     blocks: no pair is evaluated."""
     from .canvas_layout import layout_of_axes
 
+    axes = interval_axes(pattern, device)
+    return layout_of_axes(pattern, axes, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
+
+
+def interval_axes(pattern, device: torch.device) -> list:
+    """The per-axis windows of ``pattern`` (anything with ``canvas`` and ``axis_interval``) as
+    :mod:`.canvas_layout`'s builder takes them, checked (:func:`interval_axis`)."""
     axes = []
     for a, n in enumerate(pattern.canvas):
         start, end = pattern.axis_interval(a, torch.arange(n, device=device, dtype=torch.int64))
         axes.append(interval_axis(n, start, end, what=repr(pattern)))
-    return layout_of_axes(pattern, axes, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
+    return axes
 
 
-__all__ = ["IntervalCanvas", "build_interval_layout", "check_canvas", "interval_axis", "raster_coords"]
+__all__ = ["IntervalCanvas", "build_interval_layout", "check_canvas", "interval_axes", "interval_axis", "raster_coords"]

@@ -187,6 +187,27 @@ class Window(KernelMask):
 
 
 @dataclass(frozen=True)
+class GroupWindow(KernelMask):
+    """Windows of groups of queries, cut at the canvas borders (HaloNet's blocks with their
+    halos, Swin's shifted windows in the original coordinates): per canvas axis ``(W, S, P,
+    Q)``, the query at coordinate ``x`` is in group ``g = (x + P) // S`` and sees the keys
+    ``[g * S - Q, g * S - Q + W)`` inside ``[0, L)`` (cut, not moved inward as a
+    :class:`Window` is); a key is seen when it is on every axis, and the ``extra_kv`` keys
+    after the canvas by every query. ``W >= 0``, ``S >= 1``, ``P >= 0``. Coordinates come from
+    the token order, as a :class:`Window`'s."""
+
+    canvas: tuple[int, ...]
+    axes: tuple[tuple[int, int, int, int], ...]
+    extra_kv: int = 0
+
+    def __post_init__(self):
+        if len(self.axes) != len(self.canvas) or any(
+                len(axis) != 4 or axis[0] < 0 or axis[1] < 1 or axis[2] < 0 for axis in self.axes):
+            raise ValueError(f"GroupWindow needs one (W >= 0, S >= 1, P >= 0, Q) per axis of canvas={self.canvas}, "
+                             f"got {self.axes}")
+
+
+@dataclass(frozen=True)
 class AnyOf(KernelMask):
     """Pairs allowed by any part (``a | b``)."""
 
@@ -221,5 +242,5 @@ class Tiles(KernelMask):
         return self.inner.leaves()
 
 
-__all__ = ["KernelMask", "Band", "Rect", "Chunks", "PowerBlocks", "TokenIds", "SegmentMask", "Window", "AnyOf", "AllOf",
-           "Tiles"]
+__all__ = ["KernelMask", "Band", "Rect", "Chunks", "PowerBlocks", "TokenIds", "SegmentMask", "Window", "GroupWindow",
+           "AnyOf", "AllOf", "Tiles"]

@@ -14,8 +14,8 @@ from .kernel_mask import Tiles
 
 @dataclass(frozen=True, repr=False)
 class Tiled(Pattern):
-    """``base`` (a canvas pattern that can be tiled: a Neighborhood or a composition of
-    them) seen in the tiled token order of ``tile``.
+    """``base`` (a canvas pattern that can be tiled, ``base.can_tile``: a Neighborhood, Halo,
+    non-cyclic Windows, or a composition of them) seen in the tiled token order of ``tile``.
 
     Lengths: ``q_len = prod(padded canvas)``, ``kv_len = q_len + base.extra_kv``; ``k`` and
     ``v`` are the padded canvas in tiled order followed by the extra tokens.
@@ -26,8 +26,8 @@ class Tiled(Pattern):
 
     def __post_init__(self):
         if not isinstance(self.base, Pattern) or not self.base.can_tile:
-            raise ValueError(f"tile={self.tile!r}: only canvas patterns (Neighborhood and compositions of them) "
-                             f"can be tiled, not {self.base!r}")
+            raise ValueError(f"tile={self.tile!r}: only canvas patterns (Neighborhood, Halo, non-cyclic Windows and "
+                             f"compositions of them) can be tiled, not {self.base!r}")
         tile = tuple(self.tile) if isinstance(self.tile, list) else self.tile
         self.base._check_tile(tile)
         object.__setattr__(self, "tile", tile)

@@ -3,16 +3,22 @@ cyclic), ``Axial`` (axial attention) and ``Grid`` (MaxViT's grid attention).
 
 Each gives every canvas axis a class id of the coordinate and allows a (query, key) pair when
 their ids agree on every axis; their layouts come from one exact builder
-(:mod:`foveate.patterns.segment_canvas`). Their fused kernels mask partial blocks from the
-bitmask of :meth:`mask_mod`, but for aligned ``Windows`` (a ``TileNeighborhood``'s kernel mask
-and tiled orders).
+(:mod:`foveate.patterns.segment_canvas`), and their fused kernels mask partial blocks from the
+bitmask of :meth:`mask_mod`. Non-cyclic ``Windows`` are intervals per axis instead: windows
+cut at the borders (a :class:`~foveate.patterns.kernel_mask.GroupWindow`; a
+``TileNeighborhood`` when aligned), built by :mod:`foveate.patterns.interval_canvas` in raster
+or tiled orders.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from .base import Pattern, is_int, per_axis
+from .interval_canvas import build_interval_layout
+from .kernel_mask import GroupWindow
 from .segment_canvas import ClassAxis, build_classes_layout, classes_allowed, classes_mask_mod
 from .tile_neighborhood import TileNeighborhood
 
@@ -53,8 +59,7 @@ class _ClassPattern(Pattern):
 
     @property
     def can_tile(self) -> bool:
-        # The tiled order's layout builder and the tile choice (simulator.block_counts) know
-        # Neighborhood only; raster order here.
+        # Raster order here (non-cyclic Windows override it: interval windows per axis).
         return False
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
@@ -92,8 +97,13 @@ class Windows(_ClassPattern):
 
     Unshifted, non-cyclic windows that divide the canvas are ``TileNeighborhood(canvas,
     tile=window, window=1)``: they take its kernel mask and its tiled orders (``tile="auto"``
-    makes every visited block full when a block holds whole windows or fits in one). Shifted
-    or cyclic windows run in raster order, their partial blocks masked from a bitmask.
+    makes every visited block full when a block holds whole windows or fits in one). Other
+    non-cyclic windows (shifted, or not dividing the canvas) are per axis the interval
+    :meth:`axis_interval`: their kernel mask is a
+    :class:`~foveate.patterns.kernel_mask.GroupWindow`, and they run in tiled orders too. The
+    layouts of non-cyclic windows come from :mod:`.interval_canvas`, those of cyclic ones from
+    :mod:`.segment_canvas`; cyclic windows run in raster order, their partial blocks masked
+    from a bitmask.
     """
 
     canvas: tuple[int, ...] = field()
@@ -137,23 +147,42 @@ class Windows(_ClassPattern):
 
     @property
     def can_tile(self) -> bool:  # type: ignore[override]
-        return self.aligned is not None
+        return not any(self.cyclic)
 
     @property
     def axes(self):
-        """The equivalent neighborhood's axes (aligned windows only: :attr:`aligned`), what the
-        tile choice reads."""
-        return self.aligned.axes
+        """The equivalent neighborhood's axes (aligned windows: :attr:`aligned`), what the
+        tile choice reads; ``None`` for other windows (it reads their :meth:`axis_interval`)."""
+        aligned = self.aligned
+        return None if aligned is None else aligned.axes
+
+    def axis_interval(self, axis: int, x: torch.Tensor):
+        """``(start, end)``: the segment of key coordinates of the query at coordinate ``x``
+        along ``axis`` (non-cyclic windows: the window of ``M`` from ``s - M``, cut at the
+        borders)."""
+        n, m, s = self.canvas[axis], self.window[axis], self.shift[axis]
+        if self.cyclic[axis]:
+            raise ValueError(f"{self!r}: cyclic windows are not an interval on axis {axis}")
+        first = ((x + (m - s)) // m) * m - (m - s)
+        return torch.clamp(first, min=0), torch.clamp(first + m, max=n)
 
     def kernel_mask(self, q_len: int, kv_len: int):
         self.check_lengths(q_len, kv_len)
         aligned = self.aligned
-        return None if aligned is None else aligned.kernel_mask(q_len, kv_len)
+        if aligned is not None:
+            return aligned.kernel_mask(q_len, kv_len)
+        if any(self.cyclic):
+            return None
+        # Per axis (W, S, P, Q): groups of M from s - M (P = M - s), each seeing its own window.
+        return GroupWindow(self.canvas, tuple((m, m, (m - s) % m, (m - s) % m)
+                                              for m, s in zip(self.window, self.shift)))
 
     def _build(self, q_len, kv_len, block_q, block_kv, device, tile):
-        if tile is not None:  # (can_tile: aligned)
-            return self.aligned._build(q_len, kv_len, block_q, block_kv, device, tile)
-        return super()._build(q_len, kv_len, block_q, block_kv, device, tile)
+        if any(self.cyclic):  # (raster order: can_tile is False)
+            return super()._build(q_len, kv_len, block_q, block_kv, device, tile)
+        # Intervals per axis: the interval builder, raster or tiled (the same layout as the class
+        # builder's in raster order, and faster: a product of per-axis lists where blocks are tiles).
+        return build_interval_layout(self, block_q=block_q, block_kv=block_kv, device=device, tile=tile)
 
     @property
     def class_axes(self) -> tuple[ClassAxis, ...]:

@@ -5,7 +5,8 @@ Host side: :mod:`.lower` turns a pattern's kernel mask description
 (:meth:`Pattern.kernel_mask <foveate.patterns.Pattern.kernel_mask>`) into a :class:`MaskSpec`
 (:mod:`.spec`), a flat tuple of ints the kernels take as the compile-time argument ``MASK``.
 Kernel side, one module per kind of leaf (:mod:`.band`, :mod:`.rect`, :mod:`.chunks`,
-:mod:`.power`, :mod:`.segment`, :mod:`.window`, :mod:`.frames`, :mod:`.bits`) and :mod:`.order` (coordinates and memory rows of positions); this module
+:mod:`.power`, :mod:`.segment`, :mod:`.window`, :mod:`.frames`, :mod:`.group_window`,
+:mod:`.bits`) and :mod:`.order` (coordinates and memory rows of positions); this module
 combines the leaves by the spec's register program (:func:`allowed_block`,
 :func:`allowed_block_t`: the forms the kernels' loops call). A new kind of mask is a node in
 :mod:`foveate.patterns.kernel_mask`, its lowering in :mod:`.lower` and one predicate module.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import band, bits, chunks, frames, power, rect, segment, window
+from . import band, bits, chunks, frames, group_window, power, rect, segment, window
 from . import spec as S
 from .lower import eager_mask_spec, lower, mask_ids, mask_spec
 from .order import tile_rows, token_rows
@@ -35,6 +36,7 @@ _CHUNKS = tl.constexpr(S.CHUNKS)
 _POWER = tl.constexpr(S.POWER)
 _SEGMENT = tl.constexpr(S.SEGMENT)
 _FRAMES = tl.constexpr(S.FRAMES)
+_GROUP_WINDOW = tl.constexpr(S.GROUP_WINDOW)
 _LEAF = tl.constexpr(S.LEAF)
 _OR = tl.constexpr(S.OR)
 _AND = tl.constexpr(S.AND)
@@ -67,6 +69,8 @@ def _leaf(fixed, start, offs, MASK: tl.constexpr, LEAF: tl.constexpr, BITS, TRAN
             return window.block_t(start, offs, fixed, MASK, LEAF)
         elif KIND == _FRAMES:
             return frames.block_t(start, offs, fixed, MASK, LEAF)
+        elif KIND == _GROUP_WINDOW:
+            return group_window.block_t(start, offs, fixed, MASK, LEAF)
         else:  # (the Gluon kernel, which reads BITS_GATHERED leaves, has no dk/dv)
             return bits.block_t(start, offs, fixed, MASK, BITS)
     else:
@@ -84,6 +88,8 @@ def _leaf(fixed, start, offs, MASK: tl.constexpr, LEAF: tl.constexpr, BITS, TRAN
             return window.block(fixed, start, offs, MASK, LEAF)
         elif KIND == _FRAMES:
             return frames.block(fixed, start, offs, MASK, LEAF)
+        elif KIND == _GROUP_WINDOW:
+            return group_window.block(fixed, start, offs, MASK, LEAF)
         elif KIND == _BITS:
             return bits.block(fixed, start, offs, MASK, BITS)
         else:  # BITS_GATHERED

@@ -2,10 +2,10 @@
 to the kernels' flat :class:`~.spec.MaskSpec`.
 
 The description is a tree of leaves (``Band``, ``Rect``, ``Chunks``, ``PowerBlocks``,
-``SegmentMask``, ``Window``, ``FrameBands``) under ``AnyOf`` / ``AllOf`` nodes, optionally in a tiled token
-order (``Tiles`` at the root). It becomes the token order, the distinct leaves, and a register
-program that combines them (each node evaluates its most demanding child first, so a tree of
-``n`` leaves needs at most ``log2(n) + 1`` registers). A
+``SegmentMask``, ``Window``, ``GroupWindow``, ``FrameBands``) under ``AnyOf`` / ``AllOf`` nodes,
+optionally in a tiled token order (``Tiles`` at the root). It becomes the token order, the
+distinct leaves, and a register program that combines them (each node evaluates its most
+demanding child first, so a tree of ``n`` leaves needs at most ``log2(n) + 1`` registers). A
 pattern without a description, or a tree past the bounds (:data:`.spec.MAX_LEAVES` leaves,
 :data:`.spec.REGISTERS` registers), gets one ``BITS`` leaf: its partial blocks are masked by
 the layout's packed bitmask, evaluated from its ``mask_mod`` (:mod:`foveate.bitmask`).
@@ -23,8 +23,8 @@ import torch
 
 from ....graph_constants import pattern_from_key, pattern_key
 from ....patterns import Pattern
-from ....patterns.kernel_mask import (AllOf, AnyOf, Band, Chunks, FrameBands, KernelMask, PowerBlocks, Rect,
-                                      SegmentMask, Tiles, TokenIds, Window)
+from ....patterns.kernel_mask import (AllOf, AnyOf, Band, Chunks, FrameBands, GroupWindow, KernelMask, PowerBlocks,
+                                      Rect, SegmentMask, Tiles, TokenIds, Window)
 from ....settings import policy
 from . import spec as S
 from .spec import MaskSpec
@@ -89,8 +89,10 @@ def lower(described: KernelMask | None, q_len: int, kv_len: int, *, raster_io: b
         head = _order(tiles.canvas, tiles.tile, tiles.extra_kv, raster_io)
     else:
         tree = described
-        window = next((leaf for leaf in tree.leaves() if isinstance(leaf, Window)), None) if tree else None
-        head = S.NEUTRAL_ORDER if window is None else _order(window.canvas, None, window.extra_kv, False)
+        # (the raster order of the canvas of a leaf that has one: Window, GroupWindow)
+        on_canvas = next((leaf for leaf in tree.leaves() if getattr(leaf, "canvas", None) is not None),
+                         None) if tree else None
+        head = S.NEUTRAL_ORDER if on_canvas is None else _order(on_canvas.canvas, None, on_canvas.extra_kv, False)
     program = _program(tree, q_len, kv_len) if tree is not None and not force_bitmask else None
     if program is None:  # no description, or past the bounds: the bitmask
         leaves, ops, bits = [(S.BITS,)], [(S.LEAF, 0, 0, 0)], True
@@ -165,7 +167,30 @@ def _leaf(node: KernelMask, q_len: int, kv_len: int) -> tuple[int, ...]:
         for a in range(S.MAX_AXES):
             axes += node.axes[a] if a < len(node.axes) else (1, 1, 1, 0)
         return (S.WINDOW, *(int(x) for x in axes))
+    if isinstance(node, GroupWindow):
+        axes = []
+        for a in range(S.MAX_AXES):
+            axes += _group_axis(node.axes[a], node.canvas[a]) if a < len(node.axes) else (1, 1, 0, 0)
+        return (S.GROUP_WINDOW, *axes)
     raise TypeError(f"the Triton kernels have no predicate for {type(node).__name__} nodes")
+
+
+def _group_axis(axis, length: int) -> tuple[int, int, int, int]:
+    """A :class:`GroupWindow` axis ``(W, S, P, Q)`` as an axis with the same keys on ``length``
+    coordinates and small integers (the kernels compute in int32)."""
+    w, s, p, q = (int(x) for x in axis)
+    q -= (p // s) * s  # P < S: the same windows, groups numbered from 0
+    p %= s
+    if length - 1 + p < s:  # every coordinate in group 0
+        s, p = length, 0
+    # Group starts g * S - Q lie in [-Q, length - 1 + P - Q].
+    if q > length + p:  # every start before 0: start at -length - P instead, the ends kept
+        w, q = w - (q - length - p), length + p
+    q = max(q, -length)  # every start past the canvas: nothing seen either way
+    w = max(0, min(w, q + length))  # every end past the canvas stays past it
+    if max(w, s, p, abs(q)) >= 2**30:
+        raise ValueError(f"GroupWindow axis {axis} on {length} coordinates: past the kernels' int32")
+    return w, s, p, q
 
 
 # -- the program -------------------------------------------------------------------------------------

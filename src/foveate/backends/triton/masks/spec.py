@@ -15,7 +15,8 @@ of it to a function do not. Its parts, in order:
   tensors stay in the caller's raster order while the kernels walk tiled positions, each load
   and store addressing the raster row of its position (the token permutation fused into them);
 * ``N_LEAVES`` **leaves** of ``LEAF_WIDTH`` ints, a kind and its parameters (``BAND``, ``RECT``,
-  ``CHUNKS``, ``POWER``, ``SEGMENT``, ``WINDOW``, ``FRAMES``, ``BITS``; see :mod:`.lower` and one predicate module per kind);
+  ``CHUNKS``, ``POWER``, ``SEGMENT``, ``WINDOW``, ``FRAMES``, ``GROUP_WINDOW``, ``BITS``; see
+  :mod:`.lower` and one predicate module per kind);
 * ``N_OPS`` **ops** of 4 ints ``(op, dst, a, b)`` combining them: ``LEAF`` puts leaf ``a`` in
   register ``dst``, ``OR`` / ``AND`` put registers ``a`` op ``b`` there; the mask is register 0
   after the last op. At most :data:`MAX_LEAVES` leaves and :data:`REGISTERS` registers.
@@ -39,8 +40,8 @@ AXIS_LEN = len(AXIS_FIELDS)
 LEAVES = AXES + MAX_AXES * AXIS_LEN
 
 # -- leaves ----------------------------------------------------------------------------------------------
-BAND, RECT, WINDOW, BITS, BITS_GATHERED, CHUNKS, POWER, SEGMENT, FRAMES = range(9)
-KIND_NAMES = ("band", "rect", "window", "bits", "bits", "chunks", "power", "segment", "frames")
+BAND, RECT, WINDOW, BITS, BITS_GATHERED, CHUNKS, POWER, SEGMENT, FRAMES, GROUP_WINDOW = range(10)
+KIND_NAMES = ("band", "rect", "window", "bits", "bits", "chunks", "power", "segment", "frames", "group_window")
 #: Distance groups a ``FRAMES`` leaf holds (``kernel_mask.FrameBands.MAX_GROUPS``).
 FRAME_GROUPS = 8
 #: Parameters of each kind, at leaf offsets 1, 2, ...
@@ -55,8 +56,10 @@ LEAF_FIELDS = {
     SEGMENT: ("OFFSET", "KV_START", "TABLE_START", "N_SEG"),
     FRAMES: ("FRAME", "SINK", "GROUPS", *(f"W{g}" for g in range(FRAME_GROUPS)),
              *(f"S{g}" for g in range(FRAME_GROUPS))),
+    GROUP_WINDOW: tuple(f"{name}{a}" for a in range(MAX_AXES) for name in ("W", "S", "P", "Q")),
 }
 WINDOW_AXIS_LEN = 4  # (W, DIL, S, C) per axis
+GROUP_WINDOW_AXIS_LEN = 4  # (W, S, P, Q) per axis
 LEAF_WIDTH = 1 + max(len(f) for f in LEAF_FIELDS.values())
 
 # -- ops -------------------------------------------------------------------------------------------------

@@ -365,3 +365,25 @@ def test_aligned_windows_tiled_attention(backend):
 def test_bad_arguments(make, exc, name):
     with pytest.raises(exc, match=name):
         make()
+
+
+@pytest.mark.parametrize("canvas,window,shift", [((16,), 4, 1), ((8, 12), (4, 4), (2, 1)), ((4, 8, 8), 4, (0, 2, 3))])
+def test_rolled_windows_are_the_shifted_ones_on_rolled_tokens(canvas, window, shift):
+    """``Windows.rolled``: Swin's shifted windows on tokens rolled by -shift (torch.roll), checked
+    by rolling the coordinates of the unrolled pattern's brute-force mask."""
+    rolled = Windows.rolled(canvas, window, shift)
+    ndim = len(canvas)
+    shifts = _per_axis(shift, ndim)
+    coords = torch.stack(torch.meshgrid(*(torch.arange(n) for n in canvas), indexing="ij"), -1).reshape(-1, ndim)
+    original = (coords + torch.tensor(shifts)) % torch.tensor(canvas)  # rolled token y' holds x[(y' + s) mod L]
+    flat = sum(original[:, a] * math.prod(canvas[a + 1:]) for a in range(ndim))
+    want = swin_mask(canvas, window, shift)[flat][:, flat]
+    assert torch.equal(_flat_mask(rolled), want)
+    assert rolled.can_tile and rolled.kernel_mask(*rolled.default_lengths()) is not None
+
+
+def test_rolled_windows_bad_arguments():
+    with pytest.raises(ValueError, match="canvas % window"):
+        Windows.rolled((10, 8), 4, 2)
+    with pytest.raises(ValueError, match="shift"):
+        Windows.rolled((8, 8), 4, 4)

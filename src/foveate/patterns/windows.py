@@ -137,6 +137,28 @@ class Windows(_ClassPattern):
             parts.append(f"cyclic={self.cyclic}")
         return f"Windows({', '.join(parts)})"
 
+    @classmethod
+    def rolled(cls, canvas, window, shift) -> Pattern:
+        """Swin's shifted windows on tokens already rolled by ``-shift`` (what Swin's code does
+        before its window partition: ``torch.roll(x, -shift)``): aligned windows of ``window``,
+        the last one per axis split by Swin's region mask at ``L - shift``. The mask of
+        ``Windows(canvas, window, shift)`` with every coordinate moved by ``-shift`` (mod ``L``),
+        as ``Windows(canvas, window) & Windows(canvas, L - shift)``: its windows start on block
+        boundaries, so its tiled orders leave few partial blocks (16x64x64, 8x8x8, shift 4: 1440
+        blocks, 180 partial, 0.94 of the ideal by the simulator, against 3600 partial blocks for
+        the unrolled form). The canvas must be a multiple of the window on every axis."""
+        plain = cls(canvas, window)
+        if plain.aligned is None:
+            raise ValueError(f"canvas={plain.canvas}, window={plain.window}: rolled windows need canvas % window == 0 "
+                             "on every axis")
+        shift = per_axis("shift", shift, len(plain.canvas))
+        for a, (m, s) in enumerate(zip(plain.window, shift)):
+            if not 0 <= s < m:
+                raise ValueError(f"shift={shift}: need 0 <= shift < window on every axis (axis {a}: {s} vs {m})")
+        if not any(shift):
+            return plain
+        return plain & cls(plain.canvas, tuple(n - s if s else n for n, s in zip(plain.canvas, shift)))
+
     @property
     def aligned(self) -> TileNeighborhood | None:
         """The same keys as a :class:`TileNeighborhood` (one tile per window), when the windows

@@ -9,7 +9,8 @@ kernels (``triton``) and on FlexAttention (the ``flex`` backend, the same patter
 * **baselines** (at every token count a group uses): cuDNN SDPA dense
   (``sdpa_kernel(SDPBackend.CUDNN_ATTENTION)``);
 * **swin** (16x64x64 = 65536 tokens): ``P.Windows((16, 64, 64), (8, 8, 8), shift=(4, 4, 4))``
-  (Swin's shifted windows, the region mask) and the unshifted windows; target: at least 0.8 of
+  (Swin's shifted windows, the region mask), the same on tokens rolled as Swin's code rolls
+  them (``P.Windows.rolled``) and the unshifted windows; target: at least 0.8 of
   the ideal (the ``target`` column, triton rows);
 * **sta** (HunyuanVideo's latent 30x48x80 = 115200 tokens): Sliding Tile Attention
   ``P.TileNeighborhood((30, 48, 80), tile=(6, 8, 8), window=(3, 3, 3))``, and the same with
@@ -124,6 +125,8 @@ def cases(groups, heads: int, tiny: bool) -> list[Case]:
         rows += [
             Case(f"Swin windows {_dims(window)}, shift {_dims(shift)} on {_dims(canvas)}", "swin", n, heads,
                  partial(P.Windows, canvas, window, shift=shift)),
+            Case(f"Swin windows {_dims(window)}, shift {_dims(shift)} on {_dims(canvas)}, rolled tokens", "swin", n,
+                 heads, partial(P.Windows.rolled, canvas, window, shift)),
             Case(f"Swin windows {_dims(window)} on {_dims(canvas)}", "swin", n, heads,
                  partial(P.Windows, canvas, window)),
         ]

@@ -234,6 +234,9 @@ def _marked_constant_functions():
     import importlib
     import pkgutil
 
+    import torchvision_shim  # (the timm integration imports timm: beside a stand-in torchvision if need be)
+
+    torchvision_shim.import_timm()
     found = []
     for info in pkgutil.walk_packages(foveate.__path__, "foveate."):
         if info.name.endswith("__main__"):

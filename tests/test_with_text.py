@@ -119,6 +119,8 @@ def test_bad_arguments():
         P.WithText(P.Neighborhood((4, 4), 3, extra_kv=2), 3)
     with pytest.raises(ValueError, match="selected"):
         P.WithText(P.BlockTopK(2, block=16), 3)
+    with pytest.raises(ValueError, match="pattern=.* 64 queries and 256 keys"):
+        P.WithText(P.CrossScale((8, 8), (16, 16), 3), 3)
     p = P.WithText(P.Neighborhood((4, 4), 3), 3)
     assert p.default_lengths() == (19, 19)
     with pytest.raises(ValueError):

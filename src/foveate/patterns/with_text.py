@@ -52,6 +52,10 @@ class WithText(Pattern):
                              "pattern")
         if p.extra_kv:
             raise ValueError(f"pattern={p!r} has extra_kv={p.extra_kv}: give the global tokens as text= instead")
+        lengths = p.default_lengths()
+        if lengths is not None and lengths[0] != lengths[1]:
+            raise ValueError(f"pattern={p!r} has {lengths[0]} queries and {lengths[1]} keys: WithText is "
+                             "self-attention over one set of tokens")
         if not is_int(self.text) or self.text < 1:
             raise ValueError(f"text must be an int >= 1, got {self.text!r}")
         if not isinstance(self.first, bool):

@@ -22,7 +22,7 @@ from ..layout import BlockLayout
 from .base import Pattern, as_int, is_int, per_axis
 from .interval_canvas import raster_coords
 from .kernel_mask import Window
-from .segment_canvas import build_box_pair_layout
+from .segment_canvas import build_box_pair_layout, classify_per_axis
 
 
 def _check_canvas(name: str, canvas) -> tuple[int, ...]:
@@ -226,18 +226,9 @@ def _box_pair_layout(pattern: CrossScale, axes: list[_ScaleAxis], block_q: int, 
             hi = torch.cat([hi[r], p_hi[:, None]], 1)
         return owner, lo, hi, torch.ones_like(lo)
 
-    def classify(q_lo, q_hi, k_lo, k_hi):
-        some = torch.ones(q_lo.shape[0], dtype=torch.bool, device=device)
-        every = torch.ones_like(some)
-        for a, ax in enumerate(axes):
-            bounds = q_lo[:, a], q_hi[:, a], k_lo[:, a], k_hi[:, a]
-            some &= ax.any_allowed(*bounds)
-            every &= ax.all_allowed(*bounds)
-        return some, every
-
     q_len, kv_len = pattern.default_lengths()
-    return build_box_pair_layout(pattern.q_canvas, key_regions, classify, block_q=block_q, block_kv=block_kv,
-                                 device=device, mask_mod=pattern.mask_mod(q_len, kv_len),
+    return build_box_pair_layout(pattern.q_canvas, key_regions, classify_per_axis(axes), block_q=block_q,
+                                 block_kv=block_kv, device=device, mask_mod=pattern.mask_mod(q_len, kv_len),
                                  allowed_pairs=pattern.allowed_pairs(), kv_canvas=pattern.kv_canvas)
 
 

@@ -192,8 +192,17 @@ def build_classes_layout(
             step = torch.cat([step[r], s_step[r, k, None]], 1)
         return owner, lo, hi, step
 
+    return build_box_pair_layout(canvas, key_regions, classify_per_axis(axes), block_q=block_q, block_kv=block_kv,
+                                 device=device, mask_mod=mask_mod, allowed_pairs=classes_allowed_pairs(axes))
+
+
+def classify_per_axis(axes):
+    """The ``classify`` of :func:`build_box_pair_layout` for a pattern that allows a pair when
+    every axis does: per axis, ``any_allowed`` / ``all_allowed(q_lo, q_hi, k_lo, k_hi)`` on the
+    boxes' bounds along it, combined over the axes."""
+
     def classify(q_lo, q_hi, k_lo, k_hi):
-        some = torch.ones(q_lo.shape[0], dtype=torch.bool, device=device)
+        some = torch.ones(q_lo.shape[0], dtype=torch.bool, device=q_lo.device)
         every = torch.ones_like(some)
         for a, ax in enumerate(axes):
             bounds = q_lo[:, a], q_hi[:, a], k_lo[:, a], k_hi[:, a]
@@ -201,8 +210,7 @@ def build_classes_layout(
             every &= ax.all_allowed(*bounds)
         return some, every
 
-    return build_box_pair_layout(canvas, key_regions, classify, block_q=block_q, block_kv=block_kv, device=device,
-                                 mask_mod=mask_mod, allowed_pairs=classes_allowed_pairs(axes))
+    return classify
 
 
 def build_box_pair_layout(canvas: tuple[int, ...], key_regions, classify, *, block_q: int, block_kv: int,
